@@ -1,0 +1,70 @@
+//! Cost of the CAM step against the forward pass, side by side in one run.
+//! `cargo bench --bench cam` — reports `forward/<model>` and `cam-<method>/<model>`.
+
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use inspectd::cam::{ClassChoice, Explainer, ExplainerOptions, Method};
+use inspectd::model::preprocess::{fit, load_image, to_tensor};
+use inspectd::model::{LoadOptions, Model};
+
+/// (model, image) pairs: the shipped model when present, and fixtures with GAP+Gemm heads.
+const CASES: &[(&str, &str)] = &[
+    ("models/surface-defect-int8.onnx", "models/samples"),
+    ("models/surface-defect-f32.onnx", "models/samples"),
+    (
+        "tests/fixtures/resnet_gap.onnx",
+        "tests/fixtures/resnet_gap.png",
+    ),
+];
+
+fn first_image(p: &Path) -> Option<std::path::PathBuf> {
+    if p.is_file() {
+        return Some(p.to_path_buf());
+    }
+    inspectd::cli::image_files(p).ok()?.into_iter().next()
+}
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (model, image) in CASES {
+        let path = root.join(model);
+        let Some(img) = first_image(&root.join(image)) else {
+            continue;
+        };
+        if !path.exists() {
+            continue;
+        }
+        let m = Model::load(&path, &LoadOptions::default()).expect("model");
+        let name = m.name.clone();
+        let ex = Explainer::new(
+            m,
+            &ExplainerOptions {
+                gradients: true,
+                ..Default::default()
+            },
+        )
+        .expect("explainer");
+        let spec = ex.model.input.clone();
+        let input = to_tensor(&fit(&load_image(&img).unwrap(), &spec).0, &spec);
+        c.bench_function(&format!("forward/{name}"), |b| {
+            b.iter(|| ex.forward(&input).unwrap())
+        });
+        let fwd = ex.forward(&input).unwrap();
+        for method in [Method::GradCam, Method::GradCamPlusPlus, Method::EigenCam] {
+            c.bench_function(&format!("cam-{method}/{name}"), |b| {
+                b.iter(|| {
+                    ex.explain_forward(&input, &fwd, &ClassChoice::Top1, method)
+                        .unwrap()
+                })
+            });
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
+    targets = bench
+}
+criterion_main!(benches);

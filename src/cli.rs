@@ -1,0 +1,536 @@
+//! Command-line interface: argument parsing and the one-shot commands (`explain`, `layers`,
+//! `bench`). Exit codes: 0 ok, 2 bad input (the message names it), 1 anything else.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::cam::{
+    layer_candidates, resolve_layer, ClassChoice, Explainer, ExplainerOptions, Method,
+};
+use crate::error::{bad_input, is_bad_input};
+use crate::heatmap;
+use crate::model::preprocess::{fit, load_image, to_tensor};
+use crate::model::{LoadOptions, Model};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "inspectd",
+    version,
+    about = "Edge inspection daemon: CNN verdicts explained with Grad-CAM, published over MQTT"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Explain one image or a folder: prediction + class activation map (JSON and/or overlay).
+    Explain(ExplainArgs),
+    /// List the candidate CAM target layers of a model (the default is marked).
+    Layers(LayersArgs),
+    /// Time the forward pass and the CAM step of a model (medians).
+    Bench(BenchArgs),
+    /// Validate a model on a labelled folder: accuracy, confusion, CAM localization, HTML report.
+    Validate(ValidateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder with one sub-folder per label; optional `<stem>.mask.png` beside images.
+    #[arg(long, short = 'd')]
+    pub data: PathBuf,
+    /// Write a self-contained HTML report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the metrics as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// CAM method used for localization.
+    #[arg(long, value_parser = parse_method, default_value = "gradcam")]
+    pub method: Method,
+    /// Target layer (default: sidecar or auto).
+    #[arg(long, short = 'l')]
+    pub layer: Option<String>,
+    /// Most images shown per report gallery.
+    #[arg(long, default_value_t = 48)]
+    pub gallery: usize,
+}
+
+/// Model selection and input contract overrides shared by the commands.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// ONNX model file (a sidecar `<stem>.toml` beside it is read when present).
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Sidecar file to use instead of `<stem>.toml`.
+    #[arg(long)]
+    pub sidecar: Option<PathBuf>,
+    /// Per-channel mean on the 0..1 scale, `r,g,b` (overrides the sidecar).
+    #[arg(long, value_parser = parse_triple)]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel std on the 0..1 scale, `r,g,b` (overrides the sidecar).
+    #[arg(long, value_parser = parse_triple)]
+    pub std: Option<[f32; 3]>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Model> {
+        Model::load(
+            &self.model,
+            &LoadOptions {
+                mean: self.mean,
+                std: self.std,
+                sidecar: self.sidecar.clone(),
+            },
+        )
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// One image to explain.
+    #[arg(
+        long,
+        short = 'i',
+        conflicts_with = "dir",
+        required_unless_present = "dir"
+    )]
+    pub image: Option<PathBuf>,
+    /// A folder of images (searched recursively; `*.mask.png` files are skipped).
+    #[arg(long, short = 'd')]
+    pub dir: Option<PathBuf>,
+    /// Target layer: `auto` (default: sidecar, else the last feature map) or an ONNX tensor name.
+    #[arg(long, short = 'l')]
+    pub layer: Option<String>,
+    /// CAM method: gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam.
+    #[arg(long, value_parser = parse_method)]
+    pub method: Option<Method>,
+    /// Class to explain, by index or label (default: the top-1 prediction).
+    #[arg(long, short = 'c')]
+    pub class: Option<String>,
+    /// Score-CAM: score only the N channels with the most activation mass (default: all).
+    #[arg(long)]
+    pub topk: Option<usize>,
+    /// Print one JSON object per image on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the overlay (heatmap over the image) to this PNG file (with --image).
+    #[arg(long, conflicts_with = "out")]
+    pub overlay: Option<PathBuf>,
+    /// Write one overlay PNG per image into this folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LayersArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image to run on (default: a mid-grey frame).
+    #[arg(long, short = 'i')]
+    pub image: Option<PathBuf>,
+    /// Number of timed runs (after 3 warm-up runs).
+    #[arg(long, default_value_t = 30)]
+    pub runs: usize,
+    /// CAM method to time.
+    #[arg(long, value_parser = parse_method, default_value = "gradcam")]
+    pub method: Method,
+    /// Target layer (default auto).
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("{p:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(v)
+        .map_err(|v| format!("expected 3 comma-separated numbers, got {}", v.len()))
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    s.parse()
+}
+
+/// Entry point used by `main`: runs the command and maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inspectd: error: {e:#}");
+            ExitCode::from(if is_bad_input(&e) { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INSPECTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Explain(a) => explain(a),
+        Command::Layers(a) => layers(a),
+        Command::Bench(a) => bench(a),
+        Command::Validate(a) => validate(a),
+    }
+}
+
+/// Image files under `dir`, sorted, masks skipped.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Err(bad_input(format!(
+            "folder {}: not a directory",
+            dir.display()
+        )));
+    }
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| bad_input(format!("folder {}: cannot read: {e}", d.display())))?;
+        for e in entries {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn is_image(p: &Path) -> bool {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    !name.ends_with(".mask.png")
+        && [".png", ".jpg", ".jpeg", ".bmp"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+}
+
+fn explain(a: ExplainArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let method = match a.method {
+        Some(m) => m,
+        None => match &model.default_method {
+            Some(s) => s
+                .parse()
+                .map_err(|e| bad_input(format!("sidecar cam.method: {e}")))?,
+            None => Method::GradCam,
+        },
+    };
+    let class = match &a.class {
+        Some(c) => ClassChoice::parse(c, &model.output.labels)?,
+        None => ClassChoice::Top1,
+    };
+    let explainer = Explainer::new(
+        model,
+        &ExplainerOptions {
+            layer: a.layer.clone(),
+            topk: a.topk,
+            gradients: method.needs_gradients(),
+        },
+    )?;
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out)
+            .map_err(|e| bad_input(format!("folder {}: cannot create: {e}", out.display())))?;
+    }
+    let images = match (&a.image, &a.dir) {
+        (Some(i), _) => vec![i.clone()],
+        (None, Some(d)) => image_files(d)?,
+        (None, None) => unreachable!("clap requires one of --image/--dir"),
+    };
+    if images.is_empty() {
+        return Err(bad_input(format!(
+            "folder {}: no images",
+            a.dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        )));
+    }
+    let stdout = std::io::stdout();
+    let mut failed: Option<anyhow::Error> = None;
+    let mut nfailed = 0;
+    for path in &images {
+        match explain_one(&explainer, path, &class, method, &a) {
+            Ok(line) => {
+                let mut out = stdout.lock();
+                writeln!(out, "{line}")?;
+            }
+            Err(e) if a.dir.is_some() && is_bad_input(&e) => {
+                // Keep going: one bad file must not lose the rest of the folder.
+                eprintln!("inspectd: error: {e:#}");
+                nfailed += 1;
+                failed.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match failed {
+        Some(e) => Err(e.context(format!("{nfailed} of {} images failed", images.len()))),
+        None => Ok(()),
+    }
+}
+
+fn explain_one(
+    ex: &Explainer,
+    path: &Path,
+    class: &ClassChoice,
+    method: Method,
+    a: &ExplainArgs,
+) -> Result<String> {
+    let t0 = Instant::now();
+    let img = load_image(path)?;
+    let (fitted, crop) = fit(&img, &ex.model.input);
+    let input = to_tensor(&fitted, &ex.model.input);
+    let preprocess = t0.elapsed().as_secs_f64() * 1e3;
+    let e = ex.explain(&input, class, method)?;
+    let labels = &ex.model.output.labels;
+    let top = e
+        .logits
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > e.logits[b] { i } else { b });
+
+    let overlay_path = match (&a.overlay, &a.out) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(dir)) => {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Some(dir.join(format!("{stem}.cam.png")))
+        }
+        _ => None,
+    };
+    if let Some(p) = &overlay_path {
+        let ov = heatmap::overlay(&img, &e.map, crop, 0.5);
+        ov.save(p)
+            .map_err(|err| bad_input(format!("overlay {}: cannot write: {err}", p.display())))?;
+    }
+    let (h, w) = (e.map.shape()[0], e.map.shape()[1]);
+    if a.json {
+        let v = json!({
+            "image": path.display().to_string(),
+            "model": ex.model.name,
+            "model_sha256": ex.model.sha256,
+            "layer": ex.layer.name,
+            "method": e.method.name(),
+            "class": e.class,
+            "label": labels[e.class],
+            "top1": {"class": top, "label": labels[top], "score": e.scores[top]},
+            "scores": e.scores,
+            "logits": e.logits,
+            "cam": {"width": w, "height": h, "values": e.map.data(), "raw_max": e.raw_max},
+            "overlay": overlay_path.map(|p| p.display().to_string()),
+            "timing_ms": {"preprocess": preprocess, "forward": e.timing.forward, "cam": e.timing.cam},
+        });
+        Ok(v.to_string())
+    } else {
+        let peak = e.map.argmax();
+        Ok(format!(
+            "{}: {} {:.3} (top-1 {} {:.3}) · {} of class {} on {} [{}×{}], peak at ({}, {}) · {:.1} ms forward, {:.2} ms cam",
+            path.display(),
+            labels[e.class],
+            e.scores[e.class],
+            labels[top],
+            e.scores[top],
+            e.method,
+            e.class,
+            ex.layer.name,
+            h,
+            w,
+            peak % w,
+            peak / w,
+            e.timing.forward,
+            e.timing.cam
+        ))
+    }
+}
+
+fn layers(a: LayersArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let cands = layer_candidates(&model);
+    let default = resolve_layer(&model, None).ok().map(|c| c.name);
+    if a.json {
+        let v: Vec<_> = cands
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "shape": c.shape, "op": c.op, "node": c.node,
+                       "default": Some(&c.name) == default.as_ref()})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    if cands.is_empty() {
+        println!("no candidate layers (no [1,C,H,W] feature map with H·W > 1 feeds the output)");
+        return Ok(());
+    }
+    let width = cands.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+    println!("  {:<width$}  {:>16}  op", "layer", "shape [C,H,W]");
+    for c in &cands {
+        let mark = if Some(&c.name) == default.as_ref() {
+            "*"
+        } else {
+            " "
+        };
+        let shape = format!("[{},{},{}]", c.shape[0], c.shape[1], c.shape[2]);
+        println!(
+            "{mark} {:<width$}  {:>16}  {} ({})",
+            c.name, shape, c.op, c.node
+        );
+    }
+    println!("* default target layer");
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let spec = model.input.clone();
+    let img = match &a.image {
+        Some(p) => load_image(p)?,
+        None => image::RgbImage::from_pixel(spec.width, spec.height, image::Rgb([128, 128, 128])),
+    };
+    let input = to_tensor(&fit(&img, &spec).0, &spec);
+    let explainer = Explainer::new(
+        model,
+        &ExplainerOptions {
+            layer: a.layer.clone(),
+            topk: None,
+            gradients: a.method.needs_gradients(),
+        },
+    )?;
+    if a.runs == 0 {
+        return Err(bad_input("--runs must be at least 1"));
+    }
+    for _ in 0..3 {
+        explainer
+            .explain(&input, &ClassChoice::Top1, a.method)
+            .context("warm-up run")?;
+    }
+    let (mut fwd, mut cam) = (vec![], vec![]);
+    for _ in 0..a.runs {
+        let e = explainer.explain(&input, &ClassChoice::Top1, a.method)?;
+        fwd.push(e.timing.forward);
+        cam.push(e.timing.cam);
+    }
+    let (f, c) = (median(&mut fwd), median(&mut cam));
+    if a.json {
+        println!(
+            "{}",
+            json!({"model": explainer.model.name, "method": a.method.name(), "layer": explainer.layer.name,
+                   "runs": a.runs, "forward_ms_median": f, "cam_ms_median": c, "cam_over_forward": c / f})
+        );
+    } else {
+        println!(
+            "{} · {} on {} · {} runs: forward median {:.3} ms, cam median {:.3} ms ({:.2}% of forward)",
+            explainer.model.name,
+            a.method,
+            explainer.layer.name,
+            a.runs,
+            f,
+            c,
+            100.0 * c / f
+        );
+    }
+    Ok(())
+}
+
+fn validate(a: ValidateArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let items = crate::validate::scan(&a.data, &model.output.labels)?;
+    let explainer = Explainer::new(
+        model,
+        &ExplainerOptions {
+            layer: a.layer.clone(),
+            topk: None,
+            gradients: a.method.needs_gradients(),
+        },
+    )?;
+    let opts = crate::validate::ValidateOptions {
+        method: a.method,
+        report: a.report.clone(),
+        gallery_limit: a.gallery,
+    };
+    let (m, _) = crate::validate::run(&explainer, &items, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&m)?);
+    } else {
+        println!("{} images · accuracy {:.2} %", m.images, 100.0 * m.accuracy);
+        for c in &m.per_class {
+            let f = |v: Option<f64>| {
+                v.map(|v| format!("{:.1} %", 100.0 * v))
+                    .unwrap_or_else(|| "–".into())
+            };
+            println!(
+                "  {:<12} support {:>5}  precision {:>8}  recall {:>8}",
+                c.label,
+                c.support,
+                f(c.precision),
+                f(c.recall)
+            );
+        }
+        let l = &m.localization;
+        if let (Some(p), Some(e)) = (l.pointing_game, l.mean_energy_in_mask) {
+            println!("localization ({}, {} masked images): pointing game {:.1} %, mean energy in mask {:.3}", l.method, l.images, 100.0 * p, e);
+        }
+        if let Some(r) = &a.report {
+            println!("report: {}", r.display());
+        }
+    }
+    Ok(())
+}

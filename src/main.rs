@@ -1,0 +1,5 @@
+//! The `inspectd` binary: all logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    inspectd::cli::main()
+}

@@ -1,0 +1,168 @@
+//! Frames → input tensors, following the model's [`InputSpec`].
+
+use std::path::Path;
+
+use anyhow::Result;
+use image::imageops::FilterType;
+use image::RgbImage;
+
+use super::{ColorOrder, InputSpec, Layout, ResizeMode};
+use crate::error::bad_input;
+use crate::tensor::Tensor;
+
+/// The region of the original frame the model saw, in frame pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Crop {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+/// Decodes an image file to RGB; a failure names the file.
+pub fn load_image(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| bad_input(format!("image {}: cannot read: {e}", path.display())))?;
+    decode_image(&bytes).map_err(|e| bad_input(format!("image {}: {e}", path.display())))
+}
+
+/// Decodes image bytes (PNG, JPEG, BMP) to RGB.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
+    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err("empty image".into());
+    }
+    Ok(img.into_rgb8())
+}
+
+/// Fits a frame to the model input size; returns the fitted image and the crop it came from.
+/// A frame already of the input size is passed through untouched.
+pub fn fit(img: &RgbImage, spec: &InputSpec) -> (RgbImage, Crop) {
+    let (w, h) = (spec.width, spec.height);
+    let (iw, ih) = img.dimensions();
+    let full = Crop {
+        x: 0.0,
+        y: 0.0,
+        w: iw as f32,
+        h: ih as f32,
+    };
+    if (iw, ih) == (w, h) {
+        return (img.clone(), full);
+    }
+    match spec.resize {
+        ResizeMode::Stretch => (
+            image::imageops::resize(img, w, h, FilterType::Triangle),
+            full,
+        ),
+        ResizeMode::CenterCrop => {
+            // Crop the largest centred region with the model's aspect ratio, then scale it.
+            let target = w as f32 / h as f32;
+            let (cw, ch) = if iw as f32 / ih as f32 > target {
+                (((ih as f32) * target).round().max(1.0) as u32, ih)
+            } else {
+                (iw, ((iw as f32) / target).round().max(1.0) as u32)
+            };
+            let (x0, y0) = ((iw - cw) / 2, (ih - ch) / 2);
+            let cropped = image::imageops::crop_imm(img, x0, y0, cw, ch).to_image();
+            let out = if (cw, ch) == (w, h) {
+                cropped
+            } else {
+                image::imageops::resize(&cropped, w, h, FilterType::Triangle)
+            };
+            (
+                out,
+                Crop {
+                    x: x0 as f32,
+                    y: y0 as f32,
+                    w: cw as f32,
+                    h: ch as f32,
+                },
+            )
+        }
+    }
+}
+
+/// Normalizes a fitted image into a batch-of-one input tensor.
+pub fn to_tensor(img: &RgbImage, spec: &InputSpec) -> Tensor {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = vec![0f32; 3 * w * h];
+    let order: [usize; 3] = match spec.color {
+        ColorOrder::RGB => [0, 1, 2],
+        ColorOrder::BGR => [2, 1, 0],
+    };
+    for (x, y, p) in img.enumerate_pixels() {
+        let (x, y) = (x as usize, y as usize);
+        for (c, &src) in order.iter().enumerate() {
+            // (v/255 - mean)/std, computed as in torchvision: divide first, then normalize.
+            let v = (p[src] as f32 / 255.0 - spec.mean[c]) / spec.std[c];
+            let idx = match spec.layout {
+                Layout::NCHW => c * h * w + y * w + x,
+                Layout::NHWC => (y * w + x) * 3 + c,
+            };
+            data[idx] = v;
+        }
+    }
+    Tensor::new(spec.shape(1), data)
+}
+
+/// Decodes, fits and normalizes an image file.
+pub fn image_to_tensor(path: &Path, spec: &InputSpec) -> Result<(RgbImage, Tensor, Crop)> {
+    let img = load_image(path)?;
+    let (fitted, crop) = fit(&img, spec);
+    let t = to_tensor(&fitted, spec);
+    Ok((img, t, crop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(layout: Layout, color: ColorOrder) -> InputSpec {
+        InputSpec {
+            name: "input".into(),
+            width: 2,
+            height: 1,
+            layout,
+            color,
+            mean: [0.5, 0.5, 0.5],
+            std: [0.5, 0.25, 0.5],
+            resize: ResizeMode::Stretch,
+        }
+    }
+
+    #[test]
+    fn nchw_rgb_normalizes_per_channel() {
+        let img = RgbImage::from_raw(2, 1, vec![255, 0, 255, 0, 255, 0]).unwrap();
+        let t = to_tensor(&img, &spec(Layout::NCHW, ColorOrder::RGB));
+        assert_eq!(t.shape(), &[1, 3, 1, 2]);
+        assert_eq!(t.data(), &[1.0, -1.0, -2.0, 2.0, 1.0, -1.0]);
+    }
+
+    #[test]
+    fn nhwc_bgr_swaps_channels_and_interleaves() {
+        let img = RgbImage::from_raw(2, 1, vec![255, 0, 0, 0, 0, 255]).unwrap();
+        let t = to_tensor(&img, &spec(Layout::NHWC, ColorOrder::BGR));
+        assert_eq!(t.shape(), &[1, 1, 2, 3]);
+        assert_eq!(t.data(), &[-1.0, -2.0, 1.0, 1.0, -2.0, -1.0]);
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle() {
+        let img = RgbImage::new(40, 10);
+        let mut s = spec(Layout::NCHW, ColorOrder::RGB);
+        s.resize = ResizeMode::CenterCrop;
+        s.width = 10;
+        s.height = 10;
+        let (out, crop) = fit(&img, &s);
+        assert_eq!(out.dimensions(), (10, 10));
+        assert_eq!(
+            crop,
+            Crop {
+                x: 15.0,
+                y: 0.0,
+                w: 10.0,
+                h: 10.0
+            }
+        );
+    }
+}

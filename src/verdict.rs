@@ -1,0 +1,529 @@
+//! Verdict rules: ok / defect / suspect from scores and the CAM map. Pure functions — the
+//! pipeline feeds them, tests pin them. Zones are polygons in normalized coordinates (0..1) of
+//! the model's view of the frame (the whole frame with `resize = "stretch"`).
+
+use serde::{Deserialize, Serialize};
+
+/// A polygon in normalized image coordinates, `[[x, y], ...]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Polygon(pub Vec<[f32; 2]>);
+
+impl Polygon {
+    /// Even-odd rule point-in-polygon test.
+    pub fn contains(&self, x: f32, y: f32) -> bool {
+        let p = &self.0;
+        let mut inside = false;
+        let mut j = p.len().wrapping_sub(1);
+        for i in 0..p.len() {
+            let ([xi, yi], [xj, yj]) = (p[i], p[j]);
+            if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+                inside = !inside;
+            }
+            j = i;
+        }
+        inside
+    }
+
+    /// Checks the polygon is usable: ≥ 3 finite points within 0..1.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.0.len() < 3 {
+            return Err(format!(
+                "a polygon needs at least 3 points, got {}",
+                self.0.len()
+            ));
+        }
+        for [x, y] in &self.0 {
+            if !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y) {
+                return Err(format!(
+                    "point [{x}, {y}] is outside 0..1 (coordinates are normalized)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named area whose evidence makes a prediction suspect (a label sticker, a watermark).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    pub name: String,
+    pub polygon: Polygon,
+}
+
+/// Verdict rules (the `[verdict]` config section).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rules {
+    /// A non-ok top-1 label is a defect when its probability is at least this.
+    pub defect_threshold: f32,
+    /// Confidence band `[low, high]` (probability of the top-1 label) that is marginal: suspect.
+    pub suspect_band: Option<[f32; 2]>,
+    /// Region where evidence for a defect belongs (the part); none = whole frame.
+    pub roi: Option<Polygon>,
+    /// Least share of map mass inside `roi` for a trusted defect.
+    pub min_roi_fraction: f32,
+    /// Areas where evidence must not sit (labels, watermarks, fixture edges).
+    pub ignore_zones: Vec<Zone>,
+    /// Largest share of map mass on any ignore zone for a trusted defect.
+    pub max_ignore_fraction: f32,
+    /// Largest share of map cells at ≥ half the peak for a defect map (a diffuse map means the
+    /// model did not localize anything); none = no check.
+    pub max_spread: Option<f32>,
+    /// Apply the evidence checks (roi, ignore zones, spread) to `ok` predictions too.
+    pub check_ok_evidence: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            defect_threshold: 0.5,
+            suspect_band: None,
+            roi: None,
+            min_roi_fraction: 0.5,
+            ignore_zones: vec![],
+            max_ignore_fraction: 0.3,
+            max_spread: None,
+            check_ok_evidence: false,
+        }
+    }
+}
+
+impl Rules {
+    /// Checks ranges; the error names the key at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let unit = |k: &str, v: f32| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("verdict.{k} = {v} must be within 0..1"))
+            }
+        };
+        unit("defect_threshold", self.defect_threshold)?;
+        unit("min_roi_fraction", self.min_roi_fraction)?;
+        unit("max_ignore_fraction", self.max_ignore_fraction)?;
+        if let Some(s) = self.max_spread {
+            unit("max_spread", s)?;
+        }
+        if let Some([lo, hi]) = self.suspect_band {
+            unit("suspect_band", lo)?;
+            unit("suspect_band", hi)?;
+            if lo > hi {
+                return Err(format!(
+                    "verdict.suspect_band [{lo}, {hi}] must be [low, high]"
+                ));
+            }
+        }
+        if let Some(r) = &self.roi {
+            r.validate().map_err(|e| format!("verdict.roi: {e}"))?;
+        }
+        for z in &self.ignore_zones {
+            z.polygon
+                .validate()
+                .map_err(|e| format!("verdict.ignore_zones {:?}: {e}", z.name))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Ok,
+    Defect,
+    Suspect,
+}
+
+/// Why a prediction is suspect.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Reason {
+    /// The confidence sits in the marginal band.
+    Marginal { confidence: f32, band: [f32; 2] },
+    /// Too little evidence inside the ROI.
+    OutsideRoi { fraction: f32, min: f32 },
+    /// Too much evidence on an ignore zone.
+    OnIgnoreZone {
+        zone: String,
+        fraction: f32,
+        max: f32,
+    },
+    /// The map is spread out instead of localized.
+    Diffuse { spread: f32, max: f32 },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Marginal { confidence, band } => {
+                write!(
+                    f,
+                    "marginal confidence {confidence:.2} in [{:.2}, {:.2}]",
+                    band[0], band[1]
+                )
+            }
+            Reason::OutsideRoi { fraction, min } => {
+                write!(
+                    f,
+                    "only {:.0}% of the evidence inside the ROI (min {:.0}%)",
+                    fraction * 100.0,
+                    min * 100.0
+                )
+            }
+            Reason::OnIgnoreZone {
+                zone,
+                fraction,
+                max,
+            } => {
+                write!(
+                    f,
+                    "{:.0}% of the evidence on ignore zone {zone:?} (max {:.0}%)",
+                    fraction * 100.0,
+                    max * 100.0
+                )
+            }
+            Reason::Diffuse { spread, max } => {
+                write!(
+                    f,
+                    "diffuse map: {:.0}% of cells above half the peak (max {:.0}%)",
+                    spread * 100.0,
+                    max * 100.0
+                )
+            }
+        }
+    }
+}
+
+/// The decision for one frame.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Decision {
+    pub kind: Kind,
+    pub class: usize,
+    pub label: String,
+    pub confidence: f32,
+    pub reasons: Vec<Reason>,
+    /// Share of map mass inside the ROI (whole frame = 1 when no ROI).
+    pub roi_fraction: f32,
+}
+
+/// Share of the map's mass inside `poly`, sampling each feature cell on a 4×4 sub-grid.
+pub fn mass_fraction(map: &[f32], h: usize, w: usize, poly: &Polygon) -> f32 {
+    const SUB: usize = 4;
+    let (mut inside, mut total) = (0f64, 0f64);
+    for y in 0..h {
+        for x in 0..w {
+            let v = map[y * w + x].max(0.0) as f64;
+            if v == 0.0 {
+                continue;
+            }
+            let mut hits = 0;
+            for sy in 0..SUB {
+                for sx in 0..SUB {
+                    let px = (x as f32 + (sx as f32 + 0.5) / SUB as f32) / w as f32;
+                    let py = (y as f32 + (sy as f32 + 0.5) / SUB as f32) / h as f32;
+                    hits += poly.contains(px, py) as usize;
+                }
+            }
+            inside += v * hits as f64 / (SUB * SUB) as f64;
+            total += v;
+        }
+    }
+    if total == 0.0 {
+        0.0
+    } else {
+        (inside / total) as f32
+    }
+}
+
+/// Share of cells at or above half the map's peak.
+pub fn spread(map: &[f32]) -> f32 {
+    let peak = map.iter().copied().fold(0f32, f32::max);
+    if peak <= 0.0 || map.is_empty() {
+        return 0.0;
+    }
+    map.iter().filter(|&&v| v >= 0.5 * peak).count() as f32 / map.len() as f32
+}
+
+/// Decides a verdict from the scores (probabilities), labels, the ok label and the map.
+pub fn decide(
+    rules: &Rules,
+    scores: &[f32],
+    labels: &[String],
+    ok: Option<usize>,
+    map: &[f32],
+    h: usize,
+    w: usize,
+) -> Decision {
+    let class = scores
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > scores[b] { i } else { b });
+    let confidence = scores[class];
+    // Binary sigmoid models have one score: it is the defect probability.
+    let is_defect = if scores.len() == 1 {
+        confidence >= rules.defect_threshold
+    } else {
+        Some(class) != ok && confidence >= rules.defect_threshold
+    };
+    let label = if scores.len() == 1 && !is_defect {
+        ok.and_then(|i| labels.get(i))
+            .cloned()
+            .unwrap_or_else(|| "ok".into())
+    } else {
+        labels
+            .get(class)
+            .cloned()
+            .unwrap_or_else(|| format!("class_{class}"))
+    };
+    let mut reasons = vec![];
+    if let Some(band) = rules.suspect_band {
+        if confidence >= band[0] && confidence <= band[1] {
+            reasons.push(Reason::Marginal { confidence, band });
+        }
+    }
+    let roi_fraction = rules
+        .roi
+        .as_ref()
+        .map(|r| mass_fraction(map, h, w, r))
+        .unwrap_or(1.0);
+    if is_defect || rules.check_ok_evidence {
+        if rules.roi.is_some() && roi_fraction < rules.min_roi_fraction {
+            reasons.push(Reason::OutsideRoi {
+                fraction: roi_fraction,
+                min: rules.min_roi_fraction,
+            });
+        }
+        for z in &rules.ignore_zones {
+            let f = mass_fraction(map, h, w, &z.polygon);
+            if f > rules.max_ignore_fraction {
+                reasons.push(Reason::OnIgnoreZone {
+                    zone: z.name.clone(),
+                    fraction: f,
+                    max: rules.max_ignore_fraction,
+                });
+            }
+        }
+        if let Some(max) = rules.max_spread {
+            let s = spread(map);
+            if s > max {
+                reasons.push(Reason::Diffuse { spread: s, max });
+            }
+        }
+    }
+    let kind = if !reasons.is_empty() {
+        Kind::Suspect
+    } else if is_defect {
+        Kind::Defect
+    } else {
+        Kind::Ok
+    };
+    Decision {
+        kind,
+        class,
+        label,
+        confidence,
+        reasons,
+        roi_fraction,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<String> {
+        ["ok", "scratch", "dent"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    fn square(x0: f32, y0: f32, x1: f32, y1: f32) -> Polygon {
+        Polygon(vec![[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    }
+
+    /// A 4×4 map with all its mass in one cell.
+    fn peak_at(x: usize, y: usize) -> Vec<f32> {
+        let mut m = vec![0.0; 16];
+        m[y * 4 + x] = 1.0;
+        m
+    }
+
+    #[test]
+    fn a_confident_defect_with_evidence_on_the_part_is_a_defect() {
+        let rules = Rules {
+            roi: Some(square(0.0, 0.0, 0.5, 0.5)),
+            ..Rules::default()
+        };
+        let d = decide(
+            &rules,
+            &[0.05, 0.9, 0.05],
+            &labels(),
+            Some(0),
+            &peak_at(1, 1),
+            4,
+            4,
+        );
+        assert_eq!(d.kind, Kind::Defect);
+        assert_eq!(d.label, "scratch");
+        assert!(d.reasons.is_empty());
+        assert_eq!(d.roi_fraction, 1.0);
+    }
+
+    #[test]
+    fn marginal_confidence_is_suspect_with_its_reason() {
+        let rules = Rules {
+            suspect_band: Some([0.4, 0.7]),
+            ..Rules::default()
+        };
+        let d = decide(
+            &rules,
+            &[0.45, 0.55, 0.0],
+            &labels(),
+            Some(0),
+            &peak_at(0, 0),
+            4,
+            4,
+        );
+        assert_eq!(d.kind, Kind::Suspect);
+        assert!(matches!(d.reasons[0], Reason::Marginal { .. }));
+    }
+
+    #[test]
+    fn evidence_outside_the_roi_is_suspect() {
+        let rules = Rules {
+            roi: Some(square(0.0, 0.0, 0.5, 0.5)),
+            ..Rules::default()
+        };
+        let d = decide(
+            &rules,
+            &[0.0, 1.0, 0.0],
+            &labels(),
+            Some(0),
+            &peak_at(3, 3),
+            4,
+            4,
+        );
+        assert_eq!(d.kind, Kind::Suspect);
+        assert_eq!(
+            d.reasons,
+            vec![Reason::OutsideRoi {
+                fraction: 0.0,
+                min: 0.5
+            }]
+        );
+    }
+
+    #[test]
+    fn evidence_on_a_watermark_is_suspect_and_names_the_zone() {
+        let rules = Rules {
+            ignore_zones: vec![Zone {
+                name: "watermark".into(),
+                polygon: square(0.7, 0.8, 1.0, 1.0),
+            }],
+            ..Rules::default()
+        };
+        let d = decide(
+            &rules,
+            &[0.0, 1.0, 0.0],
+            &labels(),
+            Some(0),
+            &peak_at(3, 3),
+            4,
+            4,
+        );
+        assert_eq!(d.kind, Kind::Suspect);
+        match &d.reasons[0] {
+            Reason::OnIgnoreZone { zone, fraction, .. } => {
+                assert_eq!(zone, "watermark");
+                assert!(*fraction > 0.3);
+            }
+            r => panic!("unexpected reason {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_diffuse_defect_map_is_suspect() {
+        let rules = Rules {
+            max_spread: Some(0.5),
+            ..Rules::default()
+        };
+        let d = decide(
+            &rules,
+            &[0.0, 1.0, 0.0],
+            &labels(),
+            Some(0),
+            &[1.0; 16],
+            4,
+            4,
+        );
+        assert!(matches!(d.reasons[0], Reason::Diffuse { .. }));
+    }
+
+    #[test]
+    fn ok_predictions_skip_evidence_checks_unless_asked() {
+        let rules = Rules {
+            roi: Some(square(0.0, 0.0, 0.5, 0.5)),
+            ..Rules::default()
+        };
+        let d = decide(
+            &rules,
+            &[0.9, 0.1, 0.0],
+            &labels(),
+            Some(0),
+            &peak_at(3, 3),
+            4,
+            4,
+        );
+        assert_eq!(d.kind, Kind::Ok);
+        let strict = Rules {
+            check_ok_evidence: true,
+            ..rules
+        };
+        assert_eq!(
+            decide(
+                &strict,
+                &[0.9, 0.1, 0.0],
+                &labels(),
+                Some(0),
+                &peak_at(3, 3),
+                4,
+                4
+            )
+            .kind,
+            Kind::Suspect
+        );
+    }
+
+    #[test]
+    fn a_single_sigmoid_score_is_the_defect_probability() {
+        let l = vec!["defect".to_string()];
+        assert_eq!(
+            decide(&Rules::default(), &[0.8], &l, None, &peak_at(0, 0), 4, 4).kind,
+            Kind::Defect
+        );
+        let d = decide(&Rules::default(), &[0.2], &l, None, &peak_at(0, 0), 4, 4);
+        assert_eq!((d.kind, d.label.as_str()), (Kind::Ok, "ok"));
+    }
+
+    #[test]
+    fn polygons_are_validated_by_key() {
+        let rules = Rules {
+            roi: Some(Polygon(vec![[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]])),
+            ..Rules::default()
+        };
+        assert!(rules.validate().unwrap_err().contains("verdict.roi"));
+        let rules = Rules {
+            suspect_band: Some([0.8, 0.2]),
+            ..Rules::default()
+        };
+        assert!(rules.validate().unwrap_err().contains("suspect_band"));
+    }
+
+    #[test]
+    fn mass_fraction_of_half_a_frame() {
+        let m = vec![1.0; 16];
+        assert!((mass_fraction(&m, 4, 4, &square(0.0, 0.0, 0.5, 1.0)) - 0.5).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,304 @@
+//! The command line as a user meets it: `explain`, `layers`, and every kind of bad input
+//! answered with exit code 2 and one line that names the culprit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_inspectd"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("inspectd-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run inspectd")
+}
+
+/// Asserts exit code 2 and a single stderr line containing every `needle`.
+fn assert_bad_input(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in {err:?}");
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn explain_json_has_the_documented_fields_and_writes_the_overlay() {
+    let dir = tmpdir("json");
+    let overlay = dir.join("cam.png");
+    let model = fixture("resnet_gap.onnx");
+    let image = fixture("resnet_gap.png");
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--method",
+        "gradcam++",
+        "--json",
+        "--overlay",
+        s(&overlay),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "model",
+        "layer",
+        "method",
+        "class",
+        "label",
+        "top1",
+        "scores",
+        "logits",
+        "cam",
+        "timing_ms",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["method"], "gradcam++");
+    let (w, h) = (
+        v["cam"]["width"].as_u64().unwrap(),
+        v["cam"]["height"].as_u64().unwrap(),
+    );
+    assert_eq!((w, h), (8, 8));
+    let values = v["cam"]["values"].as_array().unwrap();
+    assert_eq!(values.len() as u64, w * h);
+    assert!(values
+        .iter()
+        .all(|x| (0.0..=1.0).contains(&x.as_f64().unwrap())));
+    let scores: f64 = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!(
+        (scores - 1.0).abs() < 1e-4,
+        "softmax scores sum to {scores}"
+    );
+    for k in ["preprocess", "forward", "cam"] {
+        assert!(v["timing_ms"][k].as_f64().unwrap() >= 0.0);
+    }
+    let img = image::open(&overlay).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+}
+
+#[test]
+fn explain_by_label_and_human_summary() {
+    let model = fixture("resnet_gap.onnx");
+    let image = fixture("resnet_gap.png");
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--class",
+        "class_2",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("gradcam of class 2"), "{text}");
+}
+
+#[test]
+fn layers_lists_candidates_and_marks_the_default() {
+    let out = run(&[
+        "layers",
+        "--model",
+        s(&fixture("resnet_midblock.onnx")),
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    assert!(list.len() > 3);
+    let defaults: Vec<_> = list.iter().filter(|c| c["default"] == true).collect();
+    assert_eq!(defaults.len(), 1);
+    // The auto layer is the last feature map before pooling.
+    assert_eq!(defaults[0]["name"], list.last().unwrap()["name"]);
+    assert!(list
+        .iter()
+        .any(|c| c["name"] == "/layer2/layer2.0/relu_1/Relu_output_0"));
+}
+
+#[test]
+fn a_folder_with_one_bad_image_still_explains_the_rest() {
+    let dir = tmpdir("folder");
+    std::fs::copy(fixture("resnet_gap.png"), dir.join("a.png")).unwrap();
+    std::fs::write(dir.join("b.png"), b"not a png at all").unwrap();
+    std::fs::copy(fixture("resnet_gap.png"), dir.join("c.png")).unwrap();
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&fixture("resnet_gap.onnx")),
+        "--dir",
+        s(&dir),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "both good images explained");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("b.png"), "{err}");
+}
+
+#[test]
+fn a_missing_model_is_named() {
+    let out = run(&[
+        "explain",
+        "--model",
+        "/nonexistent/m.onnx",
+        "--image",
+        s(&fixture("resnet_gap.png")),
+    ]);
+    assert_bad_input(&out, &["/nonexistent/m.onnx", "cannot read"]);
+}
+
+#[test]
+fn a_file_that_is_not_onnx_is_named() {
+    let image = fixture("resnet_gap.png");
+    let out = run(&["explain", "--model", s(&image), "--image", s(&image)]);
+    assert_bad_input(&out, &["resnet_gap.png", "ONNX"]);
+}
+
+#[test]
+fn an_image_that_does_not_decode_is_named() {
+    let dir = tmpdir("badimg");
+    let bad = dir.join("broken.jpg");
+    std::fs::write(&bad, [0xff, 0xd8, 0xff, 0x00, 0x12]).unwrap();
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&fixture("resnet_gap.onnx")),
+        "--image",
+        s(&bad),
+    ]);
+    assert_bad_input(&out, &["broken.jpg", "decode"]);
+}
+
+#[test]
+fn an_unknown_layer_lists_the_candidates() {
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&fixture("resnet_gap.onnx")),
+        "--image",
+        s(&fixture("resnet_gap.png")),
+        "--layer",
+        "no_such_tensor",
+    ]);
+    assert_bad_input(
+        &out,
+        &[
+            "no_such_tensor",
+            "candidates",
+            "/layer3/layer3.0/relu_1/Relu_output_0",
+        ],
+    );
+}
+
+#[test]
+fn a_class_out_of_range_is_refused() {
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&fixture("resnet_gap.onnx")),
+        "--image",
+        s(&fixture("resnet_gap.png")),
+        "--class",
+        "99",
+    ]);
+    assert_bad_input(&out, &["class 99", "out of range"]);
+}
+
+#[test]
+fn an_unsupported_head_op_names_the_op_and_suggests_a_way_out() {
+    let model = fixture("unsupported_head.onnx");
+    let image = fixture("resnet_gap.png");
+    let out = run(&["explain", "--model", s(&model), "--image", s(&image)]);
+    assert_bad_input(
+        &out,
+        &["Einsum", "classifier_einsum", "--layer", "eigencam"],
+    );
+    // A gradient-free method still works on that model.
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--method",
+        "eigencam",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let out = run(&["explain", "--model", s(&fixture("resnet_gap.onnx"))]);
+    assert_eq!(out.status.code(), Some(2), "missing --image/--dir");
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&fixture("resnet_gap.onnx")),
+        "--image",
+        s(&fixture("resnet_gap.png")),
+        "--method",
+        "magic",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("magic"));
+    let out = run(&[
+        "layers",
+        "--model",
+        s(&fixture("resnet_gap.onnx")),
+        "--mean",
+        "1,2",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_sidecar_with_a_typo_is_named() {
+    let dir = tmpdir("sidecar");
+    let model = dir.join("m.onnx");
+    std::fs::copy(fixture("resnet_gap.onnx"), &model).unwrap();
+    std::fs::write(dir.join("m.toml"), "[input]\nwidht = 64\n").unwrap();
+    let out = run(&["layers", "--model", s(&model)]);
+    assert_bad_input(&out, &["m.toml", "widht"]);
+}
