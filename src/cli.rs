@@ -39,6 +39,51 @@ pub enum Command {
     Bench(BenchArgs),
     /// Validate a model on a labelled folder: accuracy, confusion, CAM localization, HTML report.
     Validate(ValidateArgs),
+    /// Run the daemon: frames → explained verdicts → MQTT.
+    Run(RunArgs),
+    /// Check a daemon config (keys, model, source, broker URL) and exit 0, or 2 naming the fault.
+    CheckConfig(CheckConfigArgs),
+    /// Zero-setup demo: embedded broker, shipped model, replayed samples, one line per verdict.
+    Demo(DemoArgs),
+    /// Run the embedded MQTT broker in the foreground (for tests and trials).
+    #[command(hide = true)]
+    Broker(BrokerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Config file (TOML).
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckConfigArgs {
+    /// Config file (TOML).
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Stop after this many verdicts (default: run until Ctrl-C).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Publish to this broker instead of the embedded one (mqtt://host:port).
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Replay rate in frames per second.
+    #[arg(long, default_value_t = 5.0)]
+    pub fps: f32,
+    /// Folder holding the shipped model and samples (default: ./models, then /usr/share/inspectd/models).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BrokerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -194,8 +239,9 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    // The embedded broker logs every probe and disconnect as an error: keep it quiet by default.
     let filter = tracing_subscriber::EnvFilter::try_from_env("INSPECTD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -208,6 +254,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Layers(a) => layers(a),
         Command::Bench(a) => bench(a),
         Command::Validate(a) => validate(a),
+        Command::Run(a) => run_daemon(a),
+        Command::CheckConfig(a) => check_config(a),
+        Command::Demo(a) => crate::demo::run(a),
+        Command::Broker(a) => crate::broker::run_foreground(a.listen),
     }
 }
 
@@ -242,7 +292,9 @@ pub fn is_image(p: &Path) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())
         .unwrap_or_default();
+    // `<stem>.mask.png` and `<stem>.watermark.png` are annotations beside an image, not frames.
     !name.ends_with(".mask.png")
+        && !name.ends_with(".watermark.png")
         && [".png", ".jpg", ".jpeg", ".bmp"]
             .iter()
             .any(|ext| name.ends_with(ext))
@@ -525,12 +577,53 @@ fn validate(a: ValidateArgs) -> Result<()> {
             );
         }
         let l = &m.localization;
-        if let (Some(p), Some(e)) = (l.pointing_game, l.mean_energy_in_mask) {
-            println!("localization ({}, {} masked images): pointing game {:.1} %, mean energy in mask {:.3}", l.method, l.images, 100.0 * p, e);
+        if let (Some(p), Some(e), Some(ep)) = (
+            l.pointing_game,
+            l.mean_energy_in_mask,
+            l.mean_energy_in_mask_pixels,
+        ) {
+            println!(
+                "localization ({}, {} masked images): pointing game {:.1} %, mean energy in mask {:.3} (feature cells), {:.3} (pixels)",
+                l.method, l.images, 100.0 * p, e, ep
+            );
         }
         if let Some(r) = &a.report {
             println!("report: {}", r.display());
         }
     }
+    Ok(())
+}
+
+/// A tokio runtime for the daemon: two workers (I/O only; CPU work has its own threads).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_daemon(a: RunArgs) -> Result<()> {
+    let cfg = crate::config::Config::load(&a.config)?;
+    runtime()?.block_on(crate::daemon::run(
+        cfg,
+        crate::daemon::signals(),
+        Default::default(),
+    ))
+}
+
+fn check_config(a: CheckConfigArgs) -> Result<()> {
+    let cfg = crate::config::Config::load(&a.config)?;
+    let ex = crate::daemon::check(&cfg)?;
+    println!(
+        "{}: ok · device {} · model {} {} ({}) · layer {} · broker {}",
+        a.config.display(),
+        cfg.device_id,
+        ex.model.name,
+        ex.model.version,
+        &ex.model.sha256[..12],
+        ex.layer.name,
+        cfg.mqtt.url
+    );
     Ok(())
 }

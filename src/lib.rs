@@ -2,12 +2,22 @@
 //! explains every prediction with a class activation map computed by its own reverse-mode pass
 //! over the model head, and publishes verdicts. See `DESIGN.md` for the architecture.
 
+pub mod broker;
 pub mod cam;
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod error;
 pub mod graph;
 pub mod heatmap;
+pub mod http;
 pub mod model;
+pub mod mqtt;
+pub mod pipeline;
+pub mod source;
+pub mod spool;
 pub mod tensor;
+pub mod timefmt;
 pub mod validate;
 pub mod verdict;

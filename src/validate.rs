@@ -95,14 +95,21 @@ pub struct Record {
     pub truth: usize,
     pub predicted: usize,
     pub confidence: f32,
-    /// Pointing game hit and energy-in-mask, where a mask exists.
+    /// Pointing game hit and energy-in-mask (feature cells the mask touches), where a mask exists.
     pub pointing: Option<bool>,
     pub energy: Option<f32>,
+    /// Energy-in-mask at pixel level (map up-sampled to the image).
+    pub energy_pixels: Option<f32>,
 }
 
 /// Cells of an `h`×`w` feature grid covered by the mask (any set pixel), then dilated by one
 /// cell. `crop` is the part of the mask image the model saw.
 pub fn mask_cells(mask: &GrayImage, crop: Crop, h: usize, w: usize) -> Vec<bool> {
+    dilate(&covered_cells(mask, crop, h, w), h, w)
+}
+
+/// Cells of an `h`×`w` feature grid that hold at least one mask pixel.
+pub fn covered_cells(mask: &GrayImage, crop: Crop, h: usize, w: usize) -> Vec<bool> {
     let mut cells = vec![false; h * w];
     for (x, y, p) in mask.enumerate_pixels() {
         if p.0[0] < 128 {
@@ -115,7 +122,11 @@ pub fn mask_cells(mask: &GrayImage, crop: Crop, h: usize, w: usize) -> Vec<bool>
         }
         cells[(fy * h as f32) as usize * w + (fx * w as f32) as usize] = true;
     }
-    let mut dilated = cells.clone();
+    cells
+}
+
+fn dilate(cells: &[bool], h: usize, w: usize) -> Vec<bool> {
+    let mut dilated = cells.to_vec();
     for y in 0..h {
         for x in 0..w {
             if !cells[y * w + x] {
@@ -139,8 +150,23 @@ pub fn pointing_hit(map: &Tensor, cells: &[bool]) -> bool {
     cells[map.argmax()]
 }
 
+/// Share of the map's mass (at feature resolution) in the cells the mask touches.
+pub fn energy_in_cells(map: &Tensor, cells: &[bool]) -> f32 {
+    let total: f32 = map.data().iter().map(|v| v.max(0.0)).sum();
+    if total == 0.0 {
+        return 0.0;
+    }
+    map.data()
+        .iter()
+        .zip(cells)
+        .filter(|(_, &c)| c)
+        .map(|(v, _)| v.max(0.0))
+        .sum::<f32>()
+        / total
+}
+
 /// Share of the map's mass inside the mask, with the map up-sampled (bilinear) over the crop
-/// of the mask image.
+/// of the mask image (a stricter, pixel-level variant).
 pub fn energy_in_mask(map: &Tensor, mask: &GrayImage, crop: Crop) -> f32 {
     let (h, w) = (map.shape()[0], map.shape()[1]);
     let (cw, ch) = (
@@ -195,7 +221,10 @@ pub struct Localization {
     /// Images with a mask.
     pub images: usize,
     pub pointing_game: Option<f64>,
+    /// Mean share of map mass in the feature cells the mask touches.
     pub mean_energy_in_mask: Option<f64>,
+    /// Mean share of map mass inside the pixel mask, map up-sampled bilinearly.
+    pub mean_energy_in_mask_pixels: Option<f64>,
 }
 
 pub fn metrics(records: &[Record], labels: &[String], method: Method) -> Metrics {
@@ -239,6 +268,13 @@ pub fn metrics(records: &[Record], labels: &[String], method: Method) -> Metrics
                 masked
                     .iter()
                     .map(|r| r.energy.unwrap_or(0.0) as f64)
+                    .sum::<f64>()
+                    / n as f64
+            }),
+            mean_energy_in_mask_pixels: (n > 0).then(|| {
+                masked
+                    .iter()
+                    .map(|r| r.energy_pixels.unwrap_or(0.0) as f64)
                     .sum::<f64>()
                     / n as f64
             }),
@@ -305,15 +341,16 @@ pub fn run(
             .enumerate()
             .fold(0, |b, (j, &v)| if v > e.logits[b] { j } else { b });
         let (h, w) = (e.map.shape()[0], e.map.shape()[1]);
-        let (pointing, energy) = match &mask {
+        let (pointing, energy, energy_pixels) = match &mask {
             Some(m) if m.pixels().any(|p| p.0[0] >= 128) => {
-                let cells = mask_cells(m, crop, h, w);
+                let covered = covered_cells(m, crop, h, w);
                 (
-                    Some(pointing_hit(&e.map, &cells)),
+                    Some(pointing_hit(&e.map, &dilate(&covered, h, w))),
+                    Some(energy_in_cells(&e.map, &covered)),
                     Some(energy_in_mask(&e.map, m, crop)),
                 )
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         let record = Record {
             path: item.path.display().to_string(),
@@ -322,6 +359,7 @@ pub fn run(
             confidence: e.scores[predicted],
             pointing,
             energy,
+            energy_pixels,
         };
         let bad_class = predicted != item.label;
         let bad_place = energy.is_some_and(|v| v < LOW_ENERGY) || pointing == Some(false);
@@ -430,12 +468,14 @@ figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px 
         h,
         "<h2>Summary</h2><table><tr><th>images</th><td>{}</td></tr><tr><th>accuracy</th><td>{}</td></tr>\
          <tr><th>images with masks</th><td>{}</td></tr><tr><th>pointing game</th><td>{}</td></tr>\
-         <tr><th>mean energy in mask</th><td>{}</td></tr></table>",
+         <tr><th>mean energy in mask (feature cells)</th><td>{}</td></tr>\
+         <tr><th>mean energy in mask (pixels)</th><td>{}</td></tr></table>",
         m.images,
         pct(Some(m.accuracy)),
         m.localization.images,
         pct(m.localization.pointing_game),
-        m.localization.mean_energy_in_mask.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
+        m.localization.mean_energy_in_mask.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into()),
+        m.localization.mean_energy_in_mask_pixels.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
     );
     h.push_str("<h2>Per class</h2><table><tr><th>label</th><th>support</th><th>precision</th><th>recall</th></tr>");
     for c in &m.per_class {
@@ -520,6 +560,7 @@ mod tests {
             confidence: 0.9,
             pointing,
             energy,
+            energy_pixels: energy,
         }
     }
 

@@ -245,7 +245,47 @@ pub fn spread(map: &[f32]) -> f32 {
     map.iter().filter(|&&v| v >= 0.5 * peak).count() as f32 / map.len() as f32
 }
 
-/// Decides a verdict from the scores (probabilities), labels, the ok label and the map.
+/// The class a verdict is about and whether it is a defect: (class, confidence, is_defect).
+///
+/// With an ok label, the defect probability is 1 − P(ok): a part is defective when that reaches
+/// `defect_threshold`, and the verdict names the most likely defect class, whatever way the
+/// probability is split among defect kinds. Without one, the top-1 class decides; a single
+/// sigmoid score is the defect probability itself.
+pub fn target(rules: &Rules, scores: &[f32], ok: Option<usize>) -> (usize, f32, bool) {
+    let argmax = |skip: Option<usize>| {
+        let mut best: Option<usize> = None;
+        for (i, &v) in scores.iter().enumerate() {
+            if Some(i) != skip && best.is_none_or(|b| v > scores[b]) {
+                best = Some(i);
+            }
+        }
+        best.unwrap_or(0)
+    };
+    if scores.len() == 1 {
+        return (
+            0,
+            scores[0].max(1.0 - scores[0]),
+            scores[0] >= rules.defect_threshold,
+        );
+    }
+    match ok {
+        Some(o) if o < scores.len() => {
+            let p_defect = 1.0 - scores[o];
+            if p_defect >= rules.defect_threshold {
+                (argmax(Some(o)), p_defect, true)
+            } else {
+                (o, scores[o], false)
+            }
+        }
+        _ => {
+            let c = argmax(None);
+            (c, scores[c], scores[c] >= rules.defect_threshold)
+        }
+    }
+}
+
+/// Decides a verdict from the scores (probabilities), labels, the ok label and the map of the
+/// class [`target`] chose.
 pub fn decide(
     rules: &Rules,
     scores: &[f32],
@@ -255,17 +295,7 @@ pub fn decide(
     h: usize,
     w: usize,
 ) -> Decision {
-    let class = scores
-        .iter()
-        .enumerate()
-        .fold(0, |b, (i, &v)| if v > scores[b] { i } else { b });
-    let confidence = scores[class];
-    // Binary sigmoid models have one score: it is the defect probability.
-    let is_defect = if scores.len() == 1 {
-        confidence >= rules.defect_threshold
-    } else {
-        Some(class) != ok && confidence >= rules.defect_threshold
-    };
+    let (class, confidence, is_defect) = target(rules, scores, ok);
     let label = if scores.len() == 1 && !is_defect {
         ok.and_then(|i| labels.get(i))
             .cloned()
@@ -505,6 +535,22 @@ mod tests {
         );
         let d = decide(&Rules::default(), &[0.2], &l, None, &peak_at(0, 0), 4, 4);
         assert_eq!((d.kind, d.label.as_str()), (Kind::Ok, "ok"));
+    }
+
+    #[test]
+    fn defect_probability_split_among_kinds_still_makes_a_defect() {
+        // No single defect kind reaches 0.5, but P(defect) = 0.8 does.
+        let d = decide(
+            &Rules::default(),
+            &[0.2, 0.3, 0.25, 0.25],
+            &[labels(), vec!["stain".into()]].concat(),
+            Some(0),
+            &peak_at(1, 1),
+            4,
+            4,
+        );
+        assert_eq!((d.kind, d.label.as_str()), (Kind::Defect, "scratch"));
+        assert!((d.confidence - 0.8).abs() < 1e-6);
     }
 
     #[test]

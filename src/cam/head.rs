@@ -39,12 +39,25 @@ pub enum HeadError {
     },
 }
 
+/// Where a step's input comes from, resolved once at extraction.
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    A,
+    Side(usize),
+    Const(usize),
+    /// Output `k` of step `j`.
+    Step(usize, usize),
+    Omitted,
+}
+
 struct Step {
     name: String,
     op_type: String,
     op: Box<dyn Op>,
-    inputs: Vec<String>,
+    wiring: Vec<Src>,
     outputs: Vec<String>,
+    /// Whether the step's outputs depend on A.
+    differentiable: bool,
 }
 
 /// The differentiable head of a model for one target layer.
@@ -52,11 +65,10 @@ pub struct Head {
     pub layer: String,
     pub output: String,
     steps: Vec<Step>,
-    consts: HashMap<String, Value>,
+    const_vals: Vec<Value>,
+    out_src: Src,
     /// Tensors the head reads that depend on the image but not on A: tract computes them.
     pub sides: Vec<String>,
-    /// Tensors that depend on A (the ones gradients flow through).
-    diff: HashSet<String>,
 }
 
 /// Result of one forward + backward pass through the head.
@@ -165,25 +177,65 @@ impl Head {
             }
         }
 
-        let mut steps = vec![];
-        for (idx, node) in graph.nodes.iter().enumerate() {
-            if head_nodes.contains(&idx) {
-                steps.push(Step {
-                    name: node.display_name().to_string(),
-                    op_type: node.op_type.clone(),
-                    op: build(idx, &consts)?,
-                    inputs: node.inputs.clone(),
-                    outputs: node.outputs.clone(),
-                });
-            }
+        // Wire every step input to its source.
+        let mut where_is: HashMap<&str, Src> = HashMap::new();
+        where_is.insert(layer, Src::A);
+        for (i, n) in sides.iter().enumerate() {
+            where_is.insert(n.as_str(), Src::Side(i));
         }
+        let mut const_vals = vec![];
+        let mut steps: Vec<Step> = vec![];
+        for (idx, node) in graph.nodes.iter().enumerate() {
+            if !head_nodes.contains(&idx) {
+                continue;
+            }
+            let op = build(idx, &consts)?;
+            let mut wiring = Vec::with_capacity(node.inputs.len());
+            for name in &node.inputs {
+                let src = if name.is_empty() {
+                    Src::Omitted
+                } else if let Some(src) = where_is.get(name.as_str()) {
+                    *src
+                } else if let Some(v) = consts.get(name) {
+                    const_vals.push(v.clone());
+                    let src = Src::Const(const_vals.len() - 1);
+                    where_is.insert(name.as_str(), src);
+                    src
+                } else {
+                    return Err(HeadError::Invalid {
+                        op: node.op_type.clone(),
+                        node: node.display_name().into(),
+                        msg: format!("input {name:?} has no source"),
+                    });
+                };
+                wiring.push(src);
+            }
+            let j = steps.len();
+            for (k, o) in node.outputs.iter().enumerate() {
+                if !o.is_empty() {
+                    where_is.insert(o.as_str(), Src::Step(j, k));
+                }
+            }
+            steps.push(Step {
+                name: node.display_name().to_string(),
+                op_type: node.op_type.clone(),
+                op,
+                wiring,
+                outputs: node.outputs.clone(),
+                differentiable: node.outputs.iter().any(|o| diff.contains(o)),
+            });
+        }
+        let out_src = *where_is.get(output).ok_or_else(|| HeadError::NotOnPath {
+            layer: layer.into(),
+            output: output.into(),
+        })?;
         Ok(Head {
             layer: layer.into(),
             output: output.into(),
             steps,
-            consts,
+            const_vals,
+            out_src,
             sides,
-            diff,
         })
     }
 
@@ -204,34 +256,24 @@ impl Head {
     /// Runs the head forward from `a` and back from `output[class]`.
     /// `sides` holds the values of [`Head::sides`], in order.
     pub fn pass(&self, a: &Tensor, sides: &[Value], class: usize) -> Result<HeadPass, HeadError> {
-        let mut vals: HashMap<&str, Value> = HashMap::new();
-        vals.insert(self.layer.as_str(), Value::F(a.clone()));
-        for (n, v) in self.sides.iter().zip(sides) {
-            vals.insert(n.as_str(), v.clone());
-        }
+        let a_val = Value::F(a.clone());
         let runtime = |s: &Step, e: anyhow::Error| HeadError::Runtime {
             op: s.op_type.clone(),
             node: s.name.clone(),
             msg: format!("{e:#}"),
         };
-        let lookup = |vals: &HashMap<&str, Value>, s: &Step, name: &str| -> Option<Value> {
-            if name.is_empty() {
-                return None;
-            }
-            let _ = s;
-            vals.get(name).or_else(|| self.consts.get(name)).cloned()
-        };
+        // Values by step, resolved through the wiring computed at extraction.
+        let mut outs: Vec<Vec<Value>> = Vec::with_capacity(self.steps.len());
         for s in &self.steps {
-            let ins: Vec<Option<Value>> = s.inputs.iter().map(|n| lookup(&vals, s, n)).collect();
-            let refs: Vec<Option<&Value>> = ins.iter().map(Option::as_ref).collect();
-            let outs = s.op.forward(&refs).map_err(|e| runtime(s, e))?;
-            for (name, v) in s.outputs.iter().zip(outs) {
-                if !name.is_empty() {
-                    vals.insert(name.as_str(), v);
-                }
-            }
+            let refs: Vec<Option<&Value>> = s
+                .wiring
+                .iter()
+                .map(|src| self.resolve(*src, &a_val, sides, &outs))
+                .collect();
+            let o = s.op.forward(&refs).map_err(|e| runtime(s, e))?;
+            outs.push(o);
         }
-        let out = match vals.get(self.output.as_str()) {
+        let out = match self.resolve(self.out_src, &a_val, sides, &outs) {
             Some(Value::F(t)) => t.clone(),
             _ => {
                 return Err(HeadError::Runtime {
@@ -249,60 +291,83 @@ impl Head {
             });
         }
 
-        // Reverse sweep.
-        let mut grads: HashMap<&str, Tensor> = HashMap::new();
+        // Reverse sweep: gradients by (step, output) and for A.
+        let mut grads: Vec<Vec<Option<Tensor>>> = self
+            .steps
+            .iter()
+            .map(|s| vec![None; s.outputs.len()])
+            .collect();
+        let mut grad_a: Option<Tensor> = None;
         let mut seed = Tensor::zeros(out.shape());
         seed.data_mut()[class] = 1.0;
-        grads.insert(self.output.as_str(), seed);
-        for s in self.steps.iter().rev() {
-            let gouts: Vec<Option<Tensor>> = s
-                .outputs
-                .iter()
-                .map(|o| grads.get(o.as_str()).cloned())
-                .collect();
-            if gouts.iter().all(Option::is_none) {
+        match self.out_src {
+            Src::Step(i, k) => grads[i][k] = Some(seed),
+            Src::A => grad_a = Some(seed),
+            _ => {}
+        }
+        for (i, s) in self.steps.iter().enumerate().rev() {
+            if grads[i].iter().all(Option::is_none) {
                 continue;
             }
-            let ins: Vec<Option<Value>> = s.inputs.iter().map(|n| lookup(&vals, s, n)).collect();
-            let need: Vec<bool> = s
-                .inputs
+            let refs: Vec<Option<&Value>> = s
+                .wiring
                 .iter()
-                .zip(&ins)
-                .map(|(n, v)| self.diff.contains(n) && matches!(v, Some(Value::F(_))))
+                .map(|src| self.resolve(*src, &a_val, sides, &outs))
+                .collect();
+            let need: Vec<bool> = s
+                .wiring
+                .iter()
+                .zip(&refs)
+                .map(|(src, v)| {
+                    let flows = match src {
+                        Src::A => true,
+                        Src::Step(j, _) => self.steps[*j].differentiable,
+                        _ => false,
+                    };
+                    flows && matches!(v, Some(Value::F(_)))
+                })
                 .collect();
             if !need.iter().any(|&b| b) {
                 continue;
             }
-            let refs: Vec<Option<&Value>> = ins.iter().map(Option::as_ref).collect();
-            let outs: Vec<Value> = s
-                .outputs
-                .iter()
-                .map(|o| {
-                    vals.get(o.as_str())
-                        .cloned()
-                        .unwrap_or(Value::F(Tensor::scalar(0.0)))
-                })
-                .collect();
+            let gouts = std::mem::take(&mut grads[i]);
             let gins =
-                s.op.backward(&refs, &outs, &gouts, &need)
+                s.op.backward(&refs, &outs[i], &gouts, &need)
                     .map_err(|e| runtime(s, e))?;
-            for ((name, g), &n) in s.inputs.iter().zip(gins).zip(&need) {
+            for ((src, g), &n) in s.wiring.iter().zip(gins).zip(&need) {
                 let (Some(g), true) = (g, n) else { continue };
-                match grads.get_mut(name.as_str()) {
+                let slot = match src {
+                    Src::A => &mut grad_a,
+                    Src::Step(j, k) => &mut grads[*j][*k],
+                    _ => continue,
+                };
+                match slot {
                     Some(acc) => acc.accumulate(&g),
-                    None => {
-                        grads.insert(name.as_str(), g);
-                    }
+                    None => *slot = Some(g),
                 }
             }
         }
-        let grad = grads
-            .remove(self.layer.as_str())
-            .unwrap_or_else(|| Tensor::zeros(a.shape()));
+        let grad = grad_a.unwrap_or_else(|| Tensor::zeros(a.shape()));
         Ok(HeadPass {
             output: out.into_data(),
             grad,
         })
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        src: Src,
+        a: &'a Value,
+        sides: &'a [Value],
+        outs: &'a [Vec<Value>],
+    ) -> Option<&'a Value> {
+        match src {
+            Src::A => Some(a),
+            Src::Side(i) => sides.get(i),
+            Src::Const(i) => self.const_vals.get(i),
+            Src::Step(j, k) => outs.get(j).and_then(|o| o.get(k)),
+            Src::Omitted => None,
+        }
     }
 }
 

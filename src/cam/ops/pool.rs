@@ -133,6 +133,19 @@ impl Op for Reduce {
     fn forward(&self, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
         let x = float(inputs, 0, "reduce")?;
         let (mask, out_shape) = self.plan(x.shape())?;
+        if let Some(group) = suffix_group(x.shape(), &mask) {
+            // Global pooling: every output reduces one contiguous chunk.
+            let out = x
+                .data()
+                .chunks(group)
+                .map(|c| match self.kind {
+                    ReduceKind::Max => c.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                    ReduceKind::Sum => c.iter().sum(),
+                    ReduceKind::Mean => c.iter().sum::<f32>() / group as f32,
+                })
+                .collect();
+            return Ok(vec![Value::F(Tensor::new(out_shape, out))]);
+        }
         let t = Self::targets(x.shape(), &mask);
         let count = (x.len() / numel(&out_shape).max(1)) as f32;
         let init = if self.kind == ReduceKind::Max {
@@ -168,7 +181,10 @@ impl Op for Reduce {
             bail!("reduce output is not float")
         };
         let (mask, out_shape) = self.plan(x.shape())?;
-        let t = Self::targets(x.shape(), &mask);
+        let t = match suffix_group(x.shape(), &mask) {
+            Some(group) => (0..x.len()).map(|k| k / group).collect(),
+            None => Self::targets(x.shape(), &mask),
+        };
         let count = (x.len() / numel(&out_shape).max(1)) as f32;
         let mut gx = vec![0f32; x.len()];
         match self.kind {
@@ -191,6 +207,16 @@ impl Op for Reduce {
         let mut out = vec![None; inputs.len()];
         out[0] = Some(Tensor::new(x.shape().to_vec(), gx));
         Ok(out)
+    }
+}
+
+/// When the reduced axes are exactly the trailing ones, the size of each contiguous group.
+fn suffix_group(shape: &[usize], mask: &[bool]) -> Option<usize> {
+    let first = mask.iter().position(|&m| m)?;
+    if mask[first..].iter().all(|&m| m) {
+        Some(shape[first..].iter().product::<usize>().max(1))
+    } else {
+        None
     }
 }
 

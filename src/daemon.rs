@@ -1,0 +1,215 @@
+//! `inspectd run`: loads the model, starts the source and inference threads, the MQTT publisher
+//! and the local HTTP endpoint, and stops them in order when `shutdown` resolves: source first,
+//! then inference (finishing its frame), then the spool is drained to the broker within the
+//! deadline and flushed to disk.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cam::{Explainer, ExplainerOptions, Method};
+use crate::config::{Config, PublishOk, SourceConfig, Trigger};
+use crate::error::bad_input;
+use crate::model::{LoadOptions, Model};
+use crate::pipeline::{self, InferenceSetup, LatestSlot, Shared, Stats};
+use crate::source::{FrameSource, HttpSnapshot, Replay};
+use crate::spool::{Fsync, Spool};
+
+/// Optional hooks for embedding the daemon (the demo and tests use them).
+#[derive(Default)]
+pub struct Hooks {
+    /// Called on the inference thread after each verdict with its JSON.
+    pub on_verdict: Option<crate::pipeline::VerdictHook>,
+}
+
+/// Loads the model named by the config and checks its sha256.
+pub fn load_explainer(cfg: &Config, expect_sha: Option<&str>) -> Result<Explainer> {
+    let model = Model::load(
+        &cfg.model.path,
+        &LoadOptions {
+            sidecar: cfg.model.sidecar.clone(),
+            ..Default::default()
+        },
+    )?;
+    if let Some(want) = expect_sha.or(cfg.model.sha256.as_deref()) {
+        if !model.sha256.eq_ignore_ascii_case(want) {
+            return Err(bad_input(format!(
+                "model {}: sha256 {} does not match model.sha256 {want}",
+                cfg.model.path.display(),
+                model.sha256
+            )));
+        }
+    }
+    let method: Method = cfg.cam.method.parse().map_err(bad_input)?;
+    let layer = (cfg.cam.layer != "auto").then(|| cfg.cam.layer.clone());
+    Explainer::new(
+        model,
+        &ExplainerOptions {
+            layer,
+            topk: None,
+            gradients: method.needs_gradients(),
+        },
+    )
+}
+
+/// Everything `check-config` verifies: the file, the model (loaded and planned), the source.
+pub fn check(cfg: &Config) -> Result<Explainer> {
+    let ex = load_explainer(cfg, None)?;
+    crate::mqtt::settings(&cfg.mqtt, &cfg.device_id)?;
+    make_source(cfg)?;
+    Ok(ex)
+}
+
+fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
+    Ok(match &cfg.source {
+        SourceConfig::Replay { path, fps, looping, .. } => (Box::new(Replay::new(path.clone(), *looping)), *fps),
+        SourceConfig::Http { url, fps, timeout_ms, .. } => (
+            Box::new(HttpSnapshot::new(url, Duration::from_millis(*timeout_ms)).map_err(|e| bad_input(format!("source.url: {e}")))?),
+            *fps,
+        ),
+        SourceConfig::Camera { device, .. } => {
+            return Err(bad_input(format!(
+                "source camera {device:?}: this build has no V4L2 support (cargo feature `camera`, which needs libclang-dev); use kind = \"http\" or \"replay\""
+            )))
+        }
+    })
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) -> Result<()> {
+    let ex = load_explainer(&cfg, None)?;
+    let settings = crate::mqtt::settings(&cfg.mqtt, &cfg.device_id)?;
+    let (src, fps) = make_source(&cfg)?;
+    let fsync = if cfg.spool.fsync == "batch" {
+        Fsync::Batch
+    } else {
+        Fsync::Always
+    };
+    let spool = Spool::open(&cfg.spool.path, cfg.spool.max_bytes, fsync)
+        .map_err(|e| bad_input(format!("spool.path: {e}")))?;
+    tracing::info!(
+        "inspectd {} on {}: model {} ({}), layer {}, {} messages waiting in the spool",
+        env!("CARGO_PKG_VERSION"),
+        cfg.device_id,
+        ex.model.name,
+        &ex.model.sha256[..12],
+        ex.layer.name,
+        spool.len()
+    );
+    let shared = Arc::new(Shared {
+        device: cfg.device_id.clone(),
+        prefix: cfg.mqtt.prefix.clone(),
+        started: Instant::now(),
+        stop: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
+        camera_ok: AtomicBool::new(true),
+        rules: RwLock::new(cfg.verdict.clone()),
+        spool: Mutex::new(spool),
+        stats: Mutex::new(Stats::default()),
+        slot: LatestSlot::default(),
+        triggers: Mutex::new(VecDeque::new()),
+        trigger_ready: Condvar::new(),
+        spool_notify: tokio::sync::Notify::new(),
+        status_notify: tokio::sync::Notify::new(),
+        model_id: RwLock::new((
+            ex.model.name.clone(),
+            ex.model.version.clone(),
+            ex.model.sha256.clone(),
+        )),
+        reload: Mutex::new(None),
+        spool_dropped_alerted: AtomicU64::new(0),
+    });
+
+    let publish_ok = PublishOk::parse(&cfg.mqtt.publish_ok).map_err(bad_input)?;
+    let method: Method = cfg.cam.method.parse().map_err(bad_input)?;
+    let reload_cfg = cfg.clone();
+    let setup = InferenceSetup {
+        method,
+        publish_ok,
+        mqtt_trigger: cfg.source.trigger() == Trigger::Mqtt,
+        reload: Box::new(move |sha| load_explainer(&reload_cfg, sha)),
+        on_verdict: hooks.on_verdict,
+    };
+    let sh = shared.clone();
+    let inference = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || pipeline::inference_loop(sh, ex, setup))
+        .context("starting the inference thread")?;
+    let sh = shared.clone();
+    let source = std::thread::Builder::new()
+        .name("source".into())
+        .spawn(move || pipeline::source_loop(sh, src, fps))
+        .context("starting the source thread")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let publisher = tokio::spawn(crate::mqtt::run(
+        shared.clone(),
+        settings,
+        Duration::from_secs(cfg.stats.interval_s),
+        stop_rx.clone(),
+        Duration::from_secs(5),
+    ));
+    let http = if cfg.http.listen.is_empty() {
+        None
+    } else {
+        let addr: std::net::SocketAddr = cfg
+            .http
+            .listen
+            .parse()
+            .map_err(|_| bad_input("http.listen: bad address"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| bad_input(format!("http.listen {addr}: cannot bind: {e}")))?;
+        Some(tokio::spawn(crate::http::serve(
+            listener,
+            shared.clone(),
+            stop_rx.clone(),
+        )))
+    };
+
+    shutdown.await;
+    tracing::info!("stopping: source, inference, then draining the spool");
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.trigger_ready.notify_all();
+    shared.status_notify.notify_one();
+    let joined = tokio::task::spawn_blocking(move || {
+        let _ = source.join();
+        let _ = inference.join();
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(8), publisher).await;
+    if let Some(h) = http {
+        h.abort();
+    }
+    shared
+        .spool
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `{p}/cmd/{name}` payloads: parsed and validated before anything changes. A bad command gets
+//! an error `cmd_result` and changes nothing.
+
+use serde_json::{Map, Value};
+
+use crate::verdict::Rules;
+
+/// Largest accepted command payload.
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// A validated command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Trigger {
+        part_id: String,
+    },
+    /// New verdict rules (the current ones with the given keys changed, already validated).
+    Set(Box<Rules>),
+    Pause,
+    Resume,
+    ReloadModel,
+    Rebirth,
+}
+
+/// A command with its optional request id (echoed in the result).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: Option<String>,
+    pub command: Command,
+}
+
+fn obj(payload: &[u8], name: &str) -> Result<Map<String, Value>, String> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "payload of {} bytes is over the {MAX_PAYLOAD}-byte limit",
+            payload.len()
+        ));
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(format!("{name}: payload must be a JSON object")),
+        Err(e) => Err(format!("{name}: invalid JSON: {e}")),
+    }
+}
+
+fn allow(m: &Map<String, Value>, name: &str, keys: &[&str]) -> Result<(), String> {
+    for k in m.keys() {
+        if k != "id" && !keys.contains(&k.as_str()) {
+            return Err(format!("{name}: unknown key {k:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn number(v: &Value, key: &str) -> Result<f32, String> {
+    v.as_f64()
+        .map(|x| x as f32)
+        .ok_or_else(|| format!("set: {key} must be a number"))
+}
+
+/// Parses `payload` for command `name` against the current `rules`.
+pub fn parse(
+    name: &str,
+    payload: &[u8],
+    rules: &Rules,
+) -> (Option<String>, Result<Command, String>) {
+    let m = match obj(payload, name) {
+        Ok(m) => m,
+        Err(e) => return (None, Err(e)),
+    };
+    let id = match m.get("id") {
+        None => None,
+        Some(Value::String(s)) if s.len() <= 128 => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return (
+                None,
+                Err(format!(
+                    "{name}: id must be a string of at most 128 bytes or a number"
+                )),
+            )
+        }
+    };
+    let cmd = (|| -> Result<Command, String> {
+        match name {
+            "trigger" => {
+                allow(&m, name, &["part_id"])?;
+                match m.get("part_id") {
+                    Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => {
+                        Ok(Command::Trigger { part_id: s.clone() })
+                    }
+                    Some(Value::String(_)) => Err("trigger: part_id must be 1 to 128 bytes".into()),
+                    Some(_) => Err("trigger: part_id must be a string".into()),
+                    None => Err("trigger: part_id is required".into()),
+                }
+            }
+            "set" => {
+                let keys = [
+                    "defect_threshold",
+                    "suspect_band",
+                    "min_roi_fraction",
+                    "max_ignore_fraction",
+                    "max_spread",
+                    "check_ok_evidence",
+                ];
+                allow(&m, name, &keys)?;
+                let mut r = rules.clone();
+                let mut changed = false;
+                for (k, v) in &m {
+                    if k == "id" {
+                        continue;
+                    }
+                    changed = true;
+                    match k.as_str() {
+                        "defect_threshold" => r.defect_threshold = number(v, k)?,
+                        "min_roi_fraction" => r.min_roi_fraction = number(v, k)?,
+                        "max_ignore_fraction" => r.max_ignore_fraction = number(v, k)?,
+                        "max_spread" => {
+                            r.max_spread = if v.is_null() {
+                                None
+                            } else {
+                                Some(number(v, k)?)
+                            }
+                        }
+                        "check_ok_evidence" => {
+                            r.check_ok_evidence = v
+                                .as_bool()
+                                .ok_or("set: check_ok_evidence must be true or false")?
+                        }
+                        "suspect_band" => {
+                            r.suspect_band = match v {
+                                Value::Null => None,
+                                Value::Array(a) if a.len() == 2 => {
+                                    Some([number(&a[0], k)?, number(&a[1], k)?])
+                                }
+                                _ => {
+                                    return Err(
+                                        "set: suspect_band must be [low, high] or null".into()
+                                    )
+                                }
+                            }
+                        }
+                        _ => unreachable!("keys were checked"),
+                    }
+                }
+                if !changed {
+                    return Err("set: nothing to change".into());
+                }
+                r.validate().map_err(|e| format!("set: {e}"))?;
+                Ok(Command::Set(Box::new(r)))
+            }
+            "pause" | "resume" | "reload_model" | "rebirth" => {
+                allow(&m, name, &[])?;
+                Ok(match name {
+                    "pause" => Command::Pause,
+                    "resume" => Command::Resume,
+                    "reload_model" => Command::ReloadModel,
+                    _ => Command::Rebirth,
+                })
+            }
+            other => Err(format!(
+                "unknown command {other:?} (trigger, set, pause, resume, reload_model, rebirth)"
+            )),
+        }
+    })();
+    (id, cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str, payload: &str) -> Result<Command, String> {
+        parse(name, payload.as_bytes(), &Rules::default()).1
+    }
+
+    #[test]
+    fn valid_commands_parse() {
+        assert_eq!(
+            p("trigger", r#"{"part_id":"A-17"}"#),
+            Ok(Command::Trigger {
+                part_id: "A-17".into()
+            })
+        );
+        assert_eq!(p("pause", ""), Ok(Command::Pause));
+        assert_eq!(p("rebirth", "{}"), Ok(Command::Rebirth));
+        match p(
+            "set",
+            r#"{"defect_threshold":0.7,"suspect_band":[0.4,0.6]}"#,
+        ) {
+            Ok(Command::Set(r)) => {
+                assert_eq!(r.defect_threshold, 0.7);
+                assert_eq!(r.suspect_band, Some([0.4, 0.6]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (id, _) = parse("pause", br#"{"id":"req-1"}"#, &Rules::default());
+        assert_eq!(id.as_deref(), Some("req-1"));
+    }
+
+    #[test]
+    fn bad_commands_are_refused_with_a_reason() {
+        for (name, payload, needle) in [
+            ("trigger", "{not json", "invalid JSON"),
+            ("trigger", "[1,2]", "JSON object"),
+            ("trigger", r#"{"part_id":17}"#, "string"),
+            ("trigger", "{}", "required"),
+            ("set", r#"{"defect_threshold":"high"}"#, "number"),
+            ("set", r#"{"defect_threshold":3}"#, "defect_threshold"),
+            ("set", r#"{"colour":1}"#, "unknown key"),
+            ("set", "{}", "nothing"),
+            ("pause", r#"{"now":true}"#, "unknown key"),
+            ("explode", "{}", "unknown command"),
+        ] {
+            let e = p(name, payload).unwrap_err();
+            assert!(e.contains(needle), "{name} {payload}: {e}");
+        }
+        let big = format!(r#"{{"part_id":"{}"}}"#, "x".repeat(5000));
+        assert!(p("trigger", &big).unwrap_err().contains("limit"));
+    }
+}

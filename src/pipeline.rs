@@ -1,0 +1,610 @@
+//! Wiring: the source thread fills a latest-frame slot (a stale frame is replaced and counted,
+//! never queued); the inference thread explains each frame, decides the verdict and writes it to
+//! the spool, which is the bounded buffer towards the publisher (it drops `ok` verdicts first
+//! when full and counts every drop). CPU work stays on these two OS threads, never on tokio.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::json;
+
+use crate::cam::{ClassChoice, Explainer, Method};
+use crate::config::PublishOk;
+use crate::heatmap;
+use crate::model::preprocess::{fit, to_tensor};
+use crate::source::{Backoff, Frame, FrameSource, SourceError};
+use crate::spool::{Message, Priority, Spool};
+use crate::verdict::{decide, Kind, Rules};
+
+/// Holds at most one frame: the newest. `put` replaces an unread frame (counted as dropped).
+#[derive(Default)]
+pub struct LatestSlot {
+    frame: Mutex<Option<Frame>>,
+    ready: Condvar,
+    dropped: AtomicU64,
+}
+
+impl LatestSlot {
+    /// Stores a frame, dropping (and counting) any frame not yet taken. Never blocks.
+    pub fn put(&self, f: Frame) {
+        let mut g = self.frame.lock().unwrap_or_else(|e| e.into_inner());
+        if g.replace(f).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Takes the frame, waiting up to `timeout` for one.
+    pub fn take(&self, timeout: Duration) -> Option<Frame> {
+        let g = self.frame.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self
+            .ready
+            .wait_timeout_while(g, timeout, |f| f.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        g.take()
+    }
+
+    /// Discards a waiting frame without counting it (a trigger wants a fresh one).
+    pub fn clear(&self) {
+        self.frame.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A bounded sample of recent latencies for percentiles.
+#[derive(Default, Clone)]
+pub struct Ring {
+    v: VecDeque<f64>,
+}
+
+impl Ring {
+    const CAP: usize = 2048;
+
+    pub fn push(&mut self, x: f64) {
+        if self.v.len() == Self::CAP {
+            self.v.pop_front();
+        }
+        self.v.push_back(x);
+    }
+
+    /// Percentile `p` (0..100) by nearest rank, or `None` when empty.
+    pub fn percentile(&self, p: f64) -> Option<f64> {
+        if self.v.is_empty() {
+            return None;
+        }
+        let mut s: Vec<f64> = self.v.iter().copied().collect();
+        s.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+        Some(s[rank.min(s.len()) - 1])
+    }
+}
+
+/// Counters and latency samples shared by the threads.
+#[derive(Default)]
+pub struct Stats {
+    pub frames: u64,
+    pub bad_frames: u64,
+    pub verdicts: [u64; 3],
+    pub unpublished_ok: u64,
+    pub errors: u64,
+    pub latency: HashMap<&'static str, Ring>,
+}
+
+/// A trigger from `cmd/trigger`.
+#[derive(Clone, Debug)]
+pub struct TriggerReq {
+    pub part_id: String,
+}
+
+/// Everything the threads and the publisher share.
+pub struct Shared {
+    pub device: String,
+    pub prefix: String,
+    pub started: Instant,
+    pub stop: AtomicBool,
+    pub paused: AtomicBool,
+    pub camera_ok: AtomicBool,
+    pub rules: RwLock<Rules>,
+    pub spool: Mutex<Spool>,
+    pub stats: Mutex<Stats>,
+    pub slot: LatestSlot,
+    pub triggers: Mutex<VecDeque<TriggerReq>>,
+    pub trigger_ready: Condvar,
+    /// Wakes the publisher: new spool entries.
+    pub spool_notify: tokio::sync::Notify,
+    /// Wakes the publisher: the status changed (camera, model).
+    pub status_notify: tokio::sync::Notify,
+    /// Model identity for status and verdicts: (name, version, sha256).
+    pub model_id: RwLock<(String, String, String)>,
+    /// A pending `reload_model` request: expected sha256 (optional) and the reply channel.
+    pub reload: Mutex<Option<std::sync::mpsc::Sender<Result<String, String>>>>,
+    pub spool_dropped_alerted: AtomicU64,
+}
+
+pub const MAX_TRIGGERS: usize = 64;
+
+impl Shared {
+    pub fn topic(&self, leaf: &str) -> String {
+        format!("{}/{}/{}", self.prefix, self.device, leaf)
+    }
+
+    /// Writes a message to the spool and wakes the publisher. Evictions raise an alert.
+    pub fn enqueue(&self, msg: Message) {
+        let res = self
+            .spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(&msg);
+        self.after_push(res.map(|p| p.evicted.len()));
+    }
+
+    fn after_push(&self, res: Result<usize, crate::spool::SpoolError>) {
+        match res {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!("spool full: dropped {n} message(s)");
+                self.raise_spool_alert();
+            }
+            Err(e) => {
+                tracing::error!("spool write failed: {e}");
+                self.stats.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
+            }
+        }
+        self.spool_notify.notify_one();
+    }
+
+    fn raise_spool_alert(&self) {
+        // One alert per 100 drops at most, so a full spool does not fill itself with alerts.
+        let dropped = self
+            .spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dropped();
+        let last = self.spool_dropped_alerted.load(Ordering::Relaxed);
+        if dropped > last && (last == 0 || dropped >= last + 100) {
+            self.spool_dropped_alerted.store(dropped, Ordering::Relaxed);
+            let alert = json!({"schema": "inspect.alert/1", "device": self.device, "ts": crate::timefmt::now(),
+                "kind": "spool_full", "severity": "warning",
+                "message": format!("spool full: {dropped} message(s) dropped so far (ok verdicts first)"),
+                "dropped_total": dropped});
+            let msg = Message {
+                topic: self.topic("alert"),
+                payload: alert.to_string().into_bytes(),
+                retain: false,
+                priority: Priority::High,
+            };
+            let _ = self
+                .spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(&msg);
+        }
+    }
+
+    /// Publishes an alert (through the spool).
+    pub fn alert(&self, kind: &str, severity: &str, message: &str, extra: serde_json::Value) {
+        let mut v = json!({"schema": "inspect.alert/1", "device": self.device, "ts": crate::timefmt::now(),
+            "kind": kind, "severity": severity, "message": message});
+        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        self.enqueue(Message {
+            topic: self.topic("alert"),
+            payload: v.to_string().into_bytes(),
+            retain: false,
+            priority: Priority::High,
+        });
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs a source until `stop`: paces to `fps`, reports lost/recovered with backoff.
+pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32) {
+    let period = if fps > 0.0 {
+        Duration::from_secs_f64(1.0 / fps as f64)
+    } else {
+        Duration::ZERO
+    };
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    let mut next_due = Instant::now();
+    while !shared.stopping() {
+        let now = Instant::now();
+        if next_due > now {
+            std::thread::sleep((next_due - now).min(Duration::from_millis(100)));
+            continue;
+        }
+        next_due = now + period;
+        match src.next_frame() {
+            Ok(f) => {
+                if !shared.camera_ok.swap(true, Ordering::SeqCst) {
+                    tracing::info!("source {} recovered", src.describe());
+                    shared.alert(
+                        "camera_recovered",
+                        "info",
+                        &format!("source {} is back", src.describe()),
+                        json!({}),
+                    );
+                    shared.status_notify.notify_one();
+                }
+                backoff.reset();
+                shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .frames += 1;
+                shared.slot.put(f);
+            }
+            Err(SourceError::BadFrame(m)) => {
+                tracing::warn!("{m}");
+                shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bad_frames += 1;
+            }
+            Err(SourceError::Lost(m)) => {
+                if shared.camera_ok.swap(false, Ordering::SeqCst) {
+                    tracing::warn!("source lost: {m}");
+                    shared.alert(
+                        "camera_lost",
+                        "critical",
+                        &m,
+                        json!({"source": src.describe()}),
+                    );
+                    shared.status_notify.notify_one();
+                }
+                let d = backoff.next_delay();
+                let until = Instant::now() + d;
+                while Instant::now() < until && !shared.stopping() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                next_due = Instant::now();
+            }
+        }
+    }
+}
+
+/// Builds a fresh explainer for `reload_model` (argument: an expected sha256).
+pub type ReloadFn = Box<dyn Fn(Option<&str>) -> anyhow::Result<Explainer> + Send>;
+/// Sees every verdict's JSON on the inference thread.
+pub type VerdictHook = Box<dyn Fn(&serde_json::Value) + Send>;
+
+/// What the inference thread needs besides the shared state.
+pub struct InferenceSetup {
+    pub method: Method,
+    pub publish_ok: PublishOk,
+    pub mqtt_trigger: bool,
+    /// Builds a fresh explainer (for `reload_model`), given an expected sha256.
+    pub reload: ReloadFn,
+    /// Called after each verdict (the demo prints a line; the watchdog is pinged).
+    pub on_verdict: Option<VerdictHook>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The inference loop: frame → tensor → forward → CAM → verdict → spool.
+pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSetup) {
+    let mut ok_count: u64 = 0;
+    while !shared.stopping() {
+        // A pending reload_model runs between frames.
+        let pending = shared
+            .reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(reply) = pending {
+            match (setup.reload)(None) {
+                Ok(new) => {
+                    let id = (
+                        new.model.name.clone(),
+                        new.model.version.clone(),
+                        new.model.sha256.clone(),
+                    );
+                    ex = new;
+                    *shared.model_id.write().unwrap_or_else(|e| e.into_inner()) = id.clone();
+                    shared.status_notify.notify_one();
+                    let _ = reply.send(Ok(format!("loaded {} {} ({})", id.0, id.1, &id.2[..12])));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(format!("{e:#}")));
+                }
+            }
+        }
+        let part_id = if setup.mqtt_trigger {
+            let q = shared.triggers.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut q, _) = shared
+                .trigger_ready
+                .wait_timeout_while(q, Duration::from_millis(200), |q| q.is_empty())
+                .unwrap_or_else(|e| e.into_inner());
+            match q.pop_front() {
+                Some(t) => {
+                    drop(q);
+                    // The part is in front of the camera now: use a frame captured after this.
+                    shared.slot.clear();
+                    Some(t.part_id)
+                }
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let Some(frame) = shared.slot.take(Duration::from_millis(200)) else {
+            if part_id.is_some() {
+                // Wait longer for the triggered frame.
+                let Some(f) = shared.slot.take(Duration::from_secs(5)) else {
+                    shared.alert(
+                        "trigger_timeout",
+                        "warning",
+                        "no frame within 5 s of a trigger",
+                        json!({"part_id": part_id}),
+                    );
+                    continue;
+                };
+                process(&shared, &ex, &setup, f, part_id, &mut ok_count);
+            }
+            continue;
+        };
+        if shared.paused.load(Ordering::Relaxed) {
+            continue;
+        }
+        process(&shared, &ex, &setup, frame, part_id, &mut ok_count);
+    }
+}
+
+fn process(
+    shared: &Shared,
+    ex: &Explainer,
+    setup: &InferenceSetup,
+    frame: Frame,
+    part_id: Option<String>,
+    ok_count: &mut u64,
+) {
+    let queued = frame.captured.elapsed();
+    let t0 = Instant::now();
+    let spec = &ex.model.input;
+    let (fitted, crop) = fit(&frame.image, spec);
+    let input = to_tensor(&fitted, spec);
+    let t_pre = t0.elapsed();
+    let fwd = match ex.forward(&input) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("forward pass failed: {e:#}");
+            shared
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .errors += 1;
+            shared.alert(
+                "model_error",
+                "critical",
+                &format!("forward pass failed: {e:#}"),
+                json!({}),
+            );
+            return;
+        }
+    };
+    let t1 = Instant::now();
+    // Decide which class the verdict is about first, then explain that class.
+    let rules = shared
+        .rules
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let labels = &ex.model.output.labels;
+    let ok_idx = ex
+        .model
+        .output
+        .ok_label
+        .as_ref()
+        .and_then(|l| labels.iter().position(|x| x == l));
+    let (class, _, _) = crate::verdict::target(&rules, &ex.scores(&fwd.logits), ok_idx);
+    let e = match ex.explain_forward(&input, &fwd, &ClassChoice::Index(class), setup.method) {
+        Ok(e) => e,
+        Err(err) => {
+            tracing::error!("CAM failed: {err:#}");
+            shared
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .errors += 1;
+            shared.alert(
+                "model_error",
+                "critical",
+                &format!("CAM failed: {err:#}"),
+                json!({}),
+            );
+            return;
+        }
+    };
+    let t_cam = t1.elapsed();
+    let t2 = Instant::now();
+    let (h, w) = (e.map.shape()[0], e.map.shape()[1]);
+    let d = decide(&rules, &e.scores, labels, ok_idx, e.map.data(), h, w);
+    let png = heatmap::map_png(&e.map).unwrap_or_default();
+    let evidence = if d.kind != Kind::Ok {
+        heatmap::jpeg(
+            &heatmap::thumbnail(&heatmap::overlay(&frame.image, &e.map, crop, 0.45), 320),
+            80,
+        )
+        .ok()
+    } else {
+        None
+    };
+    let t_verdict = t2.elapsed();
+    let kind_ix = match d.kind {
+        Kind::Ok => 0,
+        Kind::Defect => 1,
+        Kind::Suspect => 2,
+    };
+    let publish = match (d.kind, setup.publish_ok) {
+        (Kind::Ok, PublishOk::None) => false,
+        (Kind::Ok, PublishOk::EveryNth(n)) => {
+            *ok_count += 1;
+            (*ok_count - 1).is_multiple_of(n)
+        }
+        _ => true,
+    };
+    let peak = e.map.argmax();
+    let model_id = shared
+        .model_id
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    // Decode → verdict ready to publish (queue wait in the slot is reported separately).
+    let total = frame.decode_ms + ms(t0.elapsed());
+    let scores: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .cloned()
+        .zip(e.scores.iter().map(|&s| json!(s)))
+        .collect();
+    let reasons: Vec<serde_json::Value> = d
+        .reasons
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("text".into(), json!(r.to_string()));
+            }
+            v
+        })
+        .collect();
+    let build = |seq: u64| {
+        json!({
+            "schema": "inspect.verdict/1",
+            "device": shared.device,
+            "seq": seq,
+            "ts": crate::timefmt::rfc3339(frame.wall),
+            "part_id": part_id,
+            "verdict": d.kind,
+            "label": d.label,
+            "confidence": d.confidence,
+            "scores": scores,
+            "reasons": reasons,
+            "cam": {"method": e.method.name(), "layer": ex.layer.name, "class": e.class, "w": w, "h": h,
+                    "png": base64::engine::general_purpose::STANDARD.encode(&png),
+                    "peak": [peak % w, peak / w], "raw_max": e.raw_max, "roi_fraction": d.roi_fraction},
+            "model": {"name": model_id.0, "version": model_id.1, "sha256": model_id.2},
+            "frame": {"origin": frame.origin, "width": frame.image.width(), "height": frame.image.height()},
+            "latency_ms": {"decode": frame.decode_ms, "queue": ms(queued), "preprocess": ms(t_pre),
+                           "forward": fwd.ms, "cam": ms(t_cam), "verdict": ms(t_verdict), "total": total},
+        })
+    };
+    let mut shown = None;
+    if publish {
+        let priority = if d.kind == Kind::Ok {
+            Priority::Low
+        } else {
+            Priority::High
+        };
+        let topic = shared.topic("verdict");
+        let res = shared
+            .spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_seq(|seq| {
+                let v = build(seq);
+                let payload = v.to_string().into_bytes();
+                shown = Some(v);
+                Message {
+                    topic: topic.clone(),
+                    payload,
+                    retain: false,
+                    priority,
+                }
+            });
+        let seq = res.as_ref().map(|(s, _)| *s).ok();
+        shared.after_push(res.map(|(_, p)| p.evicted.len()));
+        if let (Some(seq), Some(jpg)) = (seq, evidence) {
+            shared.enqueue(Message {
+                topic: shared.topic(&format!("evidence/{seq}")),
+                payload: jpg,
+                retain: false,
+                priority: Priority::Low,
+            });
+        }
+        if d.kind == Kind::Suspect {
+            let texts: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
+            shared.alert("suspect", "warning", &format!("suspect {} ({:.2}): {}", d.label, d.confidence, texts.join("; ")),
+                json!({"seq": seq, "label": d.label, "confidence": d.confidence, "reasons": reasons, "part_id": part_id}));
+        }
+    }
+    {
+        let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.verdicts[kind_ix] += 1;
+        if !publish {
+            st.unpublished_ok += 1;
+        }
+        for (k, v) in [
+            ("decode", frame.decode_ms),
+            ("preprocess", ms(t_pre)),
+            ("forward", fwd.ms),
+            ("cam", ms(t_cam)),
+            ("verdict", ms(t_verdict)),
+            ("total", total),
+        ] {
+            st.latency.entry(k).or_default().push(v);
+        }
+    }
+    if let Some(cb) = &setup.on_verdict {
+        cb(&shown.unwrap_or_else(|| build(0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn frame(tag: &str) -> Frame {
+        Frame {
+            image: image::RgbImage::new(1, 1),
+            origin: tag.into(),
+            captured: Instant::now(),
+            wall: SystemTime::now(),
+            decode_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_slot_keeps_only_the_newest_frame_and_counts_the_rest() {
+        let slot = LatestSlot::default();
+        slot.put(frame("a"));
+        slot.put(frame("b"));
+        slot.put(frame("c"));
+        assert_eq!(slot.dropped(), 2);
+        assert_eq!(slot.take(Duration::from_millis(1)).unwrap().origin, "c");
+        assert!(slot.take(Duration::from_millis(1)).is_none());
+    }
+
+    #[test]
+    fn a_waiting_reader_gets_the_next_frame() {
+        let slot = Arc::new(LatestSlot::default());
+        let s2 = slot.clone();
+        let t = std::thread::spawn(move || s2.take(Duration::from_secs(5)).map(|f| f.origin));
+        std::thread::sleep(Duration::from_millis(50));
+        slot.put(frame("x"));
+        assert_eq!(t.join().unwrap().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut r = Ring::default();
+        for i in 1..=100 {
+            r.push(i as f64);
+        }
+        assert_eq!(r.percentile(50.0), Some(50.0));
+        assert_eq!(r.percentile(99.0), Some(99.0));
+        assert_eq!(Ring::default().percentile(50.0), None);
+    }
+}

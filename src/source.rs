@@ -1,0 +1,276 @@
+//! Frame sources: image-folder replay and HTTP snapshot cameras (V4L2 cameras behind the cargo
+//! feature `camera`). A source either yields a frame or says it is lost; the source thread
+//! reconnects with capped exponential backoff and reports lost/recovered.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use image::RgbImage;
+
+use crate::model::preprocess::decode_image;
+
+/// One captured frame.
+pub struct Frame {
+    pub image: RgbImage,
+    /// Where it came from (file name, URL).
+    pub origin: String,
+    pub captured: Instant,
+    pub wall: SystemTime,
+    /// Time spent reading and decoding it, in milliseconds.
+    pub decode_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source is unavailable (folder gone, camera unplugged, HTTP down): retry later.
+    #[error("{0}")]
+    Lost(String),
+    /// This one frame was unusable (a file that does not decode): skip it.
+    #[error("{0}")]
+    BadFrame(String),
+}
+
+pub trait FrameSource: Send {
+    fn next_frame(&mut self) -> Result<Frame, SourceError>;
+    fn describe(&self) -> String;
+}
+
+/// Replays the images of a folder in name order, looping if asked.
+pub struct Replay {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    next: usize,
+    looping: bool,
+    done: bool,
+}
+
+impl Replay {
+    pub fn new(dir: PathBuf, looping: bool) -> Replay {
+        Replay {
+            dir,
+            files: vec![],
+            next: 0,
+            looping,
+            done: false,
+        }
+    }
+
+    /// True once a non-looping replay has shown every image.
+    pub fn finished(&self) -> bool {
+        self.done
+    }
+}
+
+impl FrameSource for Replay {
+    fn next_frame(&mut self) -> Result<Frame, SourceError> {
+        if self.next >= self.files.len() {
+            if !self.files.is_empty() && !self.looping {
+                self.done = true;
+                return Err(SourceError::Lost(format!(
+                    "replay of {} finished",
+                    self.dir.display()
+                )));
+            }
+            // (Re)scan at the start of every pass: a folder that disappeared is "lost".
+            self.files = crate::cli::image_files(&self.dir)
+                .map_err(|e| SourceError::Lost(format!("{e:#}")))?;
+            self.next = 0;
+            if self.files.is_empty() {
+                return Err(SourceError::Lost(format!(
+                    "folder {}: no images",
+                    self.dir.display()
+                )));
+            }
+        }
+        let path = self.files[self.next].clone();
+        self.next += 1;
+        let t0 = Instant::now();
+        let bytes = std::fs::read(&path).map_err(|e| {
+            if self.dir.is_dir() {
+                SourceError::BadFrame(format!("image {}: {e}", path.display()))
+            } else {
+                self.files.clear();
+                SourceError::Lost(format!("folder {}: {e}", self.dir.display()))
+            }
+        })?;
+        let image = decode_image(&bytes)
+            .map_err(|e| SourceError::BadFrame(format!("image {}: {e}", path.display())))?;
+        Ok(Frame {
+            image,
+            origin: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            captured: Instant::now(),
+            wall: SystemTime::now(),
+            decode_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("replay {}", self.dir.display())
+    }
+}
+
+/// Polls a JPEG/PNG snapshot URL (plain HTTP/1.1, as snapshot cameras serve it).
+pub struct HttpSnapshot {
+    url: String,
+    host: String,
+    port: u16,
+    path: String,
+    timeout: Duration,
+}
+
+impl HttpSnapshot {
+    pub fn new(url: &str, timeout: Duration) -> Result<HttpSnapshot, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in {url:?}"))?,
+            ),
+            None => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("no host in {url:?}"));
+        }
+        Ok(HttpSnapshot {
+            url: url.into(),
+            host: host.into(),
+            port,
+            path: path.into(),
+            timeout,
+        })
+    }
+
+    fn fetch(&self) -> Result<Vec<u8>, String> {
+        let addr = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("no address for {}", self.host))?;
+        let mut s = TcpStream::connect_timeout(&addr, self.timeout)
+            .map_err(|e| format!("connecting: {e}"))?;
+        s.set_read_timeout(Some(self.timeout)).ok();
+        s.set_write_timeout(Some(self.timeout)).ok();
+        write!(
+            s,
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: image/*\r\n\r\n",
+            self.path, self.host
+        )
+        .map_err(|e| format!("sending request: {e}"))?;
+        let mut buf = Vec::new();
+        s.take(32 * 1024 * 1024)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("reading response: {e}"))?;
+        let end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("malformed HTTP response")?;
+        let head = String::from_utf8_lossy(&buf[..end]);
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if status != "200" {
+            return Err(format!("HTTP status {status}"));
+        }
+        let body = &buf[end + 4..];
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Content-Length:")
+                    .or_else(|| l.strip_prefix("content-length:"))
+            })
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        Ok(match len {
+            Some(n) if n <= body.len() => body[..n].to_vec(),
+            Some(_) => return Err("truncated HTTP body".into()),
+            None => body.to_vec(),
+        })
+    }
+}
+
+impl FrameSource for HttpSnapshot {
+    fn next_frame(&mut self) -> Result<Frame, SourceError> {
+        let t0 = Instant::now();
+        let bytes = self
+            .fetch()
+            .map_err(|e| SourceError::Lost(format!("camera {}: {e}", self.url)))?;
+        let image = decode_image(&bytes)
+            .map_err(|e| SourceError::BadFrame(format!("camera {}: {e}", self.url)))?;
+        Ok(Frame {
+            image,
+            origin: self.url.clone(),
+            captured: Instant::now(),
+            wall: SystemTime::now(),
+            decode_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("http {}", self.url)
+    }
+}
+
+/// Capped exponential backoff: 100 ms doubling to `max`.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let d: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(d, vec![100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 100);
+    }
+
+    #[test]
+    fn snapshot_urls_are_parsed() {
+        let s = HttpSnapshot::new("http://10.1.2.3:8080/snap.jpg", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.path.as_str()),
+            ("10.1.2.3", 8080, "/snap.jpg")
+        );
+        assert!(HttpSnapshot::new("ftp://x", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_missing_folder_is_a_lost_source() {
+        let mut r = Replay::new(PathBuf::from("/nonexistent/frames"), true);
+        assert!(matches!(r.next_frame(), Err(SourceError::Lost(_))));
+    }
+}

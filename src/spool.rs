@@ -1,0 +1,469 @@
+//! Durable store-and-forward queue of outgoing QoS 1 messages (redb). A message is written here
+//! before it is published and deleted on its PUBACK; after a reconnect or a restart everything
+//! left is sent again in order. The verdict sequence number lives in the same database and is
+//! advanced in the same transaction as the message that carries it, so `seq` survives restarts
+//! and is never reused. Bounded: when full, the oldest `ok` verdicts are dropped first.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// Ids of low-priority (`ok`) messages: the eviction candidates, oldest first.
+const LOW: TableDefinition<u64, ()> = TableDefinition::new("low_priority");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {msg}")]
+    Db { path: String, msg: String },
+    #[error("spool is full and message of {0} bytes cannot fit")]
+    TooLarge(usize),
+}
+
+/// How often the spool forces data to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every message is on disk before it is published.
+    Always,
+    /// Commits are flushed at most every 100 ms (a power cut may lose the last 100 ms).
+    Batch,
+}
+
+/// Low priority messages are evicted first when the spool is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Low,
+    High,
+}
+
+/// One stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub priority: Priority,
+}
+
+impl Message {
+    fn encode(&self) -> Vec<u8> {
+        let t = self.topic.as_bytes();
+        let mut v = Vec::with_capacity(4 + t.len() + self.payload.len());
+        v.push(matches!(self.priority, Priority::High) as u8);
+        v.push(self.retain as u8);
+        v.extend_from_slice(&(t.len() as u16).to_le_bytes());
+        v.extend_from_slice(t);
+        v.extend_from_slice(&self.payload);
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Message> {
+        if b.len() < 4 {
+            return None;
+        }
+        let tl = u16::from_le_bytes([b[2], b[3]]) as usize;
+        let topic = std::str::from_utf8(b.get(4..4 + tl)?).ok()?.to_string();
+        Some(Message {
+            priority: if b[0] == 1 {
+                Priority::High
+            } else {
+                Priority::Low
+            },
+            retain: b[1] == 1,
+            topic,
+            payload: b[4 + tl..].to_vec(),
+        })
+    }
+
+    /// Bytes this message counts against the spool bound.
+    pub fn size(&self) -> u64 {
+        (4 + self.topic.len() + self.payload.len()) as u64
+    }
+}
+
+/// What a push did besides storing the message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    pub id: u64,
+    /// Messages evicted to make room: (id, priority).
+    pub evicted: Vec<(u64, Priority)>,
+}
+
+/// The spool.
+pub struct Spool {
+    db: Database,
+    path: String,
+    max_bytes: u64,
+    bytes: u64,
+    count: u64,
+    next_id: u64,
+    fsync: Fsync,
+    last_flush: Instant,
+    pending_flush: bool,
+    /// Messages dropped because the spool was full, since it was created (persisted).
+    dropped: u64,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool at `path`.
+    pub fn open(path: &Path, max_bytes: u64, fsync: Fsync) -> Result<Spool, SpoolError> {
+        let shown = path.display().to_string();
+        let err = |m: String| SpoolError::Db {
+            path: shown.clone(),
+            msg: m,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder: {e}")))?;
+        }
+        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let mut s = Spool {
+            db,
+            path: shown.clone(),
+            max_bytes,
+            bytes: 0,
+            count: 0,
+            next_id: 1,
+            fsync,
+            last_flush: Instant::now(),
+            pending_flush: false,
+            dropped: 0,
+        };
+        // Create the tables and recount what survived.
+        let tx = s.db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            let msgs = tx.open_table(MESSAGES).map_err(|e| err(e.to_string()))?;
+            tx.open_table(LOW).map_err(|e| err(e.to_string()))?;
+            let meta = tx.open_table(META).map_err(|e| err(e.to_string()))?;
+            for row in msgs.iter().map_err(|e| err(e.to_string()))? {
+                let (k, v) = row.map_err(|e| err(e.to_string()))?;
+                s.bytes += v.value().len() as u64;
+                s.count += 1;
+                s.next_id = s.next_id.max(k.value() + 1);
+            }
+            s.next_id = s.next_id.max(
+                meta.get("next_id")
+                    .map_err(|e| err(e.to_string()))?
+                    .map(|v| v.value())
+                    .unwrap_or(1),
+            );
+            s.dropped = meta
+                .get("dropped")
+                .map_err(|e| err(e.to_string()))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+        }
+        tx.commit().map_err(|e| err(e.to_string()))?;
+        Ok(s)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> SpoolError {
+        SpoolError::Db {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        }
+    }
+
+    /// Stores a message whose payload needs the next sequence number: `build(seq)` makes it.
+    /// The sequence counter and the message are committed together.
+    pub fn push_seq(
+        &mut self,
+        build: impl FnOnce(u64) -> Message,
+    ) -> Result<(u64, Pushed), SpoolError> {
+        let seq = self.peek_meta("seq")?.unwrap_or(0) + 1;
+        let msg = build(seq);
+        let pushed = self.store(&msg, Some(seq))?;
+        Ok((seq, pushed))
+    }
+
+    /// Stores a message.
+    pub fn push(&mut self, msg: &Message) -> Result<Pushed, SpoolError> {
+        self.store(msg, None)
+    }
+
+    fn peek_meta(&self, key: &str) -> Result<Option<u64>, SpoolError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+        let v = meta.get(key).map_err(|e| self.err(e))?.map(|v| v.value());
+        Ok(v)
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> Result<u64, SpoolError> {
+        Ok(self.peek_meta("seq")?.unwrap_or(0))
+    }
+
+    fn store(&mut self, msg: &Message, seq: Option<u64>) -> Result<Pushed, SpoolError> {
+        let size = msg.size();
+        if size > self.max_bytes {
+            return Err(SpoolError::TooLarge(size as usize));
+        }
+        let id = self.next_id;
+        let mut evicted = vec![];
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let durable =
+            self.fsync == Fsync::Always || self.last_flush.elapsed() >= Duration::from_millis(100);
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| self.err(e))?;
+        let (mut bytes, mut count) = (self.bytes, self.count);
+        {
+            let mut msgs = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+            let mut low = tx.open_table(LOW).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            // Evict until the new message fits: oldest low-priority first, then oldest of all.
+            while bytes + size > self.max_bytes && count > 0 {
+                let victim = match low.first().map_err(|e| self.err(e))? {
+                    Some((k, _)) => (k.value(), Priority::Low),
+                    None => match msgs.first().map_err(|e| self.err(e))? {
+                        Some((k, _)) => (k.value(), Priority::High),
+                        None => break,
+                    },
+                };
+                let removed = msgs
+                    .remove(victim.0)
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value().len() as u64);
+                low.remove(victim.0).map_err(|e| self.err(e))?;
+                if let Some(n) = removed {
+                    bytes -= n;
+                    count -= 1;
+                }
+                evicted.push(victim);
+            }
+            let enc = msg.encode();
+            msgs.insert(id, enc.as_slice()).map_err(|e| self.err(e))?;
+            if msg.priority == Priority::Low {
+                low.insert(id, ()).map_err(|e| self.err(e))?;
+            }
+            meta.insert("next_id", id + 1).map_err(|e| self.err(e))?;
+            if let Some(seq) = seq {
+                meta.insert("seq", seq).map_err(|e| self.err(e))?;
+            }
+            if !evicted.is_empty() {
+                meta.insert("dropped", self.dropped + evicted.len() as u64)
+                    .map_err(|e| self.err(e))?;
+            }
+            bytes += enc.len() as u64;
+            count += 1;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        if durable {
+            self.last_flush = Instant::now();
+            self.pending_flush = false;
+        } else {
+            self.pending_flush = true;
+        }
+        self.bytes = bytes;
+        self.count = count;
+        self.next_id = id + 1;
+        self.dropped += evicted.len() as u64;
+        Ok(Pushed { id, evicted })
+    }
+
+    /// Deletes an acknowledged message (a missing id is fine: it was evicted or already gone).
+    pub fn remove(&mut self, id: u64) -> Result<(), SpoolError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        // Deleting after an ack can be lost in a crash at no harm: it is sent again.
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
+        let mut removed = None;
+        {
+            let mut msgs = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+            let mut low = tx.open_table(LOW).map_err(|e| self.err(e))?;
+            if let Some(v) = msgs.remove(id).map_err(|e| self.err(e))? {
+                removed = Some(v.value().len() as u64);
+            }
+            low.remove(id).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        self.pending_flush = true;
+        if let Some(n) = removed {
+            self.bytes -= n;
+            self.count -= 1;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` messages with id > `after`, in order.
+    pub fn after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Message)>, SpoolError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let msgs = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+        let mut out = vec![];
+        for row in msgs.range(after + 1..).map_err(|e| self.err(e))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            if let Some(m) = Message::decode(v.value()) {
+                out.push((k.value(), m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every commit so far durable (called on a timer in `batch` mode and at shutdown).
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        if !self.pending_flush {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        self.pending_flush = false;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Messages dropped because the spool was full, over the spool's life.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Number of stored messages per table (for tests): (all, low priority).
+    pub fn counts(&self) -> Result<(u64, u64), SpoolError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let m = tx
+            .open_table(MESSAGES)
+            .map_err(|e| self.err(e))?
+            .len()
+            .map_err(|e| self.err(e))?;
+        let l = tx
+            .open_table(LOW)
+            .map_err(|e| self.err(e))?
+            .len()
+            .map_err(|e| self.err(e))?;
+        Ok((m, l))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, n: usize, priority: Priority) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: vec![7; n],
+            retain: false,
+            priority,
+        }
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("inspectd-spool-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d.join("spool.redb")
+    }
+
+    #[test]
+    fn messages_come_back_in_order_and_leave_on_ack() {
+        let mut s = Spool::open(&tmp("order"), 1 << 20, Fsync::Always).unwrap();
+        let a = s.push(&msg("a", 10, Priority::High)).unwrap().id;
+        let b = s.push(&msg("b", 10, Priority::Low)).unwrap().id;
+        let got: Vec<String> = s
+            .after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.topic)
+            .collect();
+        assert_eq!(got, vec!["a", "b"]);
+        s.remove(a).unwrap();
+        assert_eq!(s.after(0, 10).unwrap()[0].0, b);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn messages_and_seq_survive_a_reopen() {
+        let path = tmp("reopen");
+        {
+            let mut s = Spool::open(&path, 1 << 20, Fsync::Always).unwrap();
+            for _ in 0..3 {
+                s.push_seq(|seq| msg(&format!("v{seq}"), 5, Priority::High))
+                    .unwrap();
+            }
+            let first = s.after(0, 1).unwrap()[0].0;
+            s.remove(first).unwrap();
+            s.flush().unwrap();
+        }
+        let mut s = Spool::open(&path, 1 << 20, Fsync::Always).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.last_seq().unwrap(), 3);
+        let (seq, _) = s
+            .push_seq(|seq| msg(&format!("v{seq}"), 5, Priority::High))
+            .unwrap();
+        assert_eq!(seq, 4);
+        let topics: Vec<String> = s
+            .after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.topic)
+            .collect();
+        assert_eq!(topics, vec!["v2", "v3", "v4"]);
+    }
+
+    #[test]
+    fn a_full_spool_drops_ok_verdicts_first_and_counts_them() {
+        // Each message is 4 + 1 + 100 = 105 bytes; room for 4.
+        let mut s = Spool::open(&tmp("full"), 420, Fsync::Batch).unwrap();
+        s.push(&msg("d", 100, Priority::High)).unwrap();
+        s.push(&msg("o", 100, Priority::Low)).unwrap();
+        s.push(&msg("d", 100, Priority::High)).unwrap();
+        s.push(&msg("o", 100, Priority::Low)).unwrap();
+        let p = s.push(&msg("d", 100, Priority::High)).unwrap();
+        assert_eq!(p.evicted, vec![(2, Priority::Low)]);
+        let p = s.push(&msg("d", 100, Priority::High)).unwrap();
+        assert_eq!(p.evicted, vec![(4, Priority::Low)]);
+        // No ok verdicts left: the oldest message goes.
+        let p = s.push(&msg("d", 100, Priority::High)).unwrap();
+        assert_eq!(p.evicted, vec![(1, Priority::High)]);
+        assert_eq!(s.dropped(), 3);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.counts().unwrap(), (4, 0));
+        assert!(s.bytes() <= 420);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_spool_is_refused() {
+        let mut s = Spool::open(&tmp("large"), 100, Fsync::Always).unwrap();
+        assert!(matches!(
+            s.push(&msg("x", 200, Priority::High)),
+            Err(SpoolError::TooLarge(_))
+        ));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let m = Message {
+            topic: "inspect/d1/verdict".into(),
+            payload: b"{}".to_vec(),
+            retain: true,
+            priority: Priority::High,
+        };
+        assert_eq!(Message::decode(&m.encode()), Some(m));
+    }
+}

@@ -1,0 +1,267 @@
+//! End to end against a real broker over TCP: the embedded rumqttd by default, or the broker at
+//! `INSPECTD_TEST_BROKER` (host:port, e.g. Mosquitto in CI). The daemon runs in-process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use inspectd::config::Config;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// A broker address: the one named by the environment, or a fresh embedded one.
+fn broker() -> (String, u16) {
+    if let Ok(addr) = std::env::var("INSPECTD_TEST_BROKER") {
+        let (h, p) = addr
+            .rsplit_once(':')
+            .expect("INSPECTD_TEST_BROKER is host:port");
+        return (h.to_string(), p.parse().unwrap());
+    }
+    let port = inspectd::broker::free_port().unwrap();
+    inspectd::broker::spawn(([127, 0, 0, 1], port).into()).unwrap();
+    ("127.0.0.1".into(), port)
+}
+
+fn config(device: &str, host: &str, port: u16, extra_verdict: &str, spool: &Path) -> Config {
+    let text = format!(
+        r#"device_id = "{device}"
+[source]
+kind = "replay"
+path = "{samples}"
+fps = 20
+loop = true
+[model]
+path = "{model}"
+[verdict]
+defect_threshold = 0.5
+{extra_verdict}
+[mqtt]
+url = "mqtt://{host}:{port}"
+keep_alive_s = 5
+[spool]
+path = "{spool}"
+[stats]
+interval_s = 1
+[http]
+listen = ""
+"#,
+        samples = root().join("models/samples").display(),
+        model = root().join("models/surface-defect-int8.onnx").display(),
+        spool = spool.display(),
+    );
+    Config::parse(&text, "test", Path::new(".")).unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("inspectd-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Collects publishes on `filter` until `done` says so or `timeout` passes.
+async fn collect(
+    host: &str,
+    port: u16,
+    filter: &str,
+    timeout: Duration,
+    mut send: Vec<(String, Vec<u8>)>,
+    mut done: impl FnMut(&BTreeMap<String, Vec<serde_json::Value>>) -> bool,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut opts = MqttOptions::new(format!("observer-{}", std::process::id()), host, port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(8 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let mut got: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout && !done(&got) {
+        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let leaf = p.topic.rsplit('/').next().unwrap_or("").to_string();
+                let v: serde_json::Value =
+                    serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                // Commands go out once the daemon is online (and so subscribed to them).
+                if leaf == "status" && v["state"] == "online" {
+                    for (t, p) in send.drain(..) {
+                        client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
+                    }
+                }
+                let key = if p.topic.contains("/evidence/") {
+                    "evidence".to_string()
+                } else {
+                    leaf
+                };
+                got.entry(key).or_default().push(v);
+            }
+            Ok(Err(e)) => panic!("observer lost the broker: {e}"),
+            _ => {}
+        }
+    }
+    got
+}
+
+/// The label a sample file stands for (`…_<label>.png`).
+fn label_of(file: &str) -> &str {
+    file.trim_end_matches(".png").rsplit('_').next().unwrap()
+}
+
+#[test]
+fn verdicts_for_the_samples_arrive_with_labels_maps_and_contiguous_seq() {
+    let (host, port) = broker();
+    let dir = tmp("samples");
+    let cfg = config("e2e-samples", &host, port, "", &dir.join("spool.redb"));
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(inspectd::daemon::run(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Default::default(),
+        ));
+        let bad = vec![
+            (
+                "inspect/e2e-samples/cmd/trigger".to_string(),
+                b"{not json".to_vec(),
+            ),
+            (
+                "inspect/e2e-samples/cmd/explode".to_string(),
+                b"{}".to_vec(),
+            ),
+            (
+                "inspect/e2e-samples/cmd/set".to_string(),
+                br#"{"defect_threshold":"high"}"#.to_vec(),
+            ),
+            (
+                "inspect/e2e-samples/cmd/set".to_string(),
+                vec![b' '; 10_000],
+            ),
+        ];
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-samples/#",
+            Duration::from_secs(60),
+            bad,
+            |g| {
+                g.get("verdict").map_or(0, Vec::len) >= 30
+                    && g.get("cmd_result").map_or(0, Vec::len) >= 4
+                    && g.contains_key("stats")
+            },
+        )
+        .await;
+        let _ = stop_tx.send(());
+        daemon.await.unwrap().unwrap();
+
+        let verdicts = &got["verdict"];
+        assert!(verdicts.len() >= 30, "only {} verdicts", verdicts.len());
+        // Contiguous sequence numbers, starting at 1 on a fresh spool.
+        let seqs: Vec<u64> = verdicts
+            .iter()
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        for v in verdicts.iter().take(30) {
+            assert_eq!(v["schema"], "inspect.verdict/1");
+            let file = v["frame"]["origin"].as_str().unwrap();
+            assert_eq!(v["label"], label_of(file), "{file}");
+            let want = if label_of(file) == "ok" {
+                "ok"
+            } else {
+                "defect"
+            };
+            assert_eq!(v["verdict"], want, "{file}: {v}");
+            let (w, h) = (
+                v["cam"]["w"].as_u64().unwrap() as u32,
+                v["cam"]["h"].as_u64().unwrap() as u32,
+            );
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(v["cam"]["png"].as_str().unwrap())
+                .unwrap();
+            assert!(png.len() <= 400, "map PNG is {} bytes", png.len());
+            let img = image::load_from_memory(&png).unwrap().into_luma8();
+            assert_eq!(img.dimensions(), (w, h));
+        }
+        // Every bad command got an error result, and the daemon kept going.
+        let results = &got["cmd_result"];
+        assert!(results.len() >= 4);
+        assert!(results.iter().all(|r| r["ok"] == false), "{results:?}");
+        assert!(got.contains_key("evidence"), "evidence JPEGs for defects");
+        assert!(got["status"].iter().any(|s| s["state"] == "online"));
+        let stats = got["stats"].last().unwrap();
+        assert!(
+            stats["latency_ms"]["forward"]["p50"].as_f64().is_some(),
+            "{stats}"
+        );
+    });
+}
+
+#[test]
+fn evidence_on_the_watermark_zone_is_flagged_suspect() {
+    let (host, port) = broker();
+    let dir = tmp("suspect");
+    // The shortcut model looks at the watermark; the zone is where the camera burns it in.
+    let zone = r#"max_ignore_fraction = 0.2
+[[verdict.ignore_zones]]
+name = "watermark"
+polygon = [[0.70, 0.82], [0.98, 0.82], [0.98, 0.97], [0.70, 0.97]]"#;
+    let mut cfg = config("e2e-suspect", &host, port, zone, &dir.join("spool.redb"));
+    cfg.model.path = root().join("models/shortcut-f32.onnx");
+    if let inspectd::config::SourceConfig::Replay { path, .. } = &mut cfg.source {
+        *path = root().join("models/samples-shortcut");
+    }
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(inspectd::daemon::run(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Default::default(),
+        ));
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-suspect/#",
+            Duration::from_secs(60),
+            vec![],
+            |g| g.get("verdict").map_or(0, Vec::len) >= 10,
+        )
+        .await;
+        let _ = stop_tx.send(());
+        daemon.await.unwrap().unwrap();
+        let suspects: Vec<_> = got["verdict"]
+            .iter()
+            .filter(|v| v["verdict"] == "suspect")
+            .collect();
+        assert!(
+            !suspects.is_empty(),
+            "no suspect verdict among {:?}",
+            got["verdict"]
+                .iter()
+                .map(|v| &v["verdict"])
+                .collect::<Vec<_>>()
+        );
+        for s in &suspects {
+            let reasons = s["reasons"].as_array().unwrap();
+            assert!(
+                reasons
+                    .iter()
+                    .any(|r| r["code"] == "on_ignore_zone" && r["zone"] == "watermark"),
+                "{s}"
+            );
+        }
+        let alerts = got.get("alert").cloned().unwrap_or_default();
+        assert!(
+            alerts.iter().any(|a| a["kind"] == "suspect"),
+            "a suspect alert is raised"
+        );
+    });
+}
