@@ -206,6 +206,9 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// A second model timed in the same run, alternating run by run, for a fair ratio.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
 fn parse_triple(s: &str) -> Result<[f32; 3], String> {
@@ -520,6 +523,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         fwd.push(e.timing.forward);
         cam.push(e.timing.cam);
     }
+    if let Some(other) = &a.against {
+        return bench_pair(&explainer, &input, other, a.runs, a.json);
+    }
     let (f, c) = (median(&mut fwd), median(&mut cam));
     if a.json {
         println!(
@@ -625,5 +631,49 @@ fn check_config(a: CheckConfigArgs) -> Result<()> {
         ex.layer.name,
         cfg.mqtt.url
     );
+    Ok(())
+}
+
+/// Times two models' forward passes alternately (ABAB…), so machine noise hits both alike.
+fn bench_pair(
+    a: &Explainer,
+    input: &crate::tensor::Tensor,
+    other: &Path,
+    runs: usize,
+    json_out: bool,
+) -> Result<()> {
+    let m = Model::load(other, &LoadOptions::default())?;
+    let spec = m.input.clone();
+    if spec != a.model.input {
+        return Err(bad_input(format!(
+            "--against {}: its input contract differs from --model's",
+            other.display()
+        )));
+    }
+    let b = Explainer::new(m, &ExplainerOptions::default())?;
+    for _ in 0..3 {
+        a.forward(input)?;
+        b.forward(input)?;
+    }
+    let (mut ta, mut tb) = (vec![], vec![]);
+    for _ in 0..runs {
+        ta.push(a.forward(input)?.ms);
+        tb.push(b.forward(input)?.ms);
+    }
+    let (ma, mb) = (median(&mut ta), median(&mut tb));
+    if json_out {
+        println!(
+            "{}",
+            json!({"a": a.model.path.display().to_string(), "b": b.model.path.display().to_string(), "runs": runs,
+                   "a_forward_ms_median": ma, "b_forward_ms_median": mb, "a_over_b": ma / mb})
+        );
+    } else {
+        println!(
+            "{runs} alternating runs: {} forward median {ma:.3} ms · {} forward median {mb:.3} ms · ratio {:.2}×",
+            a.model.path.display(),
+            b.model.path.display(),
+            ma / mb
+        );
+    }
     Ok(())
 }

@@ -72,7 +72,13 @@ async fn collect(
     mut send: Vec<(String, Vec<u8>)>,
     mut done: impl FnMut(&BTreeMap<String, Vec<serde_json::Value>>) -> bool,
 ) -> BTreeMap<String, Vec<serde_json::Value>> {
-    let mut opts = MqttOptions::new(format!("observer-{}", std::process::id()), host, port);
+    // Client ids must be unique per broker: tests run concurrently.
+    let id = format!(
+        "observer-{}-{}",
+        std::process::id(),
+        filter.replace(['/', '#'], "")
+    );
+    let mut opts = MqttOptions::new(id, host, port);
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_max_packet_size(8 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(opts, 64);

@@ -1,0 +1,34 @@
+"""Plain-conv CNN for tract on CPU (no depthwise, no residual Adds).
+
+Every conv is Conv(bias=False) + BatchNorm + ReLU; BatchNorm folds into the conv
+at export, ReLU fuses into the int8 QLinearConv. The last conv block's ReLU
+output ("cam" tensor, stride 8 -> 16x16 for a 128x128 input) feeds
+GlobalAveragePool + Linear (Gemm), which stay in f32.
+"""
+import torch
+import torch.nn as nn
+
+# (out_channels, stride) per conv; input 128 -> 64 -> 64 -> 32 -> 32 -> 16 -> 16 -> 16
+ARCHS = {
+    "s": [(16, 2), (24, 1), (32, 2), (48, 1), (64, 2), (64, 1), (96, 1)],
+    "m": [(16, 2), (32, 1), (48, 2), (48, 1), (96, 2), (96, 1), (128, 1)],
+}
+
+
+class DefectNet(nn.Module):
+    def __init__(self, arch="s", n_classes=5):
+        super().__init__()
+        layers = []
+        cin = 3
+        for cout, stride in ARCHS[arch]:
+            layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=False)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.cam_layer = self.features[-1]          # ReLU module whose output is the CAM tensor
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, n_classes)
+        self.n_features = cin
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.head(torch.flatten(self.pool(f), 1))
