@@ -302,3 +302,43 @@ fn a_sidecar_with_a_typo_is_named() {
     let out = run(&["layers", "--model", s(&model)]);
     assert_bad_input(&out, &["m.toml", "widht"]);
 }
+
+#[test]
+fn the_example_config_checks_out_and_a_broken_one_names_its_key() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/inspectd.toml");
+    let out = run(&["check-config", s(&cfg)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let dir = tmpdir("config");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let write = |name: &str, body: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let fixed = text.replace("../models", model_dir.to_str().unwrap());
+    let typo = write("typo.toml", fixed.replace("keep_alive_s", "keepalive_s"));
+    assert_bad_input(
+        &run(&["check-config", s(&typo)]),
+        &["typo.toml", "keepalive_s"],
+    );
+    let missing = write(
+        "missing.toml",
+        fixed.replace("surface-defect-int8.onnx", "nope.onnx"),
+    );
+    assert_bad_input(&run(&["check-config", s(&missing)]), &["nope.onnx"]);
+    let remote = write(
+        "remote.toml",
+        fixed.replace("mqtt://127.0.0.1:1883", "mqtt://10.0.0.5:1883"),
+    );
+    assert_bad_input(
+        &run(&["check-config", s(&remote)]),
+        &["mqtt.url", "allow_insecure"],
+    );
+}

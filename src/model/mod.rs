@@ -102,6 +102,7 @@ pub struct Plan {
 impl Model {
     /// Loads `path` and its sidecar (`<stem>.toml` beside it, or `opts.sidecar`).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        tract_setup();
         let shown = path.display();
         let bytes = std::fs::read(path)
             .map_err(|e| bad_input(format!("model {shown}: cannot read: {e}")))?;
@@ -311,6 +312,25 @@ impl Plan {
     pub fn batch(&self) -> usize {
         self.input_shape[0]
     }
+}
+
+/// Process-wide tract settings, applied once before tract probes the CPU.
+///
+/// tract 0.23's x86-64 AMX int8 matmul kernel crashed (SIGSEGV inside
+/// `avx512amx_mmm_i32_16x16`) on the inference thread of this project's test machines, so the
+/// int8 path uses the AVX-512/AVX2 kernels unless the operator sets `TRACT_CPU_ISA` explicitly.
+fn tract_setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TRACT_CPU_ISA").is_none() {
+            if let Err(e) = tract_onnx::prelude::tract_data::knobs::set_config_global(
+                "TRACT_CPU_ISA",
+                "-amx-int8",
+            ) {
+                tracing::debug!("TRACT_CPU_ISA: {e}");
+            }
+        }
+    });
 }
 
 fn input_fact(shape: &[usize]) -> InferenceFact {

@@ -1,0 +1,297 @@
+//! At-least-once delivery across broker outages and daemon crashes. The daemon reaches the
+//! broker through a TCP proxy the test can cut (the broker is "down" for the daemon while the
+//! observer stays subscribed), so nothing depends on who reconnects first.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::net::{TcpListener, TcpStream};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn broker() -> (String, u16) {
+    if let Ok(addr) = std::env::var("INSPECTD_TEST_BROKER") {
+        let (h, p) = addr.rsplit_once(':').unwrap();
+        return (h.to_string(), p.parse().unwrap());
+    }
+    let port = inspectd::broker::free_port().unwrap();
+    inspectd::broker::spawn(([127, 0, 0, 1], port).into()).unwrap();
+    ("127.0.0.1".into(), port)
+}
+
+/// A TCP proxy to the broker that can be cut: while down it refuses (closes) new connections
+/// and kills the open ones.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    epoch: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(host: String, port: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let epoch = Arc::new(tx);
+        let (up2, epoch2) = (up.clone(), epoch.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = epoch2.subscribe();
+                let target = format!("{host}:{port}");
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut c, mut s) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port: local,
+            up,
+            epoch,
+        }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn config_text(device: &str, port: u16, spool: &Path) -> String {
+    format!(
+        r#"device_id = "{device}"
+[source]
+kind = "replay"
+path = "{samples}"
+fps = 10
+loop = true
+[model]
+path = "{model}"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+keep_alive_s = 2
+[spool]
+path = "{spool}"
+[stats]
+interval_s = 1
+[http]
+listen = ""
+"#,
+        samples = root().join("models/samples").display(),
+        model = root().join("models/surface-defect-int8.onnx").display(),
+        spool = spool.display(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("inspectd-dur-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Subscribes to a device's verdicts and status; returns a handle collecting seqs and states.
+struct Observer {
+    seqs: Arc<std::sync::Mutex<Vec<u64>>>,
+    states: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Observer {
+    async fn start(host: &str, port: u16, device: &str) -> Observer {
+        let mut opts = MqttOptions::new(format!("obs-{}-{device}", std::process::id()), host, port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(8 << 20, 1 << 20);
+        let (client, mut el) = AsyncClient::new(opts, 64);
+        client
+            .subscribe(format!("inspect/{device}/verdict"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        client
+            .subscribe(format!("inspect/{device}/status"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let seqs = Arc::new(std::sync::Mutex::new(vec![]));
+        let states = Arc::new(std::sync::Mutex::new(vec![]));
+        let (s2, st2) = (seqs.clone(), states.clone());
+        let ready = Arc::new(tokio::sync::Notify::new());
+        let r2 = ready.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => r2.notify_one(),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if p.topic.ends_with("/verdict") {
+                            s2.lock().unwrap().push(v["seq"].as_u64().unwrap());
+                        } else if let Some(s) = v["state"].as_str() {
+                            st2.lock().unwrap().push(s.to_string());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        ready.notified().await;
+        Observer { seqs, states }
+    }
+
+    fn distinct(&self) -> BTreeSet<u64> {
+        self.seqs.lock().unwrap().iter().copied().collect()
+    }
+
+    async fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&Observer) -> bool) {
+        let t0 = Instant::now();
+        while !cond(self) {
+            assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// No gap from 1 to the largest seq seen.
+fn assert_contiguous(seqs: &BTreeSet<u64>) {
+    let max = *seqs.iter().max().expect("some verdicts");
+    let missing: Vec<u64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "lost seqs {missing:?} of 1..={max}");
+}
+
+#[test]
+fn a_20_second_broker_outage_loses_no_verdict() {
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (host, port) = broker();
+        let proxy = Proxy::start(host.clone(), port).await;
+        let obs = Observer::start(&host, port, "dur-outage").await;
+        let dir = tmp("outage");
+        let cfg = inspectd::config::Config::parse(
+            &config_text("dur-outage", proxy.port, &dir.join("spool.redb")),
+            "test",
+            Path::new("."),
+        )
+        .unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(inspectd::daemon::run(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Default::default(),
+        ));
+
+        obs.wait_for("first verdicts", Duration::from_secs(30), |o| {
+            o.distinct().len() >= 20
+        })
+        .await;
+        proxy.down();
+        let before = obs.distinct().len();
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        let during = obs.distinct().len();
+        proxy.restore();
+        // The backlog (≈ 20 s × 10 fps) arrives once the daemon reconnects.
+        let target = before + 150;
+        obs.wait_for("the backlog", Duration::from_secs(60), |o| {
+            o.distinct().len() >= target
+        })
+        .await;
+        let _ = stop_tx.send(());
+        daemon.await.unwrap().unwrap();
+        obs.wait_for("the final status", Duration::from_secs(10), |o| {
+            o.states.lock().unwrap().iter().any(|s| s == "offline")
+        })
+        .await;
+
+        let seqs = obs.distinct();
+        assert!(
+            during <= before + 2,
+            "nothing gets through while the broker is cut ({before} → {during})"
+        );
+        assert!(seqs.len() >= target, "{} verdicts", seqs.len());
+        assert_contiguous(&seqs);
+        assert_eq!(*seqs.iter().max().unwrap() as usize, seqs.len());
+    });
+}
+
+fn spawn_daemon(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_inspectd"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("INSPECTD_LOG", "warn")
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigkill_while_the_broker_is_down_loses_nothing_and_seq_continues() {
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (host, port) = broker();
+        let proxy = Proxy::start(host.clone(), port).await;
+        let obs = Observer::start(&host, port, "dur-kill").await;
+        let dir = tmp("kill");
+        let cfg = dir.join("inspectd.toml");
+        std::fs::write(
+            &cfg,
+            config_text("dur-kill", proxy.port, &dir.join("spool.redb")),
+        )
+        .unwrap();
+
+        let mut d = spawn_daemon(&cfg);
+        obs.wait_for("first verdicts", Duration::from_secs(30), |o| {
+            o.distinct().len() >= 10
+        })
+        .await;
+        proxy.down();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        d.kill().unwrap(); // SIGKILL: no goodbye, no flush beyond what fsync already did
+        d.wait().unwrap();
+        let seen_before_restart = obs.distinct().len();
+
+        let mut d = spawn_daemon(&cfg);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.restore();
+        obs.wait_for("verdicts after the restart", Duration::from_secs(60), |o| {
+            o.distinct().len() >= seen_before_restart + 60
+        })
+        .await;
+        d.kill().unwrap();
+        d.wait().unwrap();
+        let seqs = obs.distinct();
+        assert_contiguous(&seqs);
+        // The LWT: a SIGKILLed daemon becomes offline once its keep-alive runs out.
+        obs.wait_for("the last will", Duration::from_secs(15), |o| {
+            o.states
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|s| s == "offline")
+        })
+        .await;
+    });
+}
