@@ -271,3 +271,129 @@ polygon = [[0.70, 0.82], [0.98, 0.82], [0.98, 0.97], [0.70, 0.97]]"#;
         );
     });
 }
+
+#[test]
+fn marginal_confidence_and_evidence_outside_the_roi_are_suspect() {
+    let (host, port) = broker();
+    let dir = tmp("roi");
+    // The ROI is the top-left ninth of the frame: most defects lie elsewhere. The band makes
+    // every confidence below 0.999 marginal.
+    let rules = r#"suspect_band = [0.5, 0.999]
+roi = [[0.0, 0.0], [0.33, 0.0], [0.33, 0.33], [0.0, 0.33]]
+min_roi_fraction = 0.5"#;
+    let cfg = config("e2e-roi", &host, port, rules, &dir.join("spool.redb"));
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(inspectd::daemon::run(cfg, async { let _ = stop_rx.await; }, Default::default()));
+        let got = collect(&host, port, "inspect/e2e-roi/#", Duration::from_secs(60), vec![], |g| {
+            g.get("verdict").map_or(0, Vec::len) >= 30
+        })
+        .await;
+        let _ = stop_tx.send(());
+        daemon.await.unwrap().unwrap();
+        let codes = |v: &serde_json::Value| -> Vec<String> {
+            v["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_string()).collect()
+        };
+        let verdicts = &got["verdict"];
+        assert!(verdicts.iter().any(|v| v["verdict"] == "suspect" && codes(v).contains(&"outside_roi".to_string())), "no outside_roi");
+        assert!(verdicts.iter().any(|v| v["verdict"] == "suspect" && codes(v).contains(&"marginal".to_string())), "no marginal");
+        for v in verdicts {
+            if v["verdict"] == "suspect" {
+                assert!(!codes(v).is_empty(), "a suspect verdict lists its reasons: {v}");
+            }
+            let c = v["confidence"].as_f64().unwrap();
+            if (0.5..=0.999).contains(&c) {
+                assert_eq!(v["verdict"], "suspect", "{v}");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_vanishing_source_folder_raises_an_alert_and_recovers() {
+    let (host, port) = broker();
+    let dir = tmp("lost");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for f in ["ok/brushed_metal_ok.png", "dent/cast_metal_dent.png"] {
+        let src = root().join("models/samples").join(f);
+        std::fs::copy(&src, frames.join(src.file_name().unwrap())).unwrap();
+    }
+    let mut cfg = config("e2e-lost", &host, port, "", &dir.join("spool.redb"));
+    if let inspectd::config::SourceConfig::Replay { path, .. } = &mut cfg.source {
+        *path = frames.clone();
+    }
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(inspectd::daemon::run(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Default::default(),
+        ));
+        // Verdicts flow; then the folder disappears.
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-lost/verdict",
+            Duration::from_secs(30),
+            vec![],
+            |g| g.get("verdict").map_or(0, Vec::len) >= 3,
+        )
+        .await;
+        assert!(got["verdict"].len() >= 3);
+        let hidden = dir.join("hidden");
+        std::fs::rename(&frames, &hidden).unwrap();
+        let t0 = Instant::now();
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-lost/#",
+            Duration::from_secs(10),
+            vec![],
+            |g| {
+                g.get("alert")
+                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
+                    && g.get("status")
+                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
+            },
+        )
+        .await;
+        let lost_after = t0.elapsed();
+        assert!(
+            got["alert"].iter().any(|a| a["kind"] == "camera_lost"),
+            "{got:?}"
+        );
+        assert!(
+            got["status"].iter().any(|s| s["camera"] == "lost"),
+            "{:?}",
+            got.get("status")
+        );
+        assert!(
+            lost_after < Duration::from_secs(2),
+            "alert after {lost_after:?}"
+        );
+        // The folder comes back: recovery is announced and verdicts resume.
+        std::fs::rename(&hidden, &frames).unwrap();
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-lost/#",
+            Duration::from_secs(15),
+            vec![],
+            |g| {
+                g.get("alert")
+                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_recovered"))
+                    && g.contains_key("verdict")
+            },
+        )
+        .await;
+        let _ = stop_tx.send(());
+        daemon.await.unwrap().unwrap();
+        assert!(got["alert"].iter().any(|a| a["kind"] == "camera_recovered"));
+        assert!(got.contains_key("verdict"), "verdicts resume");
+    });
+}
