@@ -362,6 +362,22 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
     }
 }
 
+/// Counts and alerts a failure of the model on one frame; the loop goes on with the next.
+fn model_error(shared: &Shared, stage: &str, e: &anyhow::Error) {
+    tracing::error!("{stage} failed: {e:#}");
+    shared
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .errors += 1;
+    shared.alert(
+        "model_error",
+        "critical",
+        &format!("{stage} failed: {e:#}"),
+        json!({}),
+    );
+}
+
 fn process(
     shared: &Shared,
     ex: &Explainer,
@@ -378,21 +394,7 @@ fn process(
     let t_pre = t0.elapsed();
     let fwd = match ex.forward(&input) {
         Ok(f) => f,
-        Err(e) => {
-            tracing::error!("forward pass failed: {e:#}");
-            shared
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .errors += 1;
-            shared.alert(
-                "model_error",
-                "critical",
-                &format!("forward pass failed: {e:#}"),
-                json!({}),
-            );
-            return;
-        }
+        Err(e) => return model_error(shared, "forward pass", &e),
     };
     let t1 = Instant::now();
     // Decide which class the verdict is about first, then explain that class.
@@ -411,21 +413,7 @@ fn process(
     let (class, _, _) = crate::verdict::target(&rules, &ex.scores(&fwd.logits), ok_idx);
     let e = match ex.explain_forward(&input, &fwd, &ClassChoice::Index(class), setup.method) {
         Ok(e) => e,
-        Err(err) => {
-            tracing::error!("CAM failed: {err:#}");
-            shared
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .errors += 1;
-            shared.alert(
-                "model_error",
-                "critical",
-                &format!("CAM failed: {err:#}"),
-                json!({}),
-            );
-            return;
-        }
+        Err(err) => return model_error(shared, "CAM", &err),
     };
     let t_cam = t1.elapsed();
     let t2 = Instant::now();
