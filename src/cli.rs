@@ -382,11 +382,7 @@ fn explain_one(
     let preprocess = t0.elapsed().as_secs_f64() * 1e3;
     let e = ex.explain(&input, class, method)?;
     let labels = &ex.model.output.labels;
-    let top = e
-        .logits
-        .iter()
-        .enumerate()
-        .fold(0, |b, (i, &v)| if v > e.logits[b] { i } else { b });
+    let top = crate::tensor::argmax(&e.logits);
 
     let overlay_path = match (&a.overlay, &a.out) {
         (Some(p), _) => Some(p.clone()),

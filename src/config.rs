@@ -83,6 +83,14 @@ impl SourceConfig {
             | SourceConfig::Http { trigger, .. } => *trigger,
         }
     }
+
+    pub fn fps(&self) -> f32 {
+        match self {
+            SourceConfig::Replay { fps, .. }
+            | SourceConfig::Camera { fps, .. }
+            | SourceConfig::Http { fps, .. } => *fps,
+        }
+    }
 }
 
 /// When to inspect.
@@ -312,11 +320,7 @@ impl Config {
         if self.stats.interval_s == 0 {
             return err("stats.interval_s", "must be at least 1".into());
         }
-        let fps = match &self.source {
-            SourceConfig::Replay { fps, .. }
-            | SourceConfig::Camera { fps, .. }
-            | SourceConfig::Http { fps, .. } => *fps,
-        };
+        let fps = self.source.fps();
         if !(0.0..=1000.0).contains(&fps) {
             return err("source.fps", format!("{fps} must be within 0..1000"));
         }

@@ -43,7 +43,6 @@ pub struct Replay {
     files: Vec<PathBuf>,
     next: usize,
     looping: bool,
-    done: bool,
 }
 
 impl Replay {
@@ -53,13 +52,7 @@ impl Replay {
             files: vec![],
             next: 0,
             looping,
-            done: false,
         }
-    }
-
-    /// True once a non-looping replay has shown every image.
-    pub fn finished(&self) -> bool {
-        self.done
     }
 }
 
@@ -67,7 +60,6 @@ impl FrameSource for Replay {
     fn next_frame(&mut self) -> Result<Frame, SourceError> {
         if self.next >= self.files.len() {
             if !self.files.is_empty() && !self.looping {
-                self.done = true;
                 return Err(SourceError::Lost(format!(
                     "replay of {} finished",
                     self.dir.display()

@@ -148,14 +148,19 @@ impl Tensor {
 
     /// Index of the largest element (first one on ties).
     pub fn argmax(&self) -> usize {
-        let mut best = 0;
-        for (i, &v) in self.data.iter().enumerate() {
-            if v > self.data[best] {
-                best = i;
-            }
-        }
-        best
+        argmax(&self.data)
     }
+}
+
+/// Index of the largest value (first one on ties; 0 for an empty slice).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// A row-major `i64` tensor: shapes, indices, and raw integer (quantized) constants.

@@ -285,6 +285,7 @@ pub fn metrics(records: &[Record], labels: &[String], method: Method) -> Metrics
 /// Energy below this share marks an image's evidence as "outside the mask" in the report.
 pub const LOW_ENERGY: f32 = 0.5;
 
+#[derive(Clone)]
 struct Shown {
     record: Record,
     overlay_png: Vec<u8>,
@@ -335,11 +336,7 @@ pub fn run(
         // Localization is judged on the explanation of the true class (where the model sees
         // the defect), as in the pointing game's definition.
         let e = ex.explain(&input, &ClassChoice::Index(item.label), opts.method)?;
-        let predicted = e
-            .logits
-            .iter()
-            .enumerate()
-            .fold(0, |b, (j, &v)| if v > e.logits[b] { j } else { b });
+        let predicted = crate::tensor::argmax(&e.logits);
         let (h, w) = (e.map.shape()[0], e.map.shape()[1]);
         let (pointing, energy, energy_pixels) = match &mask {
             Some(m) if m.pixels().any(|p| p.0[0] >= 128) => {
@@ -374,10 +371,7 @@ pub fn run(
                 overlay_png: heatmap::png(&heatmap::thumbnail(&ov, 256))?,
             };
             if bad_class && room(&wrong) {
-                wrong.push(Shown {
-                    record: shown.record.clone(),
-                    overlay_png: shown.overlay_png.clone(),
-                });
+                wrong.push(shown.clone());
             }
             if bad_place && room(&off_mask) {
                 off_mask.push(shown);

@@ -111,6 +111,28 @@ async fn collect(
     got
 }
 
+/// The daemon running in-process until `stop`.
+struct Daemon {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    fn start(cfg: Config) -> Daemon {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = rx.await;
+        };
+        let task = tokio::spawn(inspectd::daemon::run(cfg, shutdown, Default::default()));
+        Daemon { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 /// The label a sample file stands for (`…_<label>.png`).
 fn label_of(file: &str) -> &str {
     file.trim_end_matches(".png").rsplit('_').next().unwrap()
@@ -123,14 +145,7 @@ fn verdicts_for_the_samples_arrive_with_labels_maps_and_contiguous_seq() {
     let cfg = config("e2e-samples", &host, port, "", &dir.join("spool.redb"));
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(inspectd::daemon::run(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Default::default(),
-        ));
+        let daemon = Daemon::start(cfg);
         let bad = vec![
             (
                 "inspect/e2e-samples/cmd/trigger".to_string(),
@@ -162,8 +177,7 @@ fn verdicts_for_the_samples_arrive_with_labels_maps_and_contiguous_seq() {
             },
         )
         .await;
-        let _ = stop_tx.send(());
-        daemon.await.unwrap().unwrap();
+        daemon.stop().await;
 
         let verdicts = &got["verdict"];
         assert!(verdicts.len() >= 30, "only {} verdicts", verdicts.len());
@@ -224,14 +238,7 @@ polygon = [[0.70, 0.82], [0.98, 0.82], [0.98, 0.97], [0.70, 0.97]]"#;
     }
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(inspectd::daemon::run(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Default::default(),
-        ));
+        let daemon = Daemon::start(cfg);
         let got = collect(
             &host,
             port,
@@ -241,8 +248,7 @@ polygon = [[0.70, 0.82], [0.98, 0.82], [0.98, 0.97], [0.70, 0.97]]"#;
             |g| g.get("verdict").map_or(0, Vec::len) >= 10,
         )
         .await;
-        let _ = stop_tx.send(());
-        daemon.await.unwrap().unwrap();
+        daemon.stop().await;
         let suspects: Vec<_> = got["verdict"]
             .iter()
             .filter(|v| v["verdict"] == "suspect")
@@ -284,14 +290,12 @@ min_roi_fraction = 0.5"#;
     let cfg = config("e2e-roi", &host, port, rules, &dir.join("spool.redb"));
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(inspectd::daemon::run(cfg, async { let _ = stop_rx.await; }, Default::default()));
+        let daemon = Daemon::start(cfg);
         let got = collect(&host, port, "inspect/e2e-roi/#", Duration::from_secs(60), vec![], |g| {
             g.get("verdict").map_or(0, Vec::len) >= 30
         })
         .await;
-        let _ = stop_tx.send(());
-        daemon.await.unwrap().unwrap();
+        daemon.stop().await;
         let codes = |v: &serde_json::Value| -> Vec<String> {
             v["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_string()).collect()
         };
@@ -326,14 +330,7 @@ fn a_vanishing_source_folder_raises_an_alert_and_recovers() {
     }
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(inspectd::daemon::run(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Default::default(),
-        ));
+        let daemon = Daemon::start(cfg);
         // Verdicts flow; then the folder disappears.
         let got = collect(
             &host,
@@ -391,8 +388,7 @@ fn a_vanishing_source_folder_raises_an_alert_and_recovers() {
             },
         )
         .await;
-        let _ = stop_tx.send(());
-        daemon.await.unwrap().unwrap();
+        daemon.stop().await;
         assert!(got["alert"].iter().any(|a| a["kind"] == "camera_recovered"));
         assert!(got.contains_key("verdict"), "verdicts resume");
     });

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use inspectd::config::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -197,14 +198,7 @@ fn a_20_second_broker_outage_loses_no_verdict() {
             Path::new("."),
         )
         .unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(inspectd::daemon::run(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Default::default(),
-        ));
+        let daemon = Daemon::start(cfg);
 
         obs.wait_for("first verdicts", Duration::from_secs(30), |o| {
             o.distinct().len() >= 20
@@ -221,8 +215,7 @@ fn a_20_second_broker_outage_loses_no_verdict() {
             o.distinct().len() >= target
         })
         .await;
-        let _ = stop_tx.send(());
-        daemon.await.unwrap().unwrap();
+        daemon.stop().await;
         obs.wait_for("the final status", Duration::from_secs(10), |o| {
             o.states.lock().unwrap().iter().any(|s| s == "offline")
         })
@@ -237,6 +230,28 @@ fn a_20_second_broker_outage_loses_no_verdict() {
         assert_contiguous(&seqs);
         assert_eq!(*seqs.iter().max().unwrap() as usize, seqs.len());
     });
+}
+
+/// The daemon running in-process until `stop`.
+struct Daemon {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    fn start(cfg: Config) -> Daemon {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = rx.await;
+        };
+        let task = tokio::spawn(inspectd::daemon::run(cfg, shutdown, Default::default()));
+        Daemon { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
 }
 
 fn spawn_daemon(config: &Path) -> Child {

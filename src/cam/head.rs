@@ -248,11 +248,6 @@ impl Head {
         self.steps.is_empty()
     }
 
-    /// Op types of the head in evaluation order.
-    pub fn op_types(&self) -> Vec<&str> {
-        self.steps.iter().map(|s| s.op_type.as_str()).collect()
-    }
-
     /// Runs the head forward from `a` and back from `output[class]`.
     /// `sides` holds the values of [`Head::sides`], in order.
     pub fn pass(&self, a: &Tensor, sides: &[Value], class: usize) -> Result<HeadPass, HeadError> {

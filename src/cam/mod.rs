@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use crate::error::bad_input;
 use crate::graph::ElemType;
 use crate::model::{ancestors, Model, OutputKind, Plan};
-use crate::tensor::{Tensor, Value};
+use crate::tensor::{argmax, Tensor, Value};
 pub use head::{Head, HeadError};
 pub use methods::Method;
 
@@ -290,15 +290,7 @@ impl Explainer {
             Method::EigenCam => methods::eigencam(a.data(), c, h * w),
             Method::ScoreCam => self.scorecam(input, a, class)?,
             m => {
-                let head = self.head.as_ref().ok_or_else(|| {
-                    bad_input(format!(
-                        "model {}: {}",
-                        self.model.path.display(),
-                        self.head_error
-                            .as_deref()
-                            .unwrap_or("no differentiable head")
-                    ))
-                })?;
+                let head = self.head_or_err()?;
                 let pass = head
                     .pass(a, &fwd.outs[2..], class)
                     .map_err(|e| bad_input(format!("model {}: {e}", self.model.path.display())))?;
@@ -329,16 +321,25 @@ impl Explainer {
         input: &Tensor,
         class: usize,
     ) -> Result<(Tensor, Tensor, Vec<f32>, Vec<f32>)> {
-        let outs = self.plan.run(input)?;
-        let Value::F(a) = &outs[1] else {
-            anyhow::bail!("layer is not float")
+        let fwd = self.forward(input)?;
+        let Value::F(a) = &fwd.outs[1] else {
+            anyhow::bail!("layer {} is not a float tensor", self.layer.name)
         };
-        let head = self
-            .head
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("{}", self.head_error.clone().unwrap_or_default()))?;
-        let pass = head.pass(a, &outs[2..], class)?;
-        Ok((a.clone(), pass.grad, pass.output, flat(&outs[0])))
+        let pass = self.head_or_err()?.pass(a, &fwd.outs[2..], class)?;
+        Ok((a.clone(), pass.grad, pass.output, fwd.logits))
+    }
+
+    /// The differentiable head, or the reason there is none (an unsupported op).
+    fn head_or_err(&self) -> Result<&Head> {
+        self.head.as_ref().ok_or_else(|| {
+            bad_input(format!(
+                "model {}: {}",
+                self.model.path.display(),
+                self.head_error
+                    .as_deref()
+                    .unwrap_or("no differentiable head")
+            ))
+        })
     }
 
     fn scorecam(&self, input: &Tensor, a: &Tensor, class: usize) -> Result<Vec<f32>> {
@@ -408,14 +409,4 @@ fn flat(v: &Value) -> Vec<f32> {
         Value::F(t) => t.data().to_vec(),
         Value::I(t) => t.data.iter().map(|&x| x as f32).collect(),
     }
-}
-
-fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
 }
