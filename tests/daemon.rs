@@ -2,29 +2,15 @@
 //! `INSPECTD_TEST_BROKER` (host:port, e.g. Mosquitto in CI). The daemon runs in-process.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use inspectd::config::Config;
+
+mod common;
+use common::{broker, root, Daemon};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-/// A broker address: the one named by the environment, or a fresh embedded one.
-fn broker() -> (String, u16) {
-    if let Ok(addr) = std::env::var("INSPECTD_TEST_BROKER") {
-        let (h, p) = addr
-            .rsplit_once(':')
-            .expect("INSPECTD_TEST_BROKER is host:port");
-        return (h.to_string(), p.parse().unwrap());
-    }
-    let port = inspectd::broker::free_port().unwrap();
-    inspectd::broker::spawn(([127, 0, 0, 1], port).into()).unwrap();
-    ("127.0.0.1".into(), port)
-}
 
 fn config(device: &str, host: &str, port: u16, extra_verdict: &str, spool: &Path) -> Config {
     let text = format!(
@@ -54,13 +40,6 @@ listen = ""
         spool = spool.display(),
     );
     Config::parse(&text, "test", Path::new(".")).unwrap()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inspectd-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Collects publishes on `filter` until `done` says so or `timeout` passes.
@@ -111,28 +90,6 @@ async fn collect(
     got
 }
 
-/// The daemon running in-process until `stop`.
-struct Daemon {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Daemon {
-    fn start(cfg: Config) -> Daemon {
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async {
-            let _ = rx.await;
-        };
-        let task = tokio::spawn(inspectd::daemon::run(cfg, shutdown, Default::default()));
-        Daemon { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 /// The label a sample file stands for (`…_<label>.png`).
 fn label_of(file: &str) -> &str {
     file.trim_end_matches(".png").rsplit('_').next().unwrap()
@@ -141,7 +98,7 @@ fn label_of(file: &str) -> &str {
 #[test]
 fn verdicts_for_the_samples_arrive_with_labels_maps_and_contiguous_seq() {
     let (host, port) = broker();
-    let dir = tmp("samples");
+    let dir = common::tmp("e2e", "samples");
     let cfg = config("e2e-samples", &host, port, "", &dir.join("spool.redb"));
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
@@ -225,7 +182,7 @@ fn verdicts_for_the_samples_arrive_with_labels_maps_and_contiguous_seq() {
 #[test]
 fn evidence_on_the_watermark_zone_is_flagged_suspect() {
     let (host, port) = broker();
-    let dir = tmp("suspect");
+    let dir = common::tmp("e2e", "suspect");
     // The shortcut model looks at the watermark; the zone is where the camera burns it in.
     let zone = r#"max_ignore_fraction = 0.2
 [[verdict.ignore_zones]]
@@ -281,7 +238,7 @@ polygon = [[0.70, 0.82], [0.98, 0.82], [0.98, 0.97], [0.70, 0.97]]"#;
 #[test]
 fn marginal_confidence_and_evidence_outside_the_roi_are_suspect() {
     let (host, port) = broker();
-    let dir = tmp("roi");
+    let dir = common::tmp("e2e", "roi");
     // The ROI is the top-left ninth of the frame: most defects lie elsewhere. The band makes
     // every confidence below 0.999 marginal.
     let rules = r#"suspect_band = [0.5, 0.999]
@@ -317,7 +274,7 @@ min_roi_fraction = 0.5"#;
 #[test]
 fn a_vanishing_source_folder_raises_an_alert_and_recovers() {
     let (host, port) = broker();
-    let dir = tmp("lost");
+    let dir = common::tmp("e2e", "lost");
     let frames = dir.join("frames");
     std::fs::create_dir_all(&frames).unwrap();
     for f in ["ok/brushed_metal_ok.png", "dent/cast_metal_dent.png"] {

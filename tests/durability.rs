@@ -3,29 +3,16 @@
 //! observer stays subscribed), so nothing depends on who reconnects first.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inspectd::config::Config;
+mod common;
+use common::{broker, root, Daemon};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::{TcpListener, TcpStream};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-fn broker() -> (String, u16) {
-    if let Ok(addr) = std::env::var("INSPECTD_TEST_BROKER") {
-        let (h, p) = addr.rsplit_once(':').unwrap();
-        return (h.to_string(), p.parse().unwrap());
-    }
-    let port = inspectd::broker::free_port().unwrap();
-    inspectd::broker::spawn(([127, 0, 0, 1], port).into()).unwrap();
-    ("127.0.0.1".into(), port)
-}
 
 /// A TCP proxy to the broker that can be cut: while down it refuses (closes) new connections
 /// and kills the open ones.
@@ -109,13 +96,6 @@ listen = ""
     )
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("inspectd-dur-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Subscribes to a device's verdicts and status; returns a handle collecting seqs and states.
 struct Observer {
     seqs: Arc<std::sync::Mutex<Vec<u64>>>,
@@ -191,7 +171,7 @@ fn a_20_second_broker_outage_loses_no_verdict() {
         let (host, port) = broker();
         let proxy = Proxy::start(host.clone(), port).await;
         let obs = Observer::start(&host, port, "dur-outage").await;
-        let dir = tmp("outage");
+        let dir = common::tmp("dur", "outage");
         let cfg = inspectd::config::Config::parse(
             &config_text("dur-outage", proxy.port, &dir.join("spool.redb")),
             "test",
@@ -232,28 +212,6 @@ fn a_20_second_broker_outage_loses_no_verdict() {
     });
 }
 
-/// The daemon running in-process until `stop`.
-struct Daemon {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Daemon {
-    fn start(cfg: Config) -> Daemon {
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async {
-            let _ = rx.await;
-        };
-        let task = tokio::spawn(inspectd::daemon::run(cfg, shutdown, Default::default()));
-        Daemon { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 fn spawn_daemon(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_inspectd"))
         .args(["run", "--config", config.to_str().unwrap()])
@@ -269,7 +227,7 @@ fn sigkill_while_the_broker_is_down_loses_nothing_and_seq_continues() {
         let (host, port) = broker();
         let proxy = Proxy::start(host.clone(), port).await;
         let obs = Observer::start(&host, port, "dur-kill").await;
-        let dir = tmp("kill");
+        let dir = common::tmp("dur", "kill");
         let cfg = dir.join("inspectd.toml");
         std::fs::write(
             &cfg,
