@@ -108,7 +108,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 .unwrap_or_default();
             println!(
                 "{:>5}  {:<24} {:<8} {:<8} {:>6.3}  {:>8.1}  {}",
-                v["seq"],
+                v["seq"].as_u64().unwrap_or(0),
                 v["frame"]["origin"]
                     .as_str()
                     .unwrap_or("")
