@@ -51,6 +51,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| ex.forward(&input).unwrap())
         });
         let fwd = ex.forward(&input).unwrap();
+        verdict_stage(c, &name, &ex, &img, &input, &fwd);
         for method in [Method::GradCam, Method::GradCamPlusPlus, Method::EigenCam] {
             c.bench_function(&format!("cam-{method}/{name}"), |b| {
                 b.iter(|| {
@@ -60,6 +61,44 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+}
+
+/// The daemon's verdict stage on one frame: decision, 8-bit PNG map, evidence JPEG.
+fn verdict_stage(
+    c: &mut Criterion,
+    name: &str,
+    ex: &Explainer,
+    img: &Path,
+    input: &inspectd::tensor::Tensor,
+    fwd: &inspectd::cam::Forward,
+) {
+    use inspectd::heatmap;
+    let frame = load_image(img).unwrap();
+    let (_, crop) = fit(&frame, &ex.model.input);
+    let e = ex
+        .explain_forward(input, fwd, &ClassChoice::Top1, Method::GradCam)
+        .unwrap();
+    let rules = inspectd::verdict::Rules::default();
+    let (h, w) = (e.map.shape()[0], e.map.shape()[1]);
+    c.bench_function(&format!("verdict-decide/{name}"), |b| {
+        b.iter(|| {
+            inspectd::verdict::decide(
+                &rules,
+                &e.scores,
+                &ex.model.output.labels,
+                None,
+                e.map.data(),
+                h,
+                w,
+            )
+        })
+    });
+    c.bench_function(&format!("verdict-map-png/{name}"), |b| {
+        b.iter(|| heatmap::map_png(&e.map).unwrap())
+    });
+    c.bench_function(&format!("verdict-evidence/{name}"), |b| {
+        b.iter(|| heatmap::evidence_jpeg(&frame, &e.map, crop).unwrap())
+    });
 }
 
 criterion_group! {

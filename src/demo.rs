@@ -1,9 +1,11 @@
 //! `inspectd demo`: the daemon on embedded defaults — an in-process broker, the shipped int8
 //! model, a replay of `models/samples` — printing one line per verdict. Nothing to install.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Result;
 
@@ -100,8 +102,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let count = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let (c2, d2, limit) = (count.clone(), done.clone(), a.frames);
+    let timing = Arc::new(Mutex::new(Timing::default()));
+    let t2 = timing.clone();
     let hooks = crate::daemon::Hooks {
-        on_verdict: Some(Box::new(move |v: &serde_json::Value| {
+        on_verdict: Some(Box::new(move |v: &serde_json::Value, spool_ms: f64| {
             let reasons: Vec<&str> = v["reasons"]
                 .as_array()
                 .map(|r| r.iter().filter_map(|x| x["text"].as_str()).collect())
@@ -121,6 +125,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 v["latency_ms"]["total"].as_f64().unwrap_or(0.0),
                 reasons.join("; ")
             );
+            t2.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(&v["latency_ms"], spool_ms);
             let n = c2.fetch_add(1, Ordering::SeqCst) + 1;
             if limit.is_some_and(|l| n >= l) {
                 d2.notify_one();
@@ -140,6 +147,89 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ));
     let _ = std::fs::remove_dir_all(&spool_dir);
     res?;
-    println!("{} verdicts", count.load(Ordering::SeqCst));
+    let timing = timing.lock().unwrap_or_else(|e| e.into_inner());
+    println!("{}", timing.summary());
     Ok(())
+}
+
+/// Per-stage latencies of the verdicts the demo printed, for its closing summary.
+#[derive(Default)]
+struct Timing {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    stages: BTreeMap<String, Vec<f64>>,
+}
+
+const STAGES: [&str; 6] = ["decode", "preprocess", "forward", "cam", "verdict", "total"];
+const SHOWN: [&str; 7] = [
+    "decode",
+    "preprocess",
+    "forward",
+    "cam",
+    "verdict",
+    "spool",
+    "decode→spool",
+];
+
+impl Timing {
+    fn add(&mut self, latency: &serde_json::Value, spool_ms: f64) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        for s in STAGES {
+            if let Some(v) = latency[s].as_f64() {
+                self.stages.entry(s.to_string()).or_default().push(v);
+            }
+        }
+        self.stages
+            .entry("spool".into())
+            .or_default()
+            .push(spool_ms);
+        // The whole frame cost: decode → in the spool, ready for the publisher.
+        if let Some(t) = latency["total"].as_f64() {
+            let all = self.stages.entry("decode→spool".into()).or_default();
+            all.push(t + spool_ms);
+            // Per frame, so that a slow moment inflates both sides of the ratio alike.
+            let core =
+                latency["forward"].as_f64().unwrap_or(0.0) + latency["cam"].as_f64().unwrap_or(0.0);
+            if core > 0.0 {
+                self.stages
+                    .entry("ratio".into())
+                    .or_default()
+                    .push((t + spool_ms) / core);
+            }
+        }
+    }
+
+    fn median(&self, stage: &str) -> f64 {
+        let mut v = self.stages.get(stage).cloned().unwrap_or_default();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    /// "N verdicts, F fps; median ms: …; total / (forward + cam) = R×".
+    fn summary(&self) -> String {
+        let n = self.stages.get("total").map_or(0, Vec::len);
+        let secs = match (self.first, self.last) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let fps = if n > 1 && secs > 0.0 {
+            format!("{:.1} fps", (n - 1) as f64 / secs)
+        } else {
+            "fps n/a".into()
+        };
+        let stages: Vec<String> = SHOWN
+            .iter()
+            .map(|s| format!("{s} {:.2}", self.median(s)))
+            .collect();
+        format!(
+            "{n} verdicts, {fps}; median ms: {}; frame cost / (forward + cam), median per frame = {:.2}x",
+            stages.join(", "),
+            self.median("ratio")
+        )
+    }
 }

@@ -11,21 +11,25 @@ use crate::tensor::Tensor;
 
 /// Bilinear resize with half-pixel centres (OpenCV / PIL convention), edges clamped.
 pub fn resize_bilinear(map: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
-    let mut out = vec![0f32; oh * ow];
-    for y in 0..oh {
-        let fy = ((y as f32 + 0.5) * h as f32 / oh as f32 - 0.5).max(0.0);
-        let y0 = (fy.floor() as usize).min(h - 1);
-        let y1 = (y0 + 1).min(h - 1);
-        let dy = fy - y0 as f32;
-        for x in 0..ow {
-            let fx = ((x as f32 + 0.5) * w as f32 / ow as f32 - 0.5).max(0.0);
-            let x0 = (fx.floor() as usize).min(w - 1);
-            let x1 = (x0 + 1).min(w - 1);
-            let dx = fx - x0 as f32;
-            let top = map[y0 * w + x0] * (1.0 - dx) + map[y0 * w + x1] * dx;
-            let bot = map[y1 * w + x0] * (1.0 - dx) + map[y1 * w + x1] * dx;
-            out[y * ow + x] = top * (1.0 - dy) + bot * dy;
-        }
+    // Source index pairs and weights along one axis, computed once per axis, not per pixel.
+    let taps = |n: usize, on: usize| -> Vec<(usize, usize, f32)> {
+        (0..on)
+            .map(|o| {
+                let f = ((o as f32 + 0.5) * n as f32 / on as f32 - 0.5).max(0.0);
+                let i0 = (f as usize).min(n - 1);
+                (i0, (i0 + 1).min(n - 1), f - i0 as f32)
+            })
+            .collect()
+    };
+    let (ys, xs) = (taps(h, oh), taps(w, ow));
+    let mut out = Vec::with_capacity(oh * ow);
+    for &(y0, y1, dy) in &ys {
+        let (r0, r1) = (&map[y0 * w..][..w], &map[y1 * w..][..w]);
+        out.extend(xs.iter().map(|&(x0, x1, dx)| {
+            let top = r0[x0] + (r0[x1] - r0[x0]) * dx;
+            let bot = r1[x0] + (r1[x1] - r1[x0]) * dx;
+            top + (bot - top) * dy
+        }));
     }
     out
 }
@@ -39,20 +43,35 @@ pub fn jet(v: f32) -> [u8; 3] {
 
 /// Blends the jet-coloured map over `frame`. The map covers `crop` (the part of the frame the
 /// model saw); `alpha` is the heatmap's weight.
+///
+/// Runs per frame in the daemon, so it works in fixed point: the map is quantized to 256 levels
+/// looked up in a precomputed jet table, and the blend is integer (8-bit weights).
 pub fn overlay(frame: &RgbImage, map: &Tensor, crop: Crop, alpha: f32) -> RgbImage {
     let (fw, fh) = frame.dimensions();
     let (mh, mw) = (map.shape()[0], map.shape()[1]);
     let (cx, cy) = (crop.x.round() as u32, crop.y.round() as u32);
-    let cw = (crop.w.round() as u32).min(fw.saturating_sub(cx)).max(1);
-    let chh = (crop.h.round() as u32).min(fh.saturating_sub(cy)).max(1);
-    let up = resize_bilinear(map.data(), mh, mw, chh as usize, cw as usize);
+    if cx >= fw || cy >= fh {
+        return frame.clone();
+    }
+    let cw = (crop.w.round() as u32).min(fw - cx).max(1) as usize;
+    let ch = (crop.h.round() as u32).min(fh - cy).max(1) as usize;
+    let up = resize_bilinear(map.data(), mh, mw, ch, cw);
+    // The blend, precomputed: a * jet colour (+ rounding) per level, and (256 - a) for the frame.
+    let a = (alpha.clamp(0.0, 1.0) * 256.0) as u32;
+    let lut: Vec<[u32; 3]> = (0..256)
+        .map(|i| jet(i as f32 / 255.0).map(|c| a * c as u32 + 128))
+        .collect();
+    let keep = 256 - a;
     let mut out = frame.clone();
-    for y in 0..chh {
-        for x in 0..cw {
-            let c = jet(up[(y * cw + x) as usize]);
-            let p = out.get_pixel_mut(cx + x, cy + y);
+    let stride = fw as usize * 3;
+    let buf: &mut [u8] = &mut out;
+    for y in 0..ch {
+        let row = &mut buf[(cy as usize + y) * stride + cx as usize * 3..][..cw * 3];
+        for (px, &v) in row.chunks_exact_mut(3).zip(&up[y * cw..(y + 1) * cw]) {
+            // `as` saturates: negative values land on level 0.
+            let c = &lut[((v * 255.0 + 0.5) as usize).min(255)];
             for k in 0..3 {
-                p[k] = ((1.0 - alpha) * p[k] as f32 + alpha * c[k] as f32).round() as u8;
+                px[k] = ((keep * px[k] as u32 + c[k]) >> 8) as u8;
             }
         }
     }
@@ -90,12 +109,27 @@ pub fn png(img: &RgbImage) -> Result<Vec<u8>> {
     Ok(buf.into_inner())
 }
 
-/// Encodes an RGB image as JPEG at `quality` (1..100).
+/// Encodes an RGB image as JPEG at `quality` (1..100), 4:2:0 below quality 90.
 pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality.clamp(1, 100));
-    img.write_with_encoder(enc)?;
+    let (w, h) = img.dimensions();
+    let (w, h) = (
+        u16::try_from(w).map_err(|_| anyhow::anyhow!("image too wide for JPEG: {w} px"))?,
+        u16::try_from(h).map_err(|_| anyhow::anyhow!("image too tall for JPEG: {h} px"))?,
+    );
+    let mut buf = Vec::with_capacity(w as usize * h as usize / 4 + 1024);
+    jpeg_encoder::Encoder::new(&mut buf, quality.clamp(1, 100)).encode(
+        img.as_raw(),
+        w,
+        h,
+        jpeg_encoder::ColorType::Rgb,
+    )?;
     Ok(buf)
+}
+
+/// The evidence picture of a verdict: the frame with the map overlaid, at most 320 px a side,
+/// as JPEG.
+pub fn evidence_jpeg(frame: &RgbImage, map: &Tensor, crop: Crop) -> Result<Vec<u8>> {
+    jpeg(&thumbnail(&overlay(frame, map, crop, 0.45), 320), 80)
 }
 
 /// A thumbnail no larger than `max_side` on either side.
@@ -135,6 +169,16 @@ mod tests {
     }
 
     #[test]
+    fn resize_interpolates_between_cell_centres() {
+        // 2 cells → 4 pixels: centres of the outer pixels clamp, inner ones mix 3:1.
+        let up = resize_bilinear(&[0.0, 1.0], 1, 2, 1, 4);
+        let want = [0.0, 0.25, 0.75, 1.0];
+        for (a, b) in up.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{up:?}");
+        }
+    }
+
+    #[test]
     fn resize_of_a_constant_map_is_constant() {
         let up = resize_bilinear(&[0.3; 4], 2, 2, 5, 7);
         assert!(up.iter().all(|&v| (v - 0.3).abs() < 1e-6));
@@ -157,5 +201,40 @@ mod tests {
         );
         assert_eq!(out.get_pixel(0, 0), &Rgb([10, 20, 30]));
         assert_ne!(out.get_pixel(4, 2), &Rgb([10, 20, 30]));
+    }
+
+    #[test]
+    fn overlay_blends_the_jet_colour_at_alpha() {
+        let frame = RgbImage::from_pixel(4, 4, Rgb([10, 20, 30]));
+        let map = Tensor::new(vec![1, 1], vec![1.0]);
+        let crop = Crop {
+            x: 0.0,
+            y: 0.0,
+            w: 4.0,
+            h: 4.0,
+        };
+        // jet(1) = (128, 0, 0); half and half, rounded.
+        assert_eq!(
+            overlay(&frame, &map, crop, 0.5).get_pixel(2, 2),
+            &Rgb([69, 10, 15])
+        );
+        assert_eq!(
+            overlay(&frame, &map, crop, 0.0).get_pixel(2, 2),
+            &Rgb([10, 20, 30])
+        );
+    }
+
+    #[test]
+    fn jpeg_decodes_back_to_the_same_size_and_colour() {
+        let img = RgbImage::from_pixel(37, 21, Rgb([200, 40, 90]));
+        let bytes = jpeg(&img, 80).unwrap();
+        let back = image::load_from_memory_with_format(&bytes, ImageFormat::Jpeg)
+            .unwrap()
+            .into_rgb8();
+        assert_eq!(back.dimensions(), (37, 21));
+        let p = back.get_pixel(18, 10);
+        for (a, b) in p.0.iter().zip([200u8, 40, 90]) {
+            assert!((*a as i32 - b as i32).abs() <= 6, "{p:?}");
+        }
     }
 }

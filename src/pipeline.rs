@@ -140,7 +140,7 @@ impl Shared {
             .spool
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(&msg);
+            .push(msg);
         self.after_push(res.map(|p| p.evicted.len()));
     }
 
@@ -183,7 +183,7 @@ impl Shared {
                 .spool
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(&msg);
+                .push(msg);
         }
     }
 
@@ -275,8 +275,9 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
 
 /// Builds a fresh explainer for `reload_model` (argument: an expected sha256).
 pub type ReloadFn = Box<dyn Fn(Option<&str>) -> anyhow::Result<Explainer> + Send>;
-/// Sees every verdict's JSON on the inference thread.
-pub type VerdictHook = Box<dyn Fn(&serde_json::Value) + Send>;
+/// Sees every verdict's JSON on the inference thread, with the milliseconds spent writing it
+/// (and its evidence) to the spool — the one stage the verdict itself cannot report.
+pub type VerdictHook = Box<dyn Fn(&serde_json::Value, f64) + Send>;
 
 /// What the inference thread needs besides the shared state.
 pub struct InferenceSetup {
@@ -421,11 +422,7 @@ fn process(
     let d = decide(&rules, &e.scores, labels, ok_idx, e.map.data(), h, w);
     let png = heatmap::map_png(&e.map).unwrap_or_default();
     let evidence = if d.kind != Kind::Ok {
-        heatmap::jpeg(
-            &heatmap::thumbnail(&heatmap::overlay(&frame.image, &e.map, crop, 0.45), 320),
-            80,
-        )
-        .ok()
+        heatmap::evidence_jpeg(&frame.image, &e.map, crop).ok()
     } else {
         None
     };
@@ -489,6 +486,7 @@ fn process(
         })
     };
     let mut shown = None;
+    let t_spool = Instant::now();
     if publish {
         let priority = if d.kind == Kind::Ok {
             Priority::Low
@@ -504,29 +502,33 @@ fn process(
                 let v = build(seq);
                 let payload = v.to_string().into_bytes();
                 shown = Some(v);
-                Message {
+                let verdict = Message {
                     topic: topic.clone(),
                     payload,
                     retain: false,
                     priority,
-                }
+                };
+                // The evidence picture goes in the same transaction, right after its verdict.
+                let evidence = evidence
+                    .map(|jpg| Message {
+                        topic: shared.topic(&format!("evidence/{seq}")),
+                        payload: jpg,
+                        retain: false,
+                        priority: Priority::Low,
+                    })
+                    .into_iter()
+                    .collect();
+                (verdict, evidence)
             });
         let seq = res.as_ref().map(|(s, _)| *s).ok();
         shared.after_push(res.map(|(_, p)| p.evicted.len()));
-        if let (Some(seq), Some(jpg)) = (seq, evidence) {
-            shared.enqueue(Message {
-                topic: shared.topic(&format!("evidence/{seq}")),
-                payload: jpg,
-                retain: false,
-                priority: Priority::Low,
-            });
-        }
         if d.kind == Kind::Suspect {
             let texts: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
             shared.alert("suspect", "warning", &format!("suspect {} ({:.2}): {}", d.label, d.confidence, texts.join("; ")),
                 json!({"seq": seq, "label": d.label, "confidence": d.confidence, "reasons": reasons, "part_id": part_id}));
         }
     }
+    let spool_ms = ms(t_spool.elapsed());
     {
         let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         st.verdicts[kind_ix] += 1;
@@ -539,13 +541,14 @@ fn process(
             ("forward", fwd.ms),
             ("cam", ms(t_cam)),
             ("verdict", ms(t_verdict)),
+            ("spool", spool_ms),
             ("total", total),
         ] {
             st.latency.entry(k).or_default().push(v);
         }
     }
     if let Some(cb) = &setup.on_verdict {
-        cb(&shown.unwrap_or_else(|| build(0)));
+        cb(&shown.unwrap_or_else(|| build(0)), spool_ms);
     }
 }
 

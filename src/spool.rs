@@ -106,6 +106,8 @@ pub struct Spool {
     pending_flush: bool,
     /// Messages dropped because the spool was full, since it was created (persisted).
     dropped: u64,
+    /// The last sequence number handed out (persisted with the message that carries it).
+    seq: u64,
 }
 
 impl Spool {
@@ -131,6 +133,7 @@ impl Spool {
             last_flush: Instant::now(),
             pending_flush: false,
             dropped: 0,
+            seq: 0,
         };
         // Create the tables and recount what survived.
         let tx = s.db.begin_write().map_err(|e| err(e.to_string()))?;
@@ -150,6 +153,11 @@ impl Spool {
                     .map(|v| v.value())
                     .unwrap_or(1),
             );
+            s.seq = meta
+                .get("seq")
+                .map_err(|e| err(e.to_string()))?
+                .map(|v| v.value())
+                .unwrap_or(0);
             s.dropped = meta
                 .get("dropped")
                 .map_err(|e| err(e.to_string()))?
@@ -167,41 +175,41 @@ impl Spool {
         }
     }
 
-    /// Stores a message whose payload needs the next sequence number: `build(seq)` makes it.
-    /// The sequence counter and the message are committed together.
+    /// Stores a message whose payload needs the next sequence number: `build(seq)` makes it,
+    /// along with any companions (a verdict's evidence picture) that go after it. The sequence
+    /// counter and all the messages are committed in one transaction.
     pub fn push_seq(
         &mut self,
-        build: impl FnOnce(u64) -> Message,
+        build: impl FnOnce(u64) -> (Message, Vec<Message>),
     ) -> Result<(u64, Pushed), SpoolError> {
-        let seq = self.peek_meta("seq")?.unwrap_or(0) + 1;
-        let msg = build(seq);
-        let pushed = self.store(&msg, Some(seq))?;
+        let seq = self.seq + 1;
+        let (msg, companions) = build(seq);
+        let mut all = Vec::with_capacity(1 + companions.len());
+        all.push(msg);
+        all.extend(companions);
+        let pushed = self.store(&all, Some(seq))?;
+        self.seq = seq;
         Ok((seq, pushed))
     }
 
     /// Stores a message.
-    pub fn push(&mut self, msg: &Message) -> Result<Pushed, SpoolError> {
-        self.store(msg, None)
-    }
-
-    fn peek_meta(&self, key: &str) -> Result<Option<u64>, SpoolError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
-        let v = meta.get(key).map_err(|e| self.err(e))?.map(|v| v.value());
-        Ok(v)
+    pub fn push(&mut self, msg: Message) -> Result<Pushed, SpoolError> {
+        self.store(std::slice::from_ref(&msg), None)
     }
 
     /// The last sequence number handed out.
-    pub fn last_seq(&self) -> Result<u64, SpoolError> {
-        Ok(self.peek_meta("seq")?.unwrap_or(0))
+    pub fn last_seq(&self) -> u64 {
+        self.seq
     }
 
-    fn store(&mut self, msg: &Message, seq: Option<u64>) -> Result<Pushed, SpoolError> {
-        let size = msg.size();
-        if size > self.max_bytes {
+    /// Stores `msgs` in one transaction (ids in order); `Pushed::id` is the first one's.
+    fn store(&mut self, msgs_in: &[Message], seq: Option<u64>) -> Result<Pushed, SpoolError> {
+        let sizes: Vec<u64> = msgs_in.iter().map(|m| m.size()).collect();
+        if let Some(&size) = sizes.iter().find(|&&n| n > self.max_bytes) {
             return Err(SpoolError::TooLarge(size as usize));
         }
-        let id = self.next_id;
+        let first = self.next_id;
+        let mut id = first;
         let mut evicted = vec![];
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let durable =
@@ -217,32 +225,37 @@ impl Spool {
             let mut msgs = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
             let mut low = tx.open_table(LOW).map_err(|e| self.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
-            // Evict until the new message fits: oldest low-priority first, then oldest of all.
-            while bytes + size > self.max_bytes && count > 0 {
-                let victim = match low.first().map_err(|e| self.err(e))? {
-                    Some((k, _)) => (k.value(), Priority::Low),
-                    None => match msgs.first().map_err(|e| self.err(e))? {
-                        Some((k, _)) => (k.value(), Priority::High),
-                        None => break,
-                    },
-                };
-                let removed = msgs
-                    .remove(victim.0)
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.value().len() as u64);
-                low.remove(victim.0).map_err(|e| self.err(e))?;
-                if let Some(n) = removed {
-                    bytes -= n;
-                    count -= 1;
+            for (msg, &size) in msgs_in.iter().zip(&sizes) {
+                // Evict until the message fits: oldest low-priority first, then oldest of all.
+                while bytes + size > self.max_bytes && count > 0 {
+                    let victim = match low.first().map_err(|e| self.err(e))? {
+                        Some((k, _)) => (k.value(), Priority::Low),
+                        None => match msgs.first().map_err(|e| self.err(e))? {
+                            Some((k, _)) => (k.value(), Priority::High),
+                            None => break,
+                        },
+                    };
+                    let removed = msgs
+                        .remove(victim.0)
+                        .map_err(|e| self.err(e))?
+                        .map(|v| v.value().len() as u64);
+                    low.remove(victim.0).map_err(|e| self.err(e))?;
+                    if let Some(n) = removed {
+                        bytes -= n;
+                        count -= 1;
+                    }
+                    evicted.push(victim);
                 }
-                evicted.push(victim);
+                let enc = msg.encode();
+                msgs.insert(id, enc.as_slice()).map_err(|e| self.err(e))?;
+                if msg.priority == Priority::Low {
+                    low.insert(id, ()).map_err(|e| self.err(e))?;
+                }
+                bytes += enc.len() as u64;
+                count += 1;
+                id += 1;
             }
-            let enc = msg.encode();
-            msgs.insert(id, enc.as_slice()).map_err(|e| self.err(e))?;
-            if msg.priority == Priority::Low {
-                low.insert(id, ()).map_err(|e| self.err(e))?;
-            }
-            meta.insert("next_id", id + 1).map_err(|e| self.err(e))?;
+            meta.insert("next_id", id).map_err(|e| self.err(e))?;
             if let Some(seq) = seq {
                 meta.insert("seq", seq).map_err(|e| self.err(e))?;
             }
@@ -250,8 +263,6 @@ impl Spool {
                 meta.insert("dropped", self.dropped + evicted.len() as u64)
                     .map_err(|e| self.err(e))?;
             }
-            bytes += enc.len() as u64;
-            count += 1;
         }
         tx.commit().map_err(|e| self.err(e))?;
         if durable {
@@ -262,9 +273,9 @@ impl Spool {
         }
         self.bytes = bytes;
         self.count = count;
-        self.next_id = id + 1;
+        self.next_id = id;
         self.dropped += evicted.len() as u64;
-        Ok(Pushed { id, evicted })
+        Ok(Pushed { id: first, evicted })
     }
 
     /// Deletes an acknowledged message (a missing id is fine: it was evicted or already gone).
@@ -382,8 +393,8 @@ mod tests {
     #[test]
     fn messages_come_back_in_order_and_leave_on_ack() {
         let mut s = Spool::open(&tmp("order"), 1 << 20, Fsync::Always).unwrap();
-        let a = s.push(&msg("a", 10, Priority::High)).unwrap().id;
-        let b = s.push(&msg("b", 10, Priority::Low)).unwrap().id;
+        let a = s.push(msg("a", 10, Priority::High)).unwrap().id;
+        let b = s.push(msg("b", 10, Priority::Low)).unwrap().id;
         let got: Vec<String> = s
             .after(0, 10)
             .unwrap()
@@ -402,7 +413,7 @@ mod tests {
         {
             let mut s = Spool::open(&path, 1 << 20, Fsync::Always).unwrap();
             for _ in 0..3 {
-                s.push_seq(|seq| msg(&format!("v{seq}"), 5, Priority::High))
+                s.push_seq(|seq| (msg(&format!("v{seq}"), 5, Priority::High), vec![]))
                     .unwrap();
             }
             let first = s.after(0, 1).unwrap()[0].0;
@@ -411,9 +422,9 @@ mod tests {
         }
         let mut s = Spool::open(&path, 1 << 20, Fsync::Always).unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s.last_seq().unwrap(), 3);
+        assert_eq!(s.last_seq(), 3);
         let (seq, _) = s
-            .push_seq(|seq| msg(&format!("v{seq}"), 5, Priority::High))
+            .push_seq(|seq| (msg(&format!("v{seq}"), 5, Priority::High), vec![]))
             .unwrap();
         assert_eq!(seq, 4);
         let topics: Vec<String> = s
@@ -429,16 +440,16 @@ mod tests {
     fn a_full_spool_drops_ok_verdicts_first_and_counts_them() {
         // Each message is 4 + 1 + 100 = 105 bytes; room for 4.
         let mut s = Spool::open(&tmp("full"), 420, Fsync::Batch).unwrap();
-        s.push(&msg("d", 100, Priority::High)).unwrap();
-        s.push(&msg("o", 100, Priority::Low)).unwrap();
-        s.push(&msg("d", 100, Priority::High)).unwrap();
-        s.push(&msg("o", 100, Priority::Low)).unwrap();
-        let p = s.push(&msg("d", 100, Priority::High)).unwrap();
+        s.push(msg("d", 100, Priority::High)).unwrap();
+        s.push(msg("o", 100, Priority::Low)).unwrap();
+        s.push(msg("d", 100, Priority::High)).unwrap();
+        s.push(msg("o", 100, Priority::Low)).unwrap();
+        let p = s.push(msg("d", 100, Priority::High)).unwrap();
         assert_eq!(p.evicted, vec![(2, Priority::Low)]);
-        let p = s.push(&msg("d", 100, Priority::High)).unwrap();
+        let p = s.push(msg("d", 100, Priority::High)).unwrap();
         assert_eq!(p.evicted, vec![(4, Priority::Low)]);
         // No ok verdicts left: the oldest message goes.
-        let p = s.push(&msg("d", 100, Priority::High)).unwrap();
+        let p = s.push(msg("d", 100, Priority::High)).unwrap();
         assert_eq!(p.evicted, vec![(1, Priority::High)]);
         assert_eq!(s.dropped(), 3);
         assert_eq!(s.len(), 4);
@@ -450,7 +461,7 @@ mod tests {
     fn a_message_larger_than_the_spool_is_refused() {
         let mut s = Spool::open(&tmp("large"), 100, Fsync::Always).unwrap();
         assert!(matches!(
-            s.push(&msg("x", 200, Priority::High)),
+            s.push(msg("x", 200, Priority::High)),
             Err(SpoolError::TooLarge(_))
         ));
         assert!(s.is_empty());

@@ -36,7 +36,8 @@ import surfaces as S  # noqa: E402
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
-MODELS_DIR = os.path.normpath(os.path.join(HERE, ".."))
+MODELS_DIR = os.path.normpath(os.environ.get("INSPECTD_MODELS_DIR") or os.path.join(HERE, ".."))
+PT_DIR = os.path.join(MODELS_DIR, "train")
 CELL = 8
 
 
@@ -63,7 +64,7 @@ def load_dir(d):
 
 
 def load_torch(stem):
-    ck = torch.load(os.path.join(HERE, f"{stem}.pt"), map_location="cpu")
+    ck = torch.load(os.path.join(PT_DIR, f"{stem}.pt"), map_location="cpu")
     model = net.DefectNet(ck["arch"])
     model.load_state_dict(ck["state_dict"])
     return model.eval()
@@ -201,7 +202,7 @@ def main():
     res["surface-defect"] = r
     print(json.dumps(r, indent=1), flush=True)
 
-    if args.heldout_shortcut and os.path.exists(os.path.join(HERE, "shortcut.pt")):
+    if args.heldout_shortcut and os.path.exists(os.path.join(PT_DIR, "shortcut.pt")):
         sm = load_torch("shortcut")
         xs_u8, ms, ys, rs = load_dir(args.heldout_shortcut)
         xs = export.preprocess(xs_u8)

@@ -37,4 +37,7 @@ if __name__ == "__main__":
     ap.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     ap.add_argument("--all-convs", action="store_true", help="also quantize the first (stem) conv")
     a = ap.parse_args()
-    run(a.n_calib, a.calib_method, a.all_convs, 96)
+    import onnx
+    g = onnx.load(os.path.join(train.MODELS_DIR, "surface-defect-f32.onnx")).graph
+    n_features = next(n for n in g.initializer if n.name.endswith("head.weight")).dims[1]
+    run(a.n_calib, a.calib_method, a.all_convs, n_features)

@@ -26,7 +26,9 @@ import export  # noqa: E402
 import net  # noqa: E402
 import surfaces as S  # noqa: E402
 
-MODELS_DIR = os.path.normpath(os.path.join(HERE, ".."))
+# where the .onnx/.toml go (and <dir>/train/ the .pt); override to stage a run outside the repo
+MODELS_DIR = os.path.normpath(os.environ.get("INSPECTD_MODELS_DIR") or os.path.join(HERE, ".."))
+DEFAULT_ARCH = {"normal": "w", "shortcut": "s"}
 SEEDS = {"normal": {"train": 0, "val": 500_000}, "shortcut": {"train": 2_000_000, "val": 2_500_000}}
 CALIB_SEED = 4_000_000
 CACHE = os.environ.get("INSPECTD_DATA_CACHE", "/tmp/inspectd-data")
@@ -101,7 +103,8 @@ def write_toml(onnx_path, name, cam, comment):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", choices=["normal", "shortcut"], default="normal")
-    ap.add_argument("--arch", default="s", choices=sorted(net.ARCHS))
+    ap.add_argument("--arch", default=None, choices=sorted(net.ARCHS),
+                    help="default: w for normal (surface-defect), s for shortcut")
     ap.add_argument("--n-train", type=int, default=8000)
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=6)
@@ -132,6 +135,8 @@ def main():
     t_start = time.time()
 
     sd = SEEDS[args.variant]
+    if args.arch is None:
+        args.arch = DEFAULT_ARCH[args.variant]
     if args.aux is None:
         args.aux = 1.0 if args.variant == "normal" else 0.0
     if args.ok_reference is None:
@@ -207,6 +212,7 @@ def main():
     model = model.to(memory_format=torch.contiguous_format).eval()
 
     stem = "surface-defect" if args.variant == "normal" else "shortcut"
+    os.makedirs(os.path.join(MODELS_DIR, "train"), exist_ok=True)
     pt = os.path.join(MODELS_DIR, "train", f"{stem}.pt")
     torch.save({"arch": args.arch, "state_dict": model.state_dict(), "aux_head": aux_head.state_dict(),
                 "args": vars(args)}, pt)

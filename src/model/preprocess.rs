@@ -1,5 +1,6 @@
 //! Frames → input tensors, following the model's [`InputSpec`].
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use anyhow::Result;
@@ -36,8 +37,8 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
 }
 
 /// Fits a frame to the model input size; returns the fitted image and the crop it came from.
-/// A frame already of the input size is passed through untouched.
-pub fn fit(img: &RgbImage, spec: &InputSpec) -> (RgbImage, Crop) {
+/// A frame already of the input size is passed through untouched (borrowed, not copied).
+pub fn fit<'a>(img: &'a RgbImage, spec: &InputSpec) -> (Cow<'a, RgbImage>, Crop) {
     let (w, h) = (spec.width, spec.height);
     let (iw, ih) = img.dimensions();
     let full = Crop {
@@ -47,11 +48,11 @@ pub fn fit(img: &RgbImage, spec: &InputSpec) -> (RgbImage, Crop) {
         h: ih as f32,
     };
     if (iw, ih) == (w, h) {
-        return (img.clone(), full);
+        return (Cow::Borrowed(img), full);
     }
     match spec.resize {
         ResizeMode::Stretch => (
-            image::imageops::resize(img, w, h, FilterType::Triangle),
+            Cow::Owned(image::imageops::resize(img, w, h, FilterType::Triangle)),
             full,
         ),
         ResizeMode::CenterCrop => {
@@ -70,7 +71,7 @@ pub fn fit(img: &RgbImage, spec: &InputSpec) -> (RgbImage, Crop) {
                 image::imageops::resize(&cropped, w, h, FilterType::Triangle)
             };
             (
-                out,
+                Cow::Owned(out),
                 Crop {
                     x: x0 as f32,
                     y: y0 as f32,
@@ -90,16 +91,19 @@ pub fn to_tensor(img: &RgbImage, spec: &InputSpec) -> Tensor {
         ColorOrder::RGB => [0, 1, 2],
         ColorOrder::BGR => [2, 1, 0],
     };
-    for (x, y, p) in img.enumerate_pixels() {
-        let (x, y) = (x as usize, y as usize);
+    // (v/255 - mean)/std, computed as in torchvision (divide first, then normalize), once per
+    // channel and byte value: a frame is then a table lookup per sample.
+    let lut: Vec<[f32; 256]> = (0..3)
+        .map(|c| std::array::from_fn(|v| (v as f32 / 255.0 - spec.mean[c]) / spec.std[c]))
+        .collect();
+    let plane = w * h;
+    for (i, p) in img.as_raw().chunks_exact(3).enumerate() {
         for (c, &src) in order.iter().enumerate() {
-            // (v/255 - mean)/std, computed as in torchvision: divide first, then normalize.
-            let v = (p[src] as f32 / 255.0 - spec.mean[c]) / spec.std[c];
             let idx = match spec.layout {
-                Layout::NCHW => c * h * w + y * w + x,
-                Layout::NHWC => (y * w + x) * 3 + c,
+                Layout::NCHW => c * plane + i,
+                Layout::NHWC => i * 3 + c,
             };
-            data[idx] = v;
+            data[idx] = lut[c][p[src] as usize];
         }
     }
     Tensor::new(spec.shape(1), data)
