@@ -1,7 +1,6 @@
 //! End to end against a real broker over TCP: the embedded rumqttd by default, or the broker at
 //! `INSPECTD_TEST_BROKER` (host:port, e.g. Mosquitto in CI). The daemon runs in-process.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -9,8 +8,7 @@ use base64::Engine;
 use inspectd::config::Config;
 
 mod common;
-use common::{broker, root, Daemon};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use common::{broker, collect, root, Daemon};
 
 fn config(device: &str, host: &str, port: u16, extra_verdict: &str, spool: &Path) -> Config {
     let text = format!(
@@ -40,54 +38,6 @@ listen = ""
         spool = spool.display(),
     );
     Config::parse(&text, "test", Path::new(".")).unwrap()
-}
-
-/// Collects publishes on `filter` until `done` says so or `timeout` passes.
-async fn collect(
-    host: &str,
-    port: u16,
-    filter: &str,
-    timeout: Duration,
-    mut send: Vec<(String, Vec<u8>)>,
-    mut done: impl FnMut(&BTreeMap<String, Vec<serde_json::Value>>) -> bool,
-) -> BTreeMap<String, Vec<serde_json::Value>> {
-    // Client ids must be unique per broker: tests run concurrently.
-    let id = format!(
-        "observer-{}-{}",
-        std::process::id(),
-        filter.replace(['/', '#'], "")
-    );
-    let mut opts = MqttOptions::new(id, host, port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(8 << 20, 1 << 20);
-    let (client, mut el) = AsyncClient::new(opts, 64);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let mut got: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout && !done(&got) {
-        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                let leaf = p.topic.rsplit('/').next().unwrap_or("").to_string();
-                let v: serde_json::Value =
-                    serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
-                // Commands go out once the daemon is online (and so subscribed to them).
-                if leaf == "status" && v["state"] == "online" {
-                    for (t, p) in send.drain(..) {
-                        client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
-                    }
-                }
-                let key = if p.topic.contains("/evidence/") {
-                    "evidence".to_string()
-                } else {
-                    leaf
-                };
-                got.entry(key).or_default().push(v);
-            }
-            Ok(Err(e)) => panic!("observer lost the broker: {e}"),
-            _ => {}
-        }
-    }
-    got
 }
 
 /// The label a sample file stands for (`…_<label>.png`).

@@ -1,9 +1,12 @@
 //! Helpers shared by the end-to-end test files: paths, a broker, temp folders, the daemon.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use inspectd::config::Config;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -49,4 +52,52 @@ impl Daemon {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// Collects publishes on `filter` until `done` says so or `timeout` passes.
+pub async fn collect(
+    host: &str,
+    port: u16,
+    filter: &str,
+    timeout: Duration,
+    mut send: Vec<(String, Vec<u8>)>,
+    mut done: impl FnMut(&BTreeMap<String, Vec<serde_json::Value>>) -> bool,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    // Client ids must be unique per broker: tests run concurrently.
+    let id = format!(
+        "observer-{}-{}",
+        std::process::id(),
+        filter.replace(['/', '#'], "")
+    );
+    let mut opts = MqttOptions::new(id, host, port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(8 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let mut got: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout && !done(&got) {
+        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let leaf = p.topic.rsplit('/').next().unwrap_or("").to_string();
+                let v: serde_json::Value =
+                    serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                // Commands go out once the daemon is online (and so subscribed to them).
+                if leaf == "status" && v["state"] == "online" {
+                    for (t, p) in send.drain(..) {
+                        client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
+                    }
+                }
+                let key = if p.topic.contains("/evidence/") {
+                    "evidence".to_string()
+                } else {
+                    leaf
+                };
+                got.entry(key).or_default().push(v);
+            }
+            Ok(Err(e)) => panic!("observer lost the broker: {e}"),
+            _ => {}
+        }
+    }
+    got
 }
