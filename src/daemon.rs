@@ -120,7 +120,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
             ex.model.version.clone(),
             ex.model.sha256.clone(),
         )),
-        reload: Mutex::new(None),
+        reload: Mutex::new(Default::default()),
         spool_dropped_alerted: AtomicU64::new(0),
     });
 

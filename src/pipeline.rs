@@ -122,8 +122,8 @@ pub struct Shared {
     pub status_notify: tokio::sync::Notify,
     /// Model identity for status and verdicts: (name, version, sha256).
     pub model_id: RwLock<(String, String, String)>,
-    /// A pending `reload_model` request: expected sha256 (optional) and the reply channel.
-    pub reload: Mutex<Option<std::sync::mpsc::Sender<Result<String, String>>>>,
+    /// Pending `reload_model` requests, oldest first.
+    pub reload: Mutex<VecDeque<ReloadReq>>,
     pub spool_dropped_alerted: AtomicU64,
 }
 
@@ -273,6 +273,12 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
     }
 }
 
+/// A `reload_model` request: the sha256 the file must have (if given) and where to answer.
+pub type ReloadReq = (
+    Option<String>,
+    std::sync::mpsc::Sender<Result<String, String>>,
+);
+
 /// Builds a fresh explainer for `reload_model` (argument: an expected sha256).
 pub type ReloadFn = Box<dyn Fn(Option<&str>) -> anyhow::Result<Explainer> + Send>;
 /// Sees every verdict's JSON on the inference thread, with the milliseconds spent writing it
@@ -299,13 +305,14 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
     let mut ok_count: u64 = 0;
     while !shared.stopping() {
         // A pending reload_model runs between frames.
-        let pending = shared
+        let pending: Vec<ReloadReq> = shared
             .reload
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(reply) = pending {
-            match (setup.reload)(None) {
+            .drain(..)
+            .collect();
+        for (sha, reply) in pending {
+            match (setup.reload)(sha.as_deref()) {
                 Ok(new) => {
                     let id = (
                         new.model.name.clone(),

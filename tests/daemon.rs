@@ -1,7 +1,11 @@
 //! End to end against a real broker over TCP: the embedded rumqttd by default, or the broker at
 //! `INSPECTD_TEST_BROKER` (host:port, e.g. Mosquitto in CI). The daemon runs in-process.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -298,5 +302,295 @@ fn a_vanishing_source_folder_raises_an_alert_and_recovers() {
         daemon.stop().await;
         assert!(got["alert"].iter().any(|a| a["kind"] == "camera_recovered"));
         assert!(got.contains_key("verdict"), "verdicts resume");
+    });
+}
+
+/// A snapshot camera on 127.0.0.1: serves `frame` on every GET while `up`, and closes its
+/// listening socket (connection refused, like an unplugged camera) while not.
+fn http_camera(frame: Vec<u8>, up: Arc<AtomicBool>) -> u16 {
+    let port = inspectd::broker::free_port().unwrap();
+    std::thread::spawn(move || {
+        let mut listener: Option<TcpListener> = None;
+        loop {
+            if !up.load(Ordering::SeqCst) {
+                listener = None;
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let l = listener.get_or_insert_with(|| {
+                let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+                l.set_nonblocking(true).unwrap();
+                l
+            });
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let mut req = [0u8; 1024];
+                    let _ = s.read(&mut req);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        frame.len()
+                    );
+                    let _ = s.write_all(head.as_bytes());
+                    let _ = s.write_all(&frame);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn an_http_camera_going_down_raises_an_alert_and_recovers() {
+    let (host, port) = broker();
+    let dir = common::tmp("e2e", "http");
+    let frame = std::fs::read(root().join("models/samples/dent/cast_metal_dent.png")).unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let cam = http_camera(frame, up.clone());
+    let mut cfg = config("e2e-http", &host, port, "", &dir.join("spool.redb"));
+    cfg.source = inspectd::config::SourceConfig::Http {
+        url: format!("http://127.0.0.1:{cam}/snapshot.png"),
+        fps: 10.0,
+        timeout_ms: 500,
+        trigger: Default::default(),
+    };
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let daemon = Daemon::start(cfg);
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-http/verdict",
+            Duration::from_secs(30),
+            vec![],
+            |g| g.get("verdict").map_or(0, Vec::len) >= 3,
+        )
+        .await;
+        let v = &got["verdict"][0];
+        assert_eq!(
+            (v["label"].as_str(), v["verdict"].as_str()),
+            (Some("dent"), Some("defect")),
+            "{v}"
+        );
+        assert!(v["frame"]["origin"]
+            .as_str()
+            .unwrap()
+            .ends_with("/snapshot.png"));
+
+        up.store(false, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-http/#",
+            Duration::from_secs(10),
+            vec![],
+            |g| {
+                g.get("alert")
+                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
+                    && g.get("status")
+                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
+            },
+        )
+        .await;
+        let lost_after = t0.elapsed();
+        let alert = got["alert"]
+            .iter()
+            .find(|a| a["kind"] == "camera_lost")
+            .expect("camera_lost alert");
+        assert!(
+            alert["message"].as_str().unwrap().contains("snapshot.png"),
+            "{alert}"
+        );
+        assert!(got["status"].iter().any(|s| s["camera"] == "lost"));
+        assert!(
+            lost_after < Duration::from_secs(2),
+            "alert after {lost_after:?}"
+        );
+
+        up.store(true, Ordering::SeqCst);
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-http/#",
+            Duration::from_secs(15),
+            vec![],
+            |g| {
+                g.get("alert")
+                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_recovered"))
+                    && g.contains_key("verdict")
+                    && g.get("status")
+                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "ok"))
+            },
+        )
+        .await;
+        daemon.stop().await;
+        assert!(
+            got["alert"].iter().any(|a| a["kind"] == "camera_recovered"),
+            "{got:?}"
+        );
+        assert!(got.contains_key("verdict"), "verdicts resume");
+    });
+}
+
+#[test]
+fn mqtt_trigger_inspects_one_frame_per_part_and_names_it() {
+    let (host, port) = broker();
+    let dir = common::tmp("e2e", "trigger");
+    let mut cfg = config("e2e-trig", &host, port, "", &dir.join("spool.redb"));
+    if let inspectd::config::SourceConfig::Replay { trigger, .. } = &mut cfg.source {
+        *trigger = inspectd::config::Trigger::Mqtt;
+    }
+    let parts = ["P-0001", "P-0002", "P-0003"];
+    let send = parts
+        .iter()
+        .map(|p| {
+            (
+                "inspect/e2e-trig/cmd/trigger".to_string(),
+                format!(r#"{{"part_id":"{p}","id":"{p}"}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let daemon = Daemon::start(cfg);
+        // Wait for the three verdicts, then two more seconds: no frame is inspected untriggered.
+        let mut settled: Option<Instant> = None;
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-trig/#",
+            Duration::from_secs(30),
+            send,
+            |g| {
+                if g.get("verdict").map_or(0, Vec::len) >= 3 {
+                    settled.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(2)
+                } else {
+                    false
+                }
+            },
+        )
+        .await;
+        daemon.stop().await;
+        let verdicts = &got["verdict"];
+        let ids: Vec<&str> = verdicts
+            .iter()
+            .map(|v| v["part_id"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            ids, parts,
+            "one verdict per trigger, in order, nothing else"
+        );
+        let results = &got["cmd_result"];
+        assert_eq!(results.len(), 3, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| r["ok"] == true && r["command"] == "trigger"),
+            "{results:?}"
+        );
+    });
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
+    let (host, port) = broker();
+    let dir = common::tmp("e2e", "reload");
+    let models = root().join("models");
+    let model = dir.join("model.onnx");
+    std::fs::copy(models.join("surface-defect-int8.onnx"), &model).unwrap();
+    std::fs::copy(
+        models.join("surface-defect-int8.toml"),
+        dir.join("model.toml"),
+    )
+    .unwrap();
+    let int8 = sha256_hex(&model);
+    let mut cfg = config("e2e-reload", &host, port, "", &dir.join("spool.redb"));
+    cfg.model.path = model.clone();
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let daemon = Daemon::start(cfg);
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-reload/verdict",
+            Duration::from_secs(30),
+            vec![],
+            |g| g.get("verdict").is_some_and(|v| !v.is_empty()),
+        )
+        .await;
+        assert_eq!(got["verdict"][0]["model"]["sha256"], int8);
+
+        // The file is replaced (a new model is deployed) …
+        std::fs::copy(models.join("surface-defect-f32.onnx"), &model).unwrap();
+        std::fs::copy(
+            models.join("surface-defect-f32.toml"),
+            dir.join("model.toml"),
+        )
+        .unwrap();
+        let f32 = sha256_hex(&model);
+        assert_ne!(int8, f32);
+        // … a reload that expects another hash is refused, one that expects this hash works.
+        let send = vec![
+            (
+                "inspect/e2e-reload/cmd/reload_model".to_string(),
+                format!(r#"{{"id":"wrong","sha256":"{int8}"}}"#).into_bytes(),
+            ),
+            (
+                "inspect/e2e-reload/cmd/reload_model".to_string(),
+                format!(r#"{{"id":"right","sha256":"{f32}"}}"#).into_bytes(),
+            ),
+        ];
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-reload/#",
+            Duration::from_secs(60),
+            send,
+            |g| {
+                g.get("verdict")
+                    .is_some_and(|v| v.iter().any(|x| x["model"]["sha256"] == f32.as_str()))
+                    && g.get("status")
+                        .is_some_and(|s| s.iter().any(|x| x["model"]["sha256"] == f32.as_str()))
+            },
+        )
+        .await;
+        daemon.stop().await;
+        let results = &got["cmd_result"];
+        let by_id = |id: &str| {
+            results
+                .iter()
+                .find(|r| r["id"] == id)
+                .unwrap_or_else(|| panic!("no result {id}: {results:?}"))
+        };
+        assert_eq!(by_id("wrong")["ok"], false);
+        assert!(
+            by_id("wrong")["error"]
+                .as_str()
+                .unwrap()
+                .contains("does not match"),
+            "{results:?}"
+        );
+        assert_eq!(by_id("right")["ok"], true, "{results:?}");
+        assert!(got["status"]
+            .iter()
+            .any(|s| s["model"]["sha256"] == f32.as_str()));
+        // Verdicts switch from one model to the other and never go back.
+        let shas: Vec<&str> = got["verdict"]
+            .iter()
+            .map(|v| v["model"]["sha256"].as_str().unwrap())
+            .collect();
+        let first_new = shas
+            .iter()
+            .position(|s| *s == f32)
+            .expect("a verdict from the new model");
+        assert!(shas[first_new..].iter().all(|s| *s == f32), "{shas:?}");
     });
 }

@@ -18,7 +18,10 @@ pub enum Command {
     Set(Box<Rules>),
     Pause,
     Resume,
-    ReloadModel,
+    /// Reload the model file; with `sha256`, only if the file has that hash.
+    ReloadModel {
+        sha256: Option<String>,
+    },
     Rebirth,
 }
 
@@ -152,12 +155,26 @@ pub fn parse(
                 r.validate().map_err(|e| format!("set: {e}"))?;
                 Ok(Command::Set(Box::new(r)))
             }
-            "pause" | "resume" | "reload_model" | "rebirth" => {
+            "reload_model" => {
+                allow(&m, name, &["sha256"])?;
+                let sha256 = match m.get("sha256") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(h))
+                        if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        Some(h.to_ascii_lowercase())
+                    }
+                    Some(_) => {
+                        return Err("reload_model: sha256 must be 64 hex digits".into());
+                    }
+                };
+                Ok(Command::ReloadModel { sha256 })
+            }
+            "pause" | "resume" | "rebirth" => {
                 allow(&m, name, &[])?;
                 Ok(match name {
                     "pause" => Command::Pause,
                     "resume" => Command::Resume,
-                    "reload_model" => Command::ReloadModel,
                     _ => Command::Rebirth,
                 })
             }
@@ -187,6 +204,17 @@ mod tests {
         );
         assert_eq!(p("pause", ""), Ok(Command::Pause));
         assert_eq!(p("rebirth", "{}"), Ok(Command::Rebirth));
+        assert_eq!(
+            p("reload_model", ""),
+            Ok(Command::ReloadModel { sha256: None })
+        );
+        let h = "AB".repeat(32);
+        assert_eq!(
+            p("reload_model", &format!(r#"{{"sha256":"{h}"}}"#)),
+            Ok(Command::ReloadModel {
+                sha256: Some(h.to_ascii_lowercase())
+            })
+        );
         match p(
             "set",
             r#"{"defect_threshold":0.7,"suspect_band":[0.4,0.6]}"#,
@@ -214,6 +242,9 @@ mod tests {
             ("set", "{}", "nothing"),
             ("pause", r#"{"now":true}"#, "unknown key"),
             ("explode", "{}", "unknown command"),
+            ("reload_model", r#"{"sha256":"abc"}"#, "64 hex digits"),
+            ("reload_model", r#"{"sha256":7}"#, "64 hex digits"),
+            ("reload_model", r#"{"path":"/etc/passwd"}"#, "unknown key"),
         ] {
             let e = p(name, payload).unwrap_err();
             assert!(e.contains(needle), "{name} {payload}: {e}");

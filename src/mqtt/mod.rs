@@ -347,9 +347,13 @@ fn handle_command(shared: &Arc<Shared>, topic: &str, payload: &[u8]) {
             shared.status_notify.notify_one();
             cmd_result(shared, name, id, Ok("status re-sent".into()));
         }
-        Ok(Command::ReloadModel) => {
+        Ok(Command::ReloadModel { sha256 }) => {
             let (tx, rx) = std::sync::mpsc::channel();
-            *shared.reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+            shared
+                .reload
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((sha256, tx));
             let sh = shared.clone();
             let name = name.to_string();
             // The inference thread loads the model between frames; wait for it off the runtime.
