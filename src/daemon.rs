@@ -71,6 +71,16 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
             Box::new(HttpSnapshot::new(url, Duration::from_millis(*timeout_ms)).map_err(|e| bad_input(format!("source.url: {e}")))?),
             *fps,
         ),
+        #[cfg(feature = "camera")]
+        SourceConfig::Camera { device, width, height, fps, format, .. } => {
+            let format = match format.as_deref() {
+                None => crate::camera::PixelFormat::Mjpeg,
+                Some(f) => f.parse().map_err(|e| bad_input(format!("source.format: {e}")))?,
+            };
+            let (w, h) = (width.unwrap_or(640), height.unwrap_or(480));
+            (Box::new(crate::camera::V4l2Camera::new(device, w, h, *fps, format)), *fps)
+        }
+        #[cfg(not(feature = "camera"))]
         SourceConfig::Camera { device, .. } => {
             return Err(bad_input(format!(
                 "source camera {device:?}: this build has no V4L2 support (cargo feature `camera`, which needs libclang-dev); use kind = \"http\" or \"replay\""

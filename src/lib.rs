@@ -4,6 +4,8 @@
 
 pub mod broker;
 pub mod cam;
+#[cfg(feature = "camera")]
+pub mod camera;
 pub mod cli;
 pub mod config;
 pub mod daemon;

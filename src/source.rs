@@ -211,6 +211,33 @@ impl FrameSource for HttpSnapshot {
     }
 }
 
+/// Packed YUYV 4:2:2 (Y0 U Y1 V per two pixels) to RGB, BT.601 limited range as V4L2 cameras
+/// deliver it.
+pub fn yuyv_to_rgb(buf: &[u8], width: u32, height: u32) -> Result<RgbImage, String> {
+    let (w, h) = (width as usize, height as usize);
+    if w == 0 || h == 0 || w % 2 != 0 {
+        return Err(format!("bad YUYV frame size {width}x{height}"));
+    }
+    if buf.len() < w * h * 2 {
+        return Err(format!(
+            "YUYV frame of {} bytes is short of {}x{}x2",
+            buf.len(),
+            w,
+            h
+        ));
+    }
+    let mut out = Vec::with_capacity(w * h * 3);
+    for q in buf[..w * h * 2].chunks_exact(4) {
+        let (u, v) = (q[1] as f32 - 128.0, q[3] as f32 - 128.0);
+        for y in [q[0], q[2]] {
+            let c = 1.164 * (y as f32 - 16.0);
+            let px = [c + 1.596 * v, c - 0.392 * u - 0.813 * v, c + 2.017 * u];
+            out.extend(px.map(|x| x.clamp(0.0, 255.0) as u8));
+        }
+    }
+    RgbImage::from_raw(width, height, out).ok_or_else(|| "YUYV size".to_string())
+}
+
 /// Capped exponential backoff: 100 ms doubling to `max`.
 #[derive(Debug)]
 pub struct Backoff {
@@ -258,6 +285,20 @@ mod tests {
             ("10.1.2.3", 8080, "/snap.jpg")
         );
         assert!(HttpSnapshot::new("ftp://x", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn yuyv_greys_and_primaries_convert() {
+        // Y=16 black, Y=235 white, neutral chroma; then a saturated red pair (BT.601).
+        let buf = [16, 128, 235, 128, 81, 90, 81, 240];
+        let img = yuyv_to_rgb(&buf, 4, 1).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 0]);
+        let white = img.get_pixel(1, 0).0;
+        assert!(white.iter().all(|&c| c >= 254), "{white:?}");
+        let red = img.get_pixel(2, 0).0;
+        assert!(red[0] >= 250 && red[1] <= 5 && red[2] <= 5, "{red:?}");
+        assert!(yuyv_to_rgb(&buf, 4, 2).unwrap_err().contains("short"));
+        assert!(yuyv_to_rgb(&buf, 3, 1).is_err());
     }
 
     #[test]

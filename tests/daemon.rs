@@ -594,3 +594,51 @@ fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
         assert!(shas[first_new..].iter().all(|s| *s == f32), "{shas:?}");
     });
 }
+
+/// With the `camera` feature: a V4L2 device that is not there is a lost camera (alert and
+/// status within 2 s), retried with backoff, and the daemon keeps running.
+#[cfg(feature = "camera")]
+#[test]
+fn a_missing_v4l2_camera_is_reported_lost() {
+    let (host, port) = broker();
+    let dir = common::tmp("e2e", "v4l2");
+    let mut cfg = config("e2e-v4l2", &host, port, "", &dir.join("spool.redb"));
+    cfg.source = inspectd::config::SourceConfig::Camera {
+        device: "/dev/video63".into(),
+        width: Some(640),
+        height: Some(480),
+        fps: 10.0,
+        format: Some("yuyv".into()),
+        trigger: Default::default(),
+    };
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let daemon = Daemon::start(cfg);
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-v4l2/#",
+            Duration::from_secs(10),
+            vec![],
+            |g| {
+                g.get("alert")
+                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
+                    && g.get("status")
+                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
+            },
+        )
+        .await;
+        let after = t0.elapsed();
+        daemon.stop().await;
+        let alert = got["alert"]
+            .iter()
+            .find(|a| a["kind"] == "camera_lost")
+            .expect("camera_lost alert");
+        assert!(
+            alert["message"].as_str().unwrap().contains("/dev/video63"),
+            "{alert}"
+        );
+        assert!(after < Duration::from_secs(3), "lost after {after:?}");
+    });
+}
