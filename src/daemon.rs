@@ -143,6 +143,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         mqtt_trigger: cfg.source.trigger() == Trigger::Mqtt,
         reload: Box::new(move |sha| load_explainer(&reload_cfg, sha)),
         on_verdict: hooks.on_verdict,
+        watchdog: crate::sdnotify::Watchdog::from_env(),
     };
     let sh = shared.clone();
     let inference = std::thread::Builder::new()
@@ -181,7 +182,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         )))
     };
 
+    // The model is loaded, the spool is open and the threads run: verdicts are produced and kept
+    // whether or not the broker is reachable yet.
+    crate::sdnotify::notify(&format!(
+        "READY=1\nSTATUS=inspecting with {} {}, {} message(s) in the spool",
+        shared.model_id.read().unwrap_or_else(|e| e.into_inner()).0,
+        shared.model_id.read().unwrap_or_else(|e| e.into_inner()).1,
+        shared.spool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    ));
+
     shutdown.await;
+    crate::sdnotify::notify("STOPPING=1\nSTATUS=draining the spool");
     tracing::info!("stopping: source, inference, then draining the spool");
     shared.stop.store(true, Ordering::SeqCst);
     shared.trigger_ready.notify_all();

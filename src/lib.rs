@@ -17,6 +17,7 @@ pub mod http;
 pub mod model;
 pub mod mqtt;
 pub mod pipeline;
+pub mod sdnotify;
 pub mod source;
 pub mod spool;
 pub mod tensor;

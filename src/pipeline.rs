@@ -292,8 +292,10 @@ pub struct InferenceSetup {
     pub mqtt_trigger: bool,
     /// Builds a fresh explainer (for `reload_model`), given an expected sha256.
     pub reload: ReloadFn,
-    /// Called after each verdict (the demo prints a line; the watchdog is pinged).
+    /// Called after each verdict (the demo prints a line).
     pub on_verdict: Option<VerdictHook>,
+    /// systemd's watchdog, pinged on every turn of the loop.
+    pub watchdog: crate::sdnotify::Watchdog,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -304,6 +306,9 @@ fn ms(d: Duration) -> f64 {
 pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSetup) {
     let mut ok_count: u64 = 0;
     while !shared.stopping() {
+        // Every turn of this loop (a frame, or a 200 ms wait for one) proves the pipeline is
+        // alive; a forward pass or CAM that hangs stops the pings and systemd restarts us.
+        setup.watchdog.ping();
         // A pending reload_model runs between frames.
         let pending: Vec<ReloadReq> = shared
             .reload

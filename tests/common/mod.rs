@@ -40,11 +40,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(cfg: Config) -> Daemon {
+        Daemon::start_with(cfg, Default::default())
+    }
+
+    pub fn start_with(cfg: Config, hooks: inspectd::daemon::Hooks) -> Daemon {
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async {
             let _ = rx.await;
         };
-        let task = tokio::spawn(inspectd::daemon::run(cfg, shutdown, Default::default()));
+        let task = tokio::spawn(inspectd::daemon::run(cfg, shutdown, hooks));
         Daemon { stop, task }
     }
 
