@@ -342,3 +342,73 @@ fn the_example_config_checks_out_and_a_broken_one_names_its_key() {
         &["mqtt.url", "allow_insecure"],
     );
 }
+
+/// The deployment examples and the package's default config are valid configs: with the
+/// installed paths mapped onto this checkout, `check-config` accepts them (the camera ones need
+/// the `camera` feature; without it they must fail on exactly that, naming the device).
+#[test]
+fn deployment_examples_check_out() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tmpdir("examples");
+    for name in [
+        "deploy/debian/inspectd.toml",
+        "deploy/examples/camera-continuous.toml",
+        "deploy/examples/plc-triggered.toml",
+        "deploy/examples/http-snapshot.toml",
+    ] {
+        let text = std::fs::read_to_string(root.join(name)).unwrap();
+        // Installed paths → this checkout / a scratch folder; TLS and password files → stand-ins.
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let text = text
+            .replace(
+                "/usr/share/inspectd/models",
+                root.join("models").to_str().unwrap(),
+            )
+            .replace("/var/lib/inspectd", dir.to_str().unwrap())
+            .replace("/etc/inspectd/mqtt.password", pw.to_str().unwrap())
+            .replace("/etc/inspectd/tls", tls.to_str().unwrap());
+        let has_tls = text.contains("ca_file =");
+        if has_tls {
+            // A throwaway self-signed certificate and key, so the TLS set-up has real PEM to read.
+            let out = std::process::Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=t",
+                ])
+                .arg("-keyout")
+                .arg(tls.join("k.pem"))
+                .arg("-out")
+                .arg(tls.join("c.pem"))
+                .output()
+                .expect("openssl");
+            assert!(out.status.success());
+            for f in ["ca.pem", "line2-cam1.pem", "line1-station3.pem"] {
+                std::fs::copy(tls.join("c.pem"), tls.join(f)).unwrap();
+            }
+            for f in ["line2-cam1.key", "line1-station3.key"] {
+                std::fs::copy(tls.join("k.pem"), tls.join(f)).unwrap();
+            }
+        }
+        let cfg = dir.join(Path::new(name).file_name().unwrap());
+        std::fs::write(&cfg, text.as_bytes()).unwrap();
+        let out = run(&["check-config", s(&cfg)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if text.contains("kind = \"camera\"") && !cfg!(feature = "camera") {
+            assert_bad_input(&out, &["/dev/video0", "camera"]);
+        } else {
+            assert!(out.status.success(), "{name}: {err}");
+        }
+    }
+}
