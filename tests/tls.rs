@@ -107,14 +107,15 @@ impl Drop for Mosquitto {
     }
 }
 
-/// Starts Mosquitto with a TLS listener (client certificates required) and a plaintext one.
-fn mosquitto(dir: &Path) -> (Mosquitto, u16, u16) {
+/// Starts Mosquitto with a TLS listener (client certificates required; `extra` settings for
+/// it) and a plaintext one for the observer.
+fn mosquitto(dir: &Path, extra: &str) -> (Mosquitto, u16, u16) {
     let tls_port = inspectd::broker::free_port().unwrap();
     let plain_port = inspectd::broker::free_port().unwrap();
     let conf = format!(
         "per_listener_settings true\nuser root\n\
-         listener {tls_port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n\
-         cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+         listener {tls_port} 127.0.0.1\nrequire_certificate true\n\
+         cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n{extra}\n\
          listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
         d = dir.display()
     );
@@ -189,7 +190,7 @@ fn files(dir: &Path, ca: &str, client: bool) -> String {
 async fn verdicts_arrive_over_mutual_tls_and_wrong_credentials_get_nothing_through() {
     let dir = tmp("tls", "certs");
     make_certs(&dir);
-    let (_broker, tls_port, plain_port) = mosquitto(&dir);
+    let (_broker, tls_port, plain_port) = mosquitto(&dir, "allow_anonymous true");
 
     // Right CA and a client certificate: verdicts flow. Wrong CA, or no client certificate:
     // the connection is refused and nothing is published (the verdicts wait in the spool).
@@ -298,4 +299,62 @@ fn tls_files_that_are_missing_or_not_pem_are_named() {
         inspectd::mqtt::settings(&cfg.mqtt, "bad").unwrap_err()
     );
     assert!(msg.contains("plaintext"), "{msg}");
+}
+
+/// The shipped broker ACL (`deploy/mosquitto/inspectd.acl`, with the listener settings of
+/// `deploy/mosquitto/inspectd.conf`): the certificate's CN is the username, and a box may only
+/// publish under `inspect/<CN>/`. A box configured with another device id gets nothing through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_acl_confines_a_box_to_its_own_prefix() {
+    let dir = tmp("tls", "acl");
+    make_certs(&dir);
+    let acl = root().join("deploy/mosquitto/inspectd.acl");
+    let shipped = std::fs::read_to_string(root().join("deploy/mosquitto/inspectd.conf")).unwrap();
+    for line in [
+        "use_identity_as_username true",
+        "allow_anonymous false",
+        "acl_file",
+    ] {
+        assert!(shipped.contains(line), "inspectd.conf lacks {line}");
+    }
+    let (_broker, tls_port, plain_port) = mosquitto(
+        &dir,
+        &format!(
+            "use_identity_as_username true\nallow_anonymous false\nacl_file {}",
+            acl.display()
+        ),
+    );
+    // Both use the certificate with CN=line-3-box; only one claims that device id.
+    let mut daemons = vec![];
+    for device in ["line-3-box", "impostor"] {
+        let text = config(
+            device,
+            &format!("mqtts://localhost:{tls_port}"),
+            &files(&dir, "ca", true),
+            &tmp("tls-acl", device).join("spool.redb"),
+        );
+        let cfg = Config::parse(&text, "test", Path::new(".")).unwrap();
+        daemons.push(Daemon::start(cfg));
+    }
+    let got = collect(
+        "127.0.0.1",
+        plain_port,
+        "inspect/#",
+        Duration::from_secs(20),
+        vec![],
+        |g| g.get("verdict").is_some_and(|v| v.len() >= 20),
+    )
+    .await;
+    for d in daemons {
+        d.stop().await;
+    }
+    let verdicts = got.get("verdict").cloned().unwrap_or_default();
+    assert!(verdicts.len() >= 20, "only {} verdicts", verdicts.len());
+    assert!(verdicts.iter().all(|v| v["device"] == "line-3-box"));
+    let statuses = got.get("status").cloned().unwrap_or_default();
+    assert!(statuses.iter().any(|s| s["device"] == "line-3-box"));
+    assert!(
+        statuses.iter().all(|s| s["device"] != "impostor"),
+        "{statuses:?}"
+    );
 }
