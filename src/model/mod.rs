@@ -469,3 +469,20 @@ pub fn ancestors(graph: &Graph, target: &str) -> HashSet<String> {
     }
     seen
 }
+
+/// ONNX bytes → our graph → the head from each tensor that feeds the first output (at most 64,
+/// in a fixed order). The `head` fuzz target: any bytes give a count or an error, never a panic.
+pub fn heads_from_bytes(bytes: &[u8]) -> Result<usize> {
+    let proto = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..])?;
+    let graph = onnx::graph_from_proto(&proto, None)?;
+    let Some(out) = graph.outputs.first() else {
+        return Ok(0);
+    };
+    let mut feeds: Vec<String> = ancestors(&graph, &out.name).into_iter().collect();
+    feeds.sort();
+    Ok(feeds
+        .iter()
+        .take(64)
+        .filter(|t| crate::cam::head::Head::extract(&graph, t, &out.name).is_ok())
+        .count())
+}
