@@ -458,6 +458,35 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_and_its_evidence_are_stored_together_and_survive_a_reopen() {
+        let path = tmp("companions");
+        {
+            let mut s = Spool::open(&path, 1 << 20, Fsync::Batch).unwrap();
+            let (seq, p) = s
+                .push_seq(|seq| {
+                    (
+                        msg(&format!("v/{seq}"), 10, Priority::High),
+                        vec![msg(&format!("evidence/{seq}"), 50, Priority::Low)],
+                    )
+                })
+                .unwrap();
+            assert_eq!((seq, p.id), (1, 1));
+            s.flush().unwrap();
+        }
+        let mut s = Spool::open(&path, 1 << 20, Fsync::Batch).unwrap();
+        let all = s.after(0, 10).unwrap();
+        let topics: Vec<&str> = all.iter().map(|(_, m)| m.topic.as_str()).collect();
+        assert_eq!(topics, ["v/1", "evidence/1"]);
+        assert_eq!((all[0].0, all[1].0), (1, 2));
+        assert_eq!(s.last_seq(), 1);
+        // The next verdict continues both counters.
+        let (seq, p) = s
+            .push_seq(|seq| (msg(&format!("v/{seq}"), 10, Priority::High), vec![]))
+            .unwrap();
+        assert_eq!((seq, p.id), (2, 3));
+    }
+
+    #[test]
     fn a_message_larger_than_the_spool_is_refused() {
         let mut s = Spool::open(&tmp("large"), 100, Fsync::Always).unwrap();
         assert!(matches!(
