@@ -309,6 +309,16 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
         // Every turn of this loop (a frame, or a 200 ms wait for one) proves the pipeline is
         // alive; a forward pass or CAM that hangs stops the pings and systemd restarts us.
         setup.watchdog.ping();
+        // Batch mode: what the spool buffered reaches the disk within ~100 ms even when the
+        // line is quiet.
+        if let Err(e) = shared
+            .spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush_if_due()
+        {
+            tracing::error!("spool flush failed: {e}");
+        }
         // A pending reload_model runs between frames.
         let pending: Vec<ReloadReq> = shared
             .reload

@@ -15,6 +15,8 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Ids of low-priority (`ok`) messages: the eviction candidates, oldest first.
 const LOW: TableDefinition<u64, ()> = TableDefinition::new("low_priority");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Batch mode: the longest a stored message waits for a durable write.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -108,6 +110,10 @@ pub struct Spool {
     dropped: u64,
     /// The last sequence number handed out (persisted with the message that carries it).
     seq: u64,
+    /// Batch mode: messages not yet in the database (newest ids, in order), written together in
+    /// one durable transaction at most every 100 ms. One acknowledged before that never touches
+    /// the disk. A crash loses them exactly as it would lose non-durable commits.
+    pending: Vec<(u64, Vec<u8>, Priority)>,
 }
 
 impl Spool {
@@ -134,6 +140,7 @@ impl Spool {
             pending_flush: false,
             dropped: 0,
             seq: 0,
+            pending: Vec::new(),
         };
         // Create the tables and recount what survived.
         let tx = s.db.begin_write().map_err(|e| err(e.to_string()))?;
@@ -202,18 +209,82 @@ impl Spool {
         self.seq
     }
 
-    /// Stores `msgs` in one transaction (ids in order); `Pushed::id` is the first one's.
+    /// Stores `msgs` (ids in order); `Pushed::id` is the first one's. Batch mode buffers them
+    /// in memory unless the spool must evict; otherwise they are committed in one transaction.
     fn store(&mut self, msgs_in: &[Message], seq: Option<u64>) -> Result<Pushed, SpoolError> {
         let sizes: Vec<u64> = msgs_in.iter().map(|m| m.size()).collect();
         if let Some(&size) = sizes.iter().find(|&&n| n > self.max_bytes) {
             return Err(SpoolError::TooLarge(size as usize));
         }
+        let incoming: u64 = sizes.iter().sum();
+        if self.fsync == Fsync::Batch && self.bytes + incoming <= self.max_bytes {
+            let first = self.next_id;
+            for m in msgs_in {
+                let enc = m.encode();
+                self.bytes += enc.len() as u64;
+                self.count += 1;
+                self.pending.push((self.next_id, enc, m.priority));
+                self.next_id += 1;
+            }
+            if self.last_flush.elapsed() >= FLUSH_EVERY {
+                self.write_pending(seq)?;
+            } else if let Some(s) = seq {
+                // Carried by the pending message; written with it.
+                self.seq = self.seq.max(s);
+            }
+            return Ok(Pushed {
+                id: first,
+                evicted: vec![],
+            });
+        }
+        // Eviction looks at everything stored: put the buffered messages in the database first.
+        self.write_pending(None)?;
+        self.store_now(msgs_in, &sizes, seq)
+    }
+
+    /// Writes the buffered messages (and the counters) in one durable transaction.
+    fn write_pending(&mut self, seq: Option<u64>) -> Result<(), SpoolError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let seq = seq.unwrap_or(0).max(self.seq);
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut msgs = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+            let mut low = tx.open_table(LOW).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            for (id, enc, priority) in &self.pending {
+                msgs.insert(*id, enc.as_slice()).map_err(|e| self.err(e))?;
+                if *priority == Priority::Low {
+                    low.insert(*id, ()).map_err(|e| self.err(e))?;
+                }
+            }
+            meta.insert("next_id", self.next_id)
+                .map_err(|e| self.err(e))?;
+            meta.insert("seq", seq).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        self.pending.clear();
+        self.seq = seq;
+        self.last_flush = Instant::now();
+        self.pending_flush = false;
+        Ok(())
+    }
+
+    /// Commits `msgs_in` now, evicting to make room: oldest low-priority first.
+    fn store_now(
+        &mut self,
+        msgs_in: &[Message],
+        sizes: &[u64],
+        seq: Option<u64>,
+    ) -> Result<Pushed, SpoolError> {
         let first = self.next_id;
         let mut id = first;
         let mut evicted = vec![];
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        let durable =
-            self.fsync == Fsync::Always || self.last_flush.elapsed() >= Duration::from_millis(100);
+        let durable = self.fsync == Fsync::Always || self.last_flush.elapsed() >= FLUSH_EVERY;
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -225,7 +296,7 @@ impl Spool {
             let mut msgs = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
             let mut low = tx.open_table(LOW).map_err(|e| self.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
-            for (msg, &size) in msgs_in.iter().zip(&sizes) {
+            for (msg, &size) in msgs_in.iter().zip(sizes) {
                 // Evict until the message fits: oldest low-priority first, then oldest of all.
                 while bytes + size > self.max_bytes && count > 0 {
                     let victim = match low.first().map_err(|e| self.err(e))? {
@@ -280,6 +351,12 @@ impl Spool {
 
     /// Deletes an acknowledged message (a missing id is fine: it was evicted or already gone).
     pub fn remove(&mut self, id: u64) -> Result<(), SpoolError> {
+        if let Ok(i) = self.pending.binary_search_by_key(&id, |p| p.0) {
+            let (_, enc, _) = self.pending.remove(i);
+            self.bytes -= enc.len() as u64;
+            self.count -= 1;
+            return Ok(());
+        }
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
         // Deleting after an ack can be lost in a crash at no harm: it is sent again.
         tx.set_durability(Durability::None)
@@ -316,11 +393,23 @@ impl Spool {
                 out.push((k.value(), m));
             }
         }
+        // The buffered messages are the newest.
+        for (id, enc, _) in self.pending.iter().filter(|p| p.0 > after) {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(m) = Message::decode(enc) {
+                out.push((*id, m));
+            }
+        }
         Ok(out)
     }
 
     /// Makes every commit so far durable (called on a timer in `batch` mode and at shutdown).
     pub fn flush(&mut self) -> Result<(), SpoolError> {
+        if !self.pending.is_empty() {
+            return self.write_pending(None);
+        }
         if !self.pending_flush {
             return Ok(());
         }
@@ -331,6 +420,18 @@ impl Spool {
         self.pending_flush = false;
         self.last_flush = Instant::now();
         Ok(())
+    }
+
+    /// Flushes when the last durable write is older than the batch interval (called on every
+    /// turn of the inference loop, so a quiet line does not leave messages in memory).
+    pub fn flush_if_due(&mut self) -> Result<(), SpoolError> {
+        if (!self.pending.is_empty() || self.pending_flush)
+            && self.last_flush.elapsed() >= FLUSH_EVERY
+        {
+            self.flush()
+        } else {
+            Ok(())
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -484,6 +585,40 @@ mod tests {
             .push_seq(|seq| (msg(&format!("v/{seq}"), 10, Priority::High), vec![]))
             .unwrap();
         assert_eq!((seq, p.id), (2, 3));
+    }
+
+    #[test]
+    fn batch_mode_buffers_serves_and_acks_in_memory_then_writes_once() {
+        let path = tmp("batch");
+        {
+            let mut s = Spool::open(&path, 1 << 20, Fsync::Batch).unwrap();
+            for _ in 0..3 {
+                s.push_seq(|seq| (msg(&format!("v/{seq}"), 10, Priority::High), vec![]))
+                    .unwrap();
+            }
+            // Buffered, yet served in order to the publisher, and an ack just drops it.
+            let ids: Vec<u64> = s.after(0, 10).unwrap().iter().map(|m| m.0).collect();
+            assert_eq!(ids, [1, 2, 3]);
+            assert_eq!(s.after(1, 1).unwrap()[0].0, 2);
+            s.remove(2).unwrap();
+            assert_eq!(s.len(), 2);
+            // Not yet due: nothing is written.
+            s.flush_if_due().unwrap();
+            std::thread::sleep(FLUSH_EVERY);
+            s.flush_if_due().unwrap();
+            // Written: an ack now deletes from the database.
+            s.remove(1).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Spool::open(&path, 1 << 20, Fsync::Batch).unwrap();
+        let left: Vec<(u64, String)> = s
+            .after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, m)| (id, m.topic))
+            .collect();
+        assert_eq!(left, [(3, "v/3".to_string())]);
+        assert_eq!((s.last_seq(), s.len()), (3, 1));
     }
 
     #[test]
