@@ -322,7 +322,8 @@ impl Plan {
 fn tract_setup() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("TRACT_CPU_ISA").is_none() {
+        // x86-64 only: the token names an x86 ISA, and tract refuses it on other architectures.
+        if cfg!(target_arch = "x86_64") && std::env::var_os("TRACT_CPU_ISA").is_none() {
             if let Err(e) = tract_onnx::prelude::tract_data::knobs::set_config_global(
                 "TRACT_CPU_ISA",
                 "-amx-int8",
