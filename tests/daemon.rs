@@ -255,54 +255,79 @@ fn a_vanishing_source_folder_raises_an_alert_and_recovers() {
         assert!(got["verdict"].len() >= 3);
         let hidden = dir.join("hidden");
         std::fs::rename(&frames, &hidden).unwrap();
-        let t0 = Instant::now();
-        let got = collect(
-            &host,
-            port,
-            "inspect/e2e-lost/#",
-            Duration::from_secs(10),
-            vec![],
-            |g| {
-                g.get("alert")
-                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
-                    && g.get("status")
-                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
-            },
-        )
-        .await;
-        let lost_after = t0.elapsed();
-        assert!(
-            got["alert"].iter().any(|a| a["kind"] == "camera_lost"),
-            "{got:?}"
-        );
-        assert!(
-            got["status"].iter().any(|s| s["camera"] == "lost"),
-            "{:?}",
-            got.get("status")
-        );
+        let (_, lost_after) = await_lost(&host, port, "e2e-lost").await;
         assert!(
             lost_after < Duration::from_secs(2),
             "alert after {lost_after:?}"
         );
         // The folder comes back: recovery is announced and verdicts resume.
         std::fs::rename(&hidden, &frames).unwrap();
-        let got = collect(
-            &host,
-            port,
-            "inspect/e2e-lost/#",
-            Duration::from_secs(15),
-            vec![],
-            |g| {
-                g.get("alert")
-                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_recovered"))
-                    && g.contains_key("verdict")
-            },
-        )
-        .await;
+        await_recovered(&host, port, "e2e-lost").await;
         daemon.stop().await;
-        assert!(got["alert"].iter().any(|a| a["kind"] == "camera_recovered"));
-        assert!(got.contains_key("verdict"), "verdicts resume");
     });
+}
+
+/// Waits for a device's `camera_lost` alert and `lost` status; returns the alert and how long
+/// it took, asserting both arrived.
+async fn await_lost(host: &str, port: u16, device: &str) -> (serde_json::Value, Duration) {
+    let t0 = Instant::now();
+    let got = collect(
+        host,
+        port,
+        &format!("inspect/{device}/#"),
+        Duration::from_secs(10),
+        vec![],
+        |g| {
+            g.get("alert")
+                .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
+                && g.get("status")
+                    .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
+        },
+    )
+    .await;
+    let took = t0.elapsed();
+    let alert = got
+        .get("alert")
+        .and_then(|a| a.iter().find(|a| a["kind"] == "camera_lost"))
+        .unwrap_or_else(|| panic!("{device}: no camera_lost alert: {got:?}"))
+        .clone();
+    assert!(
+        got["status"].iter().any(|s| s["camera"] == "lost"),
+        "{device}: no lost status: {got:?}"
+    );
+    (alert, took)
+}
+
+/// Waits for a device's `camera_recovered` alert, an `ok` status and verdicts flowing again.
+async fn await_recovered(host: &str, port: u16, device: &str) {
+    let got = collect(
+        host,
+        port,
+        &format!("inspect/{device}/#"),
+        Duration::from_secs(15),
+        vec![],
+        |g| {
+            g.get("alert")
+                .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_recovered"))
+                && g.contains_key("verdict")
+                && g.get("status")
+                    .is_some_and(|s| s.iter().any(|x| x["camera"] == "ok"))
+        },
+    )
+    .await;
+    assert!(
+        got.get("alert")
+            .is_some_and(|a| a.iter().any(|a| a["kind"] == "camera_recovered")),
+        "{device}: no camera_recovered alert: {got:?}"
+    );
+    assert!(
+        got.contains_key("verdict"),
+        "{device}: verdicts do not resume"
+    );
+    assert!(
+        got["status"].iter().any(|s| s["camera"] == "ok"),
+        "{device}: status not ok"
+    );
 }
 
 /// A snapshot camera on 127.0.0.1: serves `frame` on every GET while `up`, and closes its
@@ -379,58 +404,18 @@ fn an_http_camera_going_down_raises_an_alert_and_recovers() {
             .ends_with("/snapshot.png"));
 
         up.store(false, Ordering::SeqCst);
-        let t0 = Instant::now();
-        let got = collect(
-            &host,
-            port,
-            "inspect/e2e-http/#",
-            Duration::from_secs(10),
-            vec![],
-            |g| {
-                g.get("alert")
-                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
-                    && g.get("status")
-                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
-            },
-        )
-        .await;
-        let lost_after = t0.elapsed();
-        let alert = got["alert"]
-            .iter()
-            .find(|a| a["kind"] == "camera_lost")
-            .expect("camera_lost alert");
+        let (alert, lost_after) = await_lost(&host, port, "e2e-http").await;
         assert!(
             alert["message"].as_str().unwrap().contains("snapshot.png"),
             "{alert}"
         );
-        assert!(got["status"].iter().any(|s| s["camera"] == "lost"));
         assert!(
             lost_after < Duration::from_secs(2),
             "alert after {lost_after:?}"
         );
-
         up.store(true, Ordering::SeqCst);
-        let got = collect(
-            &host,
-            port,
-            "inspect/e2e-http/#",
-            Duration::from_secs(15),
-            vec![],
-            |g| {
-                g.get("alert")
-                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_recovered"))
-                    && g.contains_key("verdict")
-                    && g.get("status")
-                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "ok"))
-            },
-        )
-        .await;
+        await_recovered(&host, port, "e2e-http").await;
         daemon.stop().await;
-        assert!(
-            got["alert"].iter().any(|a| a["kind"] == "camera_recovered"),
-            "{got:?}"
-        );
-        assert!(got.contains_key("verdict"), "verdicts resume");
     });
 }
 
@@ -613,28 +598,9 @@ fn a_missing_v4l2_camera_is_reported_lost() {
     };
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
-        let t0 = Instant::now();
         let daemon = Daemon::start(cfg);
-        let got = collect(
-            &host,
-            port,
-            "inspect/e2e-v4l2/#",
-            Duration::from_secs(10),
-            vec![],
-            |g| {
-                g.get("alert")
-                    .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
-                    && g.get("status")
-                        .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
-            },
-        )
-        .await;
-        let after = t0.elapsed();
+        let (alert, after) = await_lost(&host, port, "e2e-v4l2").await;
         daemon.stop().await;
-        let alert = got["alert"]
-            .iter()
-            .find(|a| a["kind"] == "camera_lost")
-            .expect("camera_lost alert");
         assert!(
             alert["message"].as_str().unwrap().contains("/dev/video63"),
             "{alert}"
