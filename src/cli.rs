@@ -45,6 +45,11 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Zero-setup demo: embedded broker, shipped model, replayed samples, one line per verdict.
     Demo(DemoArgs),
+    /// Plant dashboard: subscribe to every device, store history in SQLite, serve the web UI.
+    Supervise(crate::supervisor::SuperviseArgs),
+    /// Publish synthetic verdicts as fast as the broker takes them (supervisor benchmark).
+    #[command(hide = true)]
+    Loadgen(crate::supervisor::loadgen::LoadgenArgs),
     /// Run the embedded MQTT broker in the foreground (for tests and trials).
     #[command(hide = true)]
     Broker(BrokerArgs),
@@ -260,6 +265,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run_daemon(a),
         Command::CheckConfig(a) => check_config(a),
         Command::Demo(a) => crate::demo::run(a),
+        Command::Supervise(a) => crate::supervisor::run(a),
+        Command::Loadgen(a) => crate::supervisor::loadgen::run(a),
         Command::Broker(a) => crate::broker::run_foreground(a.listen),
     }
 }

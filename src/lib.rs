@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod sdnotify;
 pub mod source;
 pub mod spool;
+pub mod supervisor;
 pub mod tensor;
 pub mod timefmt;
 pub mod validate;

@@ -1,0 +1,68 @@
+// inspectd supervisor: live updates over server-sent events. The server renders (and escapes)
+// every row; this script only places them. `data-pushed` on <body> counts updates applied.
+(function () {
+  "use strict";
+  var body = document.body;
+  var pushed = 0;
+  var MAX_ROWS = 200;
+  function applied() { pushed += 1; body.setAttribute("data-pushed", String(pushed)); }
+  function prepend(id, html, keep) {
+    var t = document.getElementById(id);
+    if (!t) { return false; }
+    var empty = t.querySelector("td.empty");
+    if (empty) { empty.parentNode.remove(); }
+    t.insertAdjacentHTML("afterbegin", html);
+    while (t.rows.length > keep) { t.deleteRow(t.rows.length - 1); }
+    applied();
+    return true;
+  }
+  // Refetch a server-rendered fragment, at most once per second per element.
+  var busy = {};
+  function refresh(id) {
+    var t = document.getElementById(id);
+    if (!t || busy[id]) { return; }
+    busy[id] = true;
+    setTimeout(function () {
+      fetch(t.getAttribute("data-src"), { cache: "no-store" })
+        .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+        .then(function (html) { t.innerHTML = html; applied(); })
+        .catch(function () {})
+        .then(function () { busy[id] = false; });
+    }, 250);
+  }
+  var es = new EventSource("/events");
+  var dot = document.getElementById("conn");
+  // Whatever changed between rendering the page and (re)connecting the stream is fetched once.
+  es.onopen = function () {
+    if (dot) { dot.className = "conn up"; }
+    refresh("fleet");
+    refresh("commands");
+  };
+  es.onerror = function () { if (dot) { dot.className = "conn"; } };
+  es.addEventListener("verdict", function (e) {
+    var t = document.getElementById("live");
+    if (!t) { return; }
+    var only = t.closest("table").getAttribute("data-device");
+    var tmp = document.createElement("tbody");
+    tmp.innerHTML = e.data;
+    var row = tmp.rows[0];
+    if (!row || (only && row.getAttribute("data-device") !== only)) { return; }
+    prepend("live", e.data, MAX_ROWS);
+  });
+  es.addEventListener("evidence", function (e) {
+    var key = JSON.parse(e.data).key;
+    var imgs = document.querySelectorAll("img[data-key]");
+    for (var i = 0; i < imgs.length; i++) {
+      if (imgs[i].getAttribute("data-key") === key) {
+        imgs[i].src = imgs[i].getAttribute("data-src") + "?v=" + Date.now();
+      }
+    }
+  });
+  es.addEventListener("alert", function (e) {
+    prepend("alerts", e.data, 1000);
+    var c = document.getElementById("alert-count");
+    if (c) { c.textContent = String(Number(c.textContent) + 1); c.className = "count hot"; }
+  });
+  es.addEventListener("fleet", function () { refresh("fleet"); });
+  es.addEventListener("cmd_result", function () { refresh("commands"); });
+})();

@@ -1,0 +1,219 @@
+//! `inspectd loadgen`: publishes synthetic verdicts (the real schema, with a real PNG map) from
+//! several devices as fast as the broker takes them, then waits until the supervisor has stored
+//! every one and reports the ingest rate. The supervisor benchmark of the operations guide.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use base64::Engine as _;
+use clap::Args;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+use crate::error::bad_input;
+
+#[derive(Args, Debug, Clone)]
+pub struct LoadgenArgs {
+    /// Broker URL (mqtt://host:port).
+    #[arg(long)]
+    pub broker: String,
+    /// The supervisor's web address: wait until it stored everything and report its rate.
+    #[arg(long)]
+    pub supervisor: Option<String>,
+    /// Verdicts to publish in all.
+    #[arg(long, default_value_t = 20_000)]
+    pub verdicts: u64,
+    /// Devices they come from.
+    #[arg(long, default_value_t = 8)]
+    pub devices: u64,
+    /// Publish every verdict twice (a redelivery storm): the supervisor must store each once.
+    #[arg(long)]
+    pub duplicate: bool,
+    #[arg(long, default_value = "inspect")]
+    pub prefix: String,
+}
+
+/// `GET path` on `addr` (host:port); the body parsed as JSON.
+pub fn get_json(addr: &str, path: &str) -> Result<Value> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("GET {path}: no HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(anyhow!("GET {path}: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(serde_json::from_str(body)?)
+}
+
+fn stored(addr: &str) -> Result<i64> {
+    get_json(addr, "/api/stats")?["rows"]["verdicts"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("/api/stats has no rows.verdicts"))
+}
+
+/// A verdict payload like the daemon's, with a 16×16 map.
+fn payload(device: &str, seq: u64, map_b64: &str) -> Vec<u8> {
+    let kind = match seq % 10 {
+        0 => "defect",
+        1 => "suspect",
+        _ => "ok",
+    };
+    let reasons = if kind == "suspect" {
+        json!([{"code": "marginal", "text": "confidence 0.55 is in the suspect band [0.5, 0.7]"}])
+    } else {
+        json!([])
+    };
+    json!({"schema": "inspect.verdict/1", "device": device, "seq": seq, "ts": crate::timefmt::now(),
+           "part_id": format!("LOAD-{seq}"), "verdict": kind, "label": if kind == "ok" { "ok" } else { "scratch" },
+           "confidence": if kind == "suspect" { 0.55 } else { 0.97 },
+           "scores": {"ok": 0.03, "scratch": 0.97, "dent": 0.0, "stain": 0.0, "crack": 0.0}, "reasons": reasons,
+           "cam": {"method": "gradcam", "layer": "conv6", "class": 1, "w": 16, "h": 16, "png": map_b64, "peak": [5, 9], "raw_max": 1.2, "roi_fraction": 1.0},
+           "model": {"name": "surface-defect", "version": "3", "sha256": "0".repeat(64)},
+           "frame": {"origin": "loadgen", "width": 128, "height": 128},
+           "latency_ms": {"decode": 0.5, "queue": 0.1, "preprocess": 0.1, "forward": 5.4, "cam": 0.4, "verdict": 0.2, "total": 6.7}})
+    .to_string()
+    .into_bytes()
+}
+
+pub fn run(a: LoadgenArgs) -> Result<()> {
+    if a.verdicts == 0 || a.devices == 0 {
+        return Err(bad_input("--verdicts and --devices must be at least 1"));
+    }
+    let cfg = crate::config::MqttConfig {
+        url: a.broker.clone(),
+        client_id: Some(format!("inspectd-loadgen-{}", std::process::id())),
+        username: None,
+        password_file: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        prefix: a.prefix.clone(),
+        publish_ok: "all".into(),
+        keep_alive_s: 30,
+        allow_insecure: false,
+    };
+    let s = crate::mqtt::settings(&cfg, "loadgen")
+        .map_err(|e| bad_input(format!("--broker: {e:#}")))?;
+    let sup = a.supervisor.as_deref().map(|u| {
+        u.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    });
+    let before = match &sup {
+        Some(addr) => {
+            Some(stored(addr).map_err(|e| bad_input(format!("--supervisor {addr}: {e:#}")))?)
+        }
+        None => None,
+    };
+    let mut map = crate::tensor::Tensor::zeros(&[16, 16]);
+    for (i, v) in map.data_mut().iter_mut().enumerate() {
+        let (y, x) = ((i / 16) as f32 - 9.0, (i % 16) as f32 - 5.0);
+        *v = (-(x * x + y * y) / 8.0).exp();
+    }
+    let map_b64 = base64::engine::general_purpose::STANDARD.encode(crate::heatmap::map_png(&map)?);
+    let copies = if a.duplicate { 2 } else { 1 };
+    let total = a.verdicts * copies;
+    // Sequence numbers above anything an earlier run used.
+    let base = crate::timefmt::now_ms() as u64 * 1000;
+    let rt = crate::cli::runtime()?;
+    let (t0, published) = rt.block_on(async {
+        let mut opts = MqttOptions::new(
+            cfg.client_id.clone().unwrap_or_default(),
+            s.host.clone(),
+            s.port,
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_inflight(200);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut el) = AsyncClient::new(opts, 1024);
+        let t0 = Instant::now();
+        let producer = {
+            let client = client.clone();
+            let (prefix, devices, n) = (a.prefix.clone(), a.devices, a.verdicts);
+            tokio::spawn(async move {
+                for i in 0..n {
+                    let device = format!("load-{}", i % devices);
+                    let p = payload(&device, base + i / devices, &map_b64);
+                    for _ in 0..copies {
+                        client
+                            .publish(
+                                format!("{prefix}/{device}/verdict"),
+                                QoS::AtLeastOnce,
+                                false,
+                                p.clone(),
+                            )
+                            .await?;
+                    }
+                }
+                anyhow::Ok(())
+            })
+        };
+        let mut acked = 0u64;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(30), el.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(anyhow!("broker: {e}")),
+                Err(_) => {
+                    return Err(anyhow!(
+                        "no progress for 30 s ({acked}/{total} acknowledged)"
+                    ))
+                }
+            }
+        }
+        producer.await??;
+        let published = t0.elapsed();
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+        Ok::<_, anyhow::Error>((t0, published))
+    })?;
+    println!(
+        "published {total} verdict messages ({} distinct, {} devices) in {:.2} s: {:.0} msg/s",
+        a.verdicts,
+        a.devices,
+        published.as_secs_f64(),
+        total as f64 / published.as_secs_f64()
+    );
+    if let (Some(addr), Some(before)) = (sup, before) {
+        let want = before + a.verdicts as i64;
+        let mut last = (Instant::now(), before);
+        loop {
+            let n = stored(&addr)?;
+            if n >= want {
+                let t = t0.elapsed().as_secs_f64();
+                println!(
+                    "supervisor stored {} new verdicts in {t:.2} s from the first publish: {:.0} verdicts/s{}",
+                    n - before,
+                    (n - before) as f64 / t,
+                    if a.duplicate { format!(" ({} duplicates dropped)", total - a.verdicts) } else { String::new() }
+                );
+                if n > want {
+                    return Err(anyhow!(
+                        "stored {} verdicts, {} more than sent (another publisher?)",
+                        n - before,
+                        n - want
+                    ));
+                }
+                return Ok(());
+            }
+            if n != last.1 {
+                last = (Instant::now(), n);
+            } else if last.0.elapsed() > Duration::from_secs(30) {
+                return Err(anyhow!(
+                    "the supervisor stalled at {}/{} new verdicts",
+                    n - before,
+                    a.verdicts
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}

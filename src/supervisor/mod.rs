@@ -1,0 +1,577 @@
+//! `inspectd supervise`: the plant-side dashboard. It subscribes to every device's topics,
+//! checks each message against the MQTT contract, stores verdicts (de-duplicated by device and
+//! sequence number), evidence, alerts and status in SQLite, and serves a web UI with live
+//! updates (server-sent events), history with CSV export, alert acknowledgement and commands.
+//!
+//! Delivery: the subscription is QoS 1 on a persistent session, and a message is acknowledged
+//! to the broker only after the transaction that stores it commits. A crash loses nothing the
+//! broker handed over; a redelivery is recognised by (device, seq) and stored once.
+
+pub mod ingest;
+pub mod loadgen;
+pub mod store;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event as MqttEvent, MqttOptions, Packet, QoS};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::config::MqttConfig;
+use crate::error::bad_input;
+use crate::source::Backoff;
+use ingest::{classify, Reject, KINDS};
+use store::{Event, Item, Retention};
+
+#[derive(Args, Debug, Clone)]
+pub struct SuperviseArgs {
+    /// Broker URL: mqtt://host:port or mqtts://host:port.
+    #[arg(long)]
+    pub broker: String,
+    /// Address of the web UI.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// SQLite database file (created if missing; history survives restarts).
+    #[arg(long, default_value = "supervisor.sqlite")]
+    pub db: PathBuf,
+    /// Topic prefix the devices publish under.
+    #[arg(long, default_value = "inspect")]
+    pub prefix: String,
+    /// MQTT client id (the broker keeps this session's subscription while it is away).
+    #[arg(long, default_value = "inspectd-supervisor")]
+    pub client_id: String,
+    #[arg(long)]
+    pub username: Option<String>,
+    /// File holding the MQTT password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) for mqtts://.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Allow plaintext MQTT to a host that is not loopback.
+    #[arg(long)]
+    pub allow_insecure: bool,
+    /// Keep verdicts, evidence and acknowledged alerts this many days.
+    #[arg(long, default_value_t = 30)]
+    pub retain_days: u32,
+    /// Keep at most this many verdicts (the oldest go first).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_verdicts: u64,
+    /// An online device silent this long is shown as stale (seconds).
+    #[arg(long, default_value_t = 30)]
+    pub stale_after_s: u64,
+}
+
+/// The supervisor's own counters (`/metrics`).
+pub struct Metrics {
+    pub received: [AtomicU64; KINDS.len()],
+    pub dropped: [AtomicU64; Reject::ALL.len()],
+    pub duplicates: [AtomicU64; KINDS.len()],
+    pub stored: AtomicU64,
+    pub db_errors: AtomicU64,
+    pub connects: AtomicU64,
+    pub connected: AtomicBool,
+    /// (when, messages received so far): for messages per second.
+    rate: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+    pub started: Instant,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            received: Default::default(),
+            dropped: Default::default(),
+            duplicates: Default::default(),
+            stored: AtomicU64::new(0),
+            db_errors: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            rate: Mutex::new(Default::default()),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn received_total(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self
+                .dropped
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>()
+    }
+
+    /// Records a sample (once a second) and returns messages/s over the last 10 s.
+    pub fn sample_rate(&self) -> f64 {
+        let now = Instant::now();
+        let total = self.received_total();
+        let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        r.push_back((now, total));
+        while r.len() > 2 && now.duration_since(r[0].0) > Duration::from_secs(10) {
+            r.pop_front();
+        }
+        self.rate_of(&r)
+    }
+
+    pub fn rate(&self) -> f64 {
+        let r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        self.rate_of(&r)
+    }
+
+    fn rate_of(&self, r: &std::collections::VecDeque<(Instant, u64)>) -> f64 {
+        match (r.front(), r.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    fn kind(kind: &str) -> usize {
+        KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A PUBACK owed to the broker, valid only on the connection (`epoch`) it came in on.
+pub struct Ack {
+    epoch: u64,
+    publish: rumqttc::Publish,
+}
+
+/// Work for the writer thread.
+pub enum Work {
+    Msg(Item, Option<Ack>),
+    /// A message not stored (dropped, or not ours): acknowledged in its turn, because MQTT
+    /// wants PUBACKs in the order the messages came (rumqttd drops a client that does not).
+    Skip(Ack),
+    /// Enforce the retention limits.
+    Tick,
+}
+
+/// A command to publish, with the channel for the outcome.
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Everything the web handlers share.
+pub struct Hub {
+    pub db: PathBuf,
+    pub prefix: String,
+    pub stale_after_ms: i64,
+    pub events: broadcast::Sender<Event>,
+    pub commands: mpsc::Sender<Outgoing>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The MQTT side: one fresh client per connection, a persistent session, manual acks.
+async fn link(
+    s: crate::mqtt::Settings,
+    prefix: String,
+    work: mpsc::Sender<Work>,
+    mut acks: mpsc::UnboundedReceiver<Ack>,
+    mut commands: mpsc::Receiver<Outgoing>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+    opts.set_keep_alive(s.keep_alive);
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    // Large enough that an oversized payload reaches us to be counted and dropped, instead of
+    // breaking the connection (and coming back forever on the persistent session).
+    opts.set_max_packet_size(32 << 20, 1 << 20);
+    opts.set_inflight(100);
+    if let Some((u, p)) = &s.credentials {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &s.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    let filter = format!("{prefix}/+/#");
+    // Dropped at shutdown: the writer then stores what it has, acknowledges it and ends.
+    let mut work = Some(work);
+    let mut backoff = Backoff::new(Duration::from_secs(10));
+    let mut epoch = 0u64;
+    let mut last_warn = Instant::now() - Duration::from_secs(60);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        epoch += 1;
+        let (client, mut el) = AsyncClient::new(opts.clone(), 1024);
+        let mut pending: std::collections::VecDeque<rumqttc::Publish> = Default::default();
+        let mut connected = false;
+        loop {
+            // Acks the request channel had no room for go first.
+            while let Some(p) = pending.front() {
+                if client.try_ack(p).is_err() {
+                    break;
+                }
+                pending.pop_front();
+            }
+            tokio::select! {
+                ev = el.poll() => match ev {
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                        if ack.code != ConnectReturnCode::Success {
+                            tracing::warn!("broker refused the supervisor: {:?}", ack.code);
+                            break;
+                        }
+                        // Subscribe on every connection: a broker restarted without persistence
+                        // has forgotten the session.
+                        if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                            tracing::warn!("subscribing to {filter}: {e}");
+                            break;
+                        }
+                        connected = true;
+                        backoff.reset();
+                        metrics.connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Connected means subscribed: from here on nothing published is missed.
+                    Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                        tracing::info!("connected to {}:{}, subscribed to {filter}", s.host, s.port);
+                        metrics.connected.store(true, Ordering::Relaxed);
+                    }
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                        let ack = (p.qos != QoS::AtMostOnce).then(|| Ack {
+                            epoch,
+                            publish: rumqttc::Publish { payload: Default::default(), ..p.clone() },
+                        });
+                        match classify(&prefix, &p.topic, &p.payload) {
+                            Ok(Some(msg)) => {
+                                metrics.received[Metrics::kind(msg.kind())].fetch_add(1, Ordering::Relaxed);
+                                let item = Item { msg, retained: p.retain };
+                                let Some(w) = &work else { return };
+                                if w.send(Work::Msg(item, ack)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            other => {
+                                if let Err(d) = other {
+                                    metrics.dropped[d.reason as usize].fetch_add(1, Ordering::Relaxed);
+                                    if last_warn.elapsed() > Duration::from_secs(1) {
+                                        last_warn = Instant::now();
+                                        tracing::warn!("dropped a message on {:?} ({}): {}", p.topic, d.reason.name(), d.detail);
+                                    }
+                                }
+                                if let (Some(a), Some(w)) = (ack, &work) {
+                                    if w.send(Work::Skip(a)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("broker connection: {e}");
+                        break;
+                    }
+                },
+                Some(a) = acks.recv() => {
+                    if a.epoch == epoch {
+                        pending.push_back(a.publish);
+                    }
+                }
+                Some(c) = commands.recv() => {
+                    let r = if connected {
+                        client.try_publish(c.topic, QoS::AtLeastOnce, false, c.payload).map_err(|e| e.to_string())
+                    } else {
+                        Err("the supervisor is not connected to the broker".into())
+                    };
+                    let _ = c.done.send(r);
+                }
+                _ = shutdown.changed() => {
+                    // Acknowledge what the writer stores from here on (it ends once its queue
+                    // is empty); anything not stored in time comes again on the next session.
+                    drop(work.take());
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                    loop {
+                        while let Some(p) = pending.front() {
+                            if client.try_ack(p).is_err() {
+                                break;
+                            }
+                            pending.pop_front();
+                        }
+                        tokio::select! {
+                            a = acks.recv() => match a {
+                                Some(a) if a.epoch == epoch => pending.push_back(a.publish),
+                                Some(_) => {}
+                                None => break,
+                            },
+                            ev = el.poll() => if ev.is_err() { return },
+                            _ = tokio::time::sleep_until(deadline) => break,
+                        }
+                    }
+                    while let Some(p) = pending.pop_front() {
+                        let _ = client.try_ack(&p);
+                    }
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async { while el.poll().await.is_ok() {} }).await;
+                    return;
+                }
+            }
+        }
+        metrics.connected.store(false, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The writer thread: batches whatever is waiting into one transaction, then acknowledges the
+/// batch to the broker and tells the UI. A failing database is retried with backoff; nothing
+/// is acknowledged until it is stored.
+fn writer(
+    mut conn: rusqlite::Connection,
+    mut rx: mpsc::Receiver<Work>,
+    acks: mpsc::UnboundedSender<Ack>,
+    events: broadcast::Sender<Event>,
+    metrics: Arc<Metrics>,
+    retention: Retention,
+) {
+    const BATCH: usize = 4096;
+    let mut retain_due = true;
+    loop {
+        let Some(first) = rx.blocking_recv() else {
+            return;
+        };
+        let mut items = Vec::new();
+        let mut tokens = Vec::new();
+        let mut next = Some(first);
+        while let Some(w) = next.take() {
+            match w {
+                Work::Msg(item, ack) => {
+                    items.push(item);
+                    tokens.extend(ack);
+                }
+                Work::Skip(ack) => tokens.push(ack),
+                Work::Tick => retain_due = true,
+            }
+            if items.len() < BATCH && tokens.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !items.is_empty() || !tokens.is_empty() {
+            let mut backoff = Backoff::new(Duration::from_secs(10));
+            let applied = loop {
+                let now = crate::timefmt::now_ms();
+                let r = conn
+                    .transaction()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|tx| {
+                        let a = store::apply(&tx, &items, now)?;
+                        tx.commit()?;
+                        Ok(a)
+                    });
+                match r {
+                    Ok(a) => break a,
+                    Err(e) => {
+                        metrics.db_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("storing {} messages: {e:#}; retrying", items.len());
+                        std::thread::sleep(backoff.next_delay());
+                    }
+                }
+            };
+            metrics
+                .stored
+                .fetch_add(applied.stored as u64, Ordering::Relaxed);
+            for k in &applied.duplicates {
+                metrics.duplicates[Metrics::kind(k)].fetch_add(1, Ordering::Relaxed);
+            }
+            for t in tokens {
+                let _ = acks.send(t);
+            }
+            for e in applied.events {
+                let _ = events.send(e);
+            }
+        }
+        if retain_due {
+            retain_due = false;
+            match store::enforce(&conn, retention, crate::timefmt::now_ms()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("retention: {n} verdicts deleted"),
+                Err(e) => {
+                    metrics.db_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("retention: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+/// Resolved, checked arguments: every bad one is exit 2 with its flag named.
+struct Setup {
+    mqtt: crate::mqtt::Settings,
+    listen: SocketAddr,
+    conn: rusqlite::Connection,
+}
+
+fn setup(a: &SuperviseArgs) -> Result<Setup> {
+    if a.prefix.is_empty() || a.prefix.contains(['+', '#', '/']) {
+        return Err(bad_input(format!(
+            "--prefix {:?}: must be one non-empty topic level without + #",
+            a.prefix
+        )));
+    }
+    if a.client_id.is_empty() {
+        return Err(bad_input("--client-id: must not be empty"));
+    }
+    if a.retain_days == 0 || a.max_verdicts == 0 || a.stale_after_s == 0 {
+        return Err(bad_input(
+            "--retain-days, --max-verdicts and --stale-after-s must be at least 1",
+        ));
+    }
+    let cfg = MqttConfig {
+        url: a.broker.clone(),
+        client_id: Some(a.client_id.clone()),
+        username: a.username.clone(),
+        password_file: a.password_file.clone(),
+        ca_file: a.ca_file.clone(),
+        cert_file: a.cert_file.clone(),
+        key_file: a.key_file.clone(),
+        prefix: a.prefix.clone(),
+        publish_ok: "all".into(),
+        keep_alive_s: 10,
+        allow_insecure: a.allow_insecure,
+    };
+    let mqtt = crate::mqtt::settings(&cfg, "supervisor")
+        .map_err(|e| bad_input(format!("--broker: {e:#}")))?;
+    let listen: SocketAddr = a.listen.parse().map_err(|_| {
+        bad_input(format!(
+            "--listen {:?}: not an address like 127.0.0.1:8080",
+            a.listen
+        ))
+    })?;
+    if let Some(dir) = a.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(bad_input(format!(
+                "--db {}: folder {} does not exist",
+                a.db.display(),
+                dir.display()
+            )));
+        }
+    }
+    let conn = store::open(&a.db).map_err(|e| bad_input(format!("{e:#}")))?;
+    Ok(Setup { mqtt, listen, conn })
+}
+
+/// Runs the supervisor until SIGINT/SIGTERM.
+pub fn run(a: SuperviseArgs) -> Result<()> {
+    let rt = crate::cli::runtime()?;
+    rt.block_on(serve(a, crate::daemon::signals(), None))
+}
+
+/// Runs the supervisor until `shutdown`; `bound` receives the web address once it listens.
+pub async fn serve(
+    a: SuperviseArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    bound: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<()> {
+    let Setup { mqtt, listen, conn } = setup(&a)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| bad_input(format!("--listen {listen}: cannot listen: {e}")))?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new());
+    let (events, _) = broadcast::channel(4096);
+    let (work_tx, work_rx) = mpsc::channel(8192);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let retention = Retention {
+        days: a.retain_days,
+        max_verdicts: a.max_verdicts,
+    };
+    let writer_thread = {
+        let (events, metrics) = (events.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("supervisor-db".into())
+            .spawn(move || writer(conn, work_rx, ack_tx, events, metrics, retention))
+            .context("starting the database thread")?
+    };
+    let hub = Arc::new(Hub {
+        db: a.db.clone(),
+        prefix: a.prefix.clone(),
+        stale_after_ms: a.stale_after_s as i64 * 1000,
+        events: events.clone(),
+        commands: cmd_tx,
+        metrics: metrics.clone(),
+    });
+    let mqtt_task = tokio::spawn(link(
+        mqtt,
+        a.prefix.clone(),
+        work_tx.clone(),
+        ack_rx,
+        cmd_rx,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    // Once a second: the message rate and a fleet refresh (online turns stale by time alone);
+    // once a minute: retention.
+    let ticker = {
+        let (metrics, events, work) = (metrics.clone(), events.clone(), work_tx);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                metrics.sample_rate();
+                n += 1;
+                if n.is_multiple_of(5) {
+                    let _ = events.send(Event::Fleet);
+                }
+                if n.is_multiple_of(60) && work.send(Work::Tick).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    tracing::info!("supervisor web UI on http://{addr}/");
+    eprintln!(
+        "inspectd supervise: web UI on http://{addr}/, database {}",
+        a.db.display()
+    );
+    if let Some(b) = bound {
+        let _ = b.send(addr);
+    }
+    let mut web_stop = stop_rx.clone();
+    let server = axum::serve(listener, web::router(hub)).with_graceful_shutdown(async move {
+        let _ = web_stop.changed().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = mqtt_task.await;
+    let _ = ticker.await;
+    // Open SSE streams would hold the graceful shutdown forever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    // The last batch is stored before the process ends.
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    Ok(())
+}

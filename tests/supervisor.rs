@@ -1,0 +1,792 @@
+//! The plant supervisor end to end: a real broker, real daemons (`inspectd run` on the samples),
+//! the supervisor process, and headless Chromium driven over the DevTools protocol. Also:
+//! redeliveries stored once, malformed messages counted and dropped, history kept across a
+//! supervisor restart, and a broker restart survived.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{broker, root, tmp};
+use rumqttc::{Client, MqttOptions, QoS};
+use serde_json::{json, Value};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_inspectd"))
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    inspectd::broker::free_port().unwrap()
+}
+
+/// Starts `inspectd supervise` and waits for its web UI.
+fn supervisor(host: &str, port: u16, db: &Path, tag: &str) -> (Proc, String) {
+    let web = format!("127.0.0.1:{}", free_port());
+    let child = bin()
+        .args([
+            "supervise",
+            "--broker",
+            &format!("mqtt://{host}:{port}"),
+            "--listen",
+            &web,
+        ])
+        .arg("--db")
+        .arg(db)
+        .args([
+            "--client-id",
+            &format!("supervisor-{tag}-{}", std::process::id()),
+        ])
+        .env("INSPECTD_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc(child);
+    wait_for(Duration::from_secs(20), "the supervisor's web UI", || {
+        get(&web, "/api/stats")
+            .ok()
+            .filter(|s| s["connected"] == true)
+    });
+    (p, web)
+}
+
+/// `inspectd run` on the samples as `device`.
+fn daemon(device: &str, host: &str, port: u16, dir: &Path, rules: &str) -> Proc {
+    let cfg = dir.join(format!(
+        "{}.toml",
+        device.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    ));
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"device_id = "{device}"
+[source]
+kind = "replay"
+path = "{samples}"
+fps = 4
+loop = true
+[model]
+path = "{model}"
+[verdict]
+defect_threshold = 0.5
+{rules}
+[mqtt]
+url = "mqtt://{host}:{port}"
+keep_alive_s = 2
+[spool]
+path = "{spool}"
+[stats]
+interval_s = 1
+[http]
+listen = ""
+"#,
+            samples = root().join("models/samples").display(),
+            model = root().join("models/surface-defect-int8.onnx").display(),
+            spool = cfg.with_extension("redb").display(),
+        ),
+    )
+    .unwrap();
+    let child = bin()
+        .arg("run")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// GET on the supervisor (HTTP/1.0, one request per connection).
+fn get(addr: &str, path: &str) -> anyhow::Result<Value> {
+    inspectd::supervisor::loadgen::get_json(addr, path)
+}
+
+fn get_text(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    (head[9..12].parse().unwrap(), body.to_string())
+}
+
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn mqtt(host: &str, port: u16, id: &str) -> Client {
+    let mut o = MqttOptions::new(format!("{id}-{}", std::process::id()), host, port);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(8 << 20, 8 << 20);
+    let (c, mut conn) = Client::new(o, 100);
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            if let Err(e) = ev {
+                eprintln!("test client: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    c
+}
+
+fn verdict(device: &str, seq: u64, kind: &str, label: &str) -> Vec<u8> {
+    let reasons = if kind == "suspect" {
+        json!([{"code": "marginal", "text": format!("{label} is marginal")}])
+    } else {
+        json!([])
+    };
+    json!({"schema": "inspect.verdict/1", "device": device, "seq": seq, "ts": inspectd::timefmt::now(), "part_id": format!("P-{seq}"),
+           "verdict": kind, "label": label, "confidence": 0.6, "reasons": reasons, "model": {"name": "m"}})
+    .to_string()
+    .into_bytes()
+}
+
+// ---- a minimal DevTools protocol client -------------------------------------------------
+
+struct Browser {
+    _proc: Proc,
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next: u64,
+}
+
+impl Browser {
+    fn start(profile: &Path) -> Browser {
+        let chromium = std::env::var("INSPECTD_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+        let child = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+                "--window-size=1400,1000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {chromium} (Debian's chromium package): {e}"));
+        let proc = Proc(child);
+        let port: u16 = wait_for(
+            Duration::from_secs(30),
+            "chromium's DevToolsActivePort",
+            || {
+                let f = std::fs::File::open(profile.join("DevToolsActivePort")).ok()?;
+                BufReader::new(f).lines().next()?.ok()?.trim().parse().ok()
+            },
+        );
+        let addr = format!("127.0.0.1:{port}");
+        let ws_url = wait_for(Duration::from_secs(20), "a chromium page target", || {
+            // Chromium keeps the connection open: read the headers, then Content-Length bytes.
+            let mut s = TcpStream::connect(&addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET /json/list HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+            let mut r = BufReader::new(s);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).ok()?;
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().ok()?;
+                    }
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).ok()?;
+            let list: Value = serde_json::from_slice(&body).ok()?;
+            list.as_array()?
+                .iter()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+        });
+        let (ws, _) = tungstenite::connect(ws_url.as_str()).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        Browser {
+            _proc: proc,
+            ws,
+            next: 0,
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        self.next += 1;
+        let id = self.next;
+        self.ws
+            .send(tungstenite::Message::Text(
+                json!({"id": id, "method": method, "params": params})
+                    .to_string()
+                    .into(),
+            ))
+            .unwrap();
+        loop {
+            if let tungstenite::Message::Text(t) = self.ws.read().unwrap() {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["id"] == id {
+                    return match v.get("error") {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(v["result"].clone()),
+                    };
+                }
+            }
+        }
+    }
+
+    fn goto(&mut self, url: &str) {
+        eprintln!("browser: {url}");
+        self.call("Page.navigate", json!({"url": url}));
+        self.wait_true(
+            "document.readyState === 'complete'",
+            Duration::from_secs(20),
+        );
+    }
+
+    fn eval(&mut self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+    }
+
+    /// Fails while a navigation replaces the page, or when the expression throws.
+    fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
+        let r = self.try_call(
+            "Runtime.evaluate",
+            json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+        )?;
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
+    }
+
+    fn wait_true(&mut self, expr: &str, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            if self.try_eval(expr).is_ok_and(|v| v == true) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "the page never satisfied `{expr}` within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&mut self, path: &Path) {
+        use base64::Engine as _;
+        let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let d = root().join("target/supervisor-e2e");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_browser() {
+    let (host, port) = broker();
+    let dir = tmp("sup", "e2e");
+    let pid = std::process::id();
+    let (a, b) = (format!("line1-{pid}"), format!("line2-{pid}"));
+    let (_sup, web) = supervisor(&host, port, &dir.join("sup.sqlite"), "e2e");
+    // Line 1 calls every confidence under 0.999 marginal: suspect verdicts and alerts.
+    let _da = daemon(&a, &host, port, &dir, "suspect_band = [0.5, 0.999]");
+    let mut db = daemon(&b, &host, port, &dir, "");
+    // Both online with verdicts stored, and a suspect alert.
+    wait_for(
+        Duration::from_secs(90),
+        "both daemons online with verdicts",
+        || {
+            let fleet = get(&web, "/api/fleet").ok()?;
+            let online = |d: &str| {
+                fleet
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["device"] == d)
+                    .map(|r| r["state"] == "online" && r["inspected_1h"].as_i64() >= Some(4))
+            };
+            let stats = get(&web, "/api/stats").ok()?;
+            (online(&a)?
+                && online(&b)?
+                && stats["rows"]["open_alerts"].as_i64()? >= 1
+                && stats["rows"]["evidence"].as_i64()? >= 2)
+                .then_some(())
+        },
+    );
+    // Hostile strings from a box: the device id and the label carry markup and script.
+    // (A topic level cannot hold a `/`, so the device id's script tag stays open: unescaped, it
+    // would swallow the rest of the page.)
+    let evil_dev = format!("<script>window.__xss=1;<b onclick=x>{pid}");
+    let evil_label = "<img src=x onerror=\"window.__xss=2\"><script>window.__xss=3</script>";
+    let c = mqtt(&host, port, "evil");
+    c.publish(
+        format!("inspect/{evil_dev}/verdict"),
+        QoS::AtLeastOnce,
+        false,
+        verdict(&evil_dev, 1, "suspect", evil_label),
+    )
+    .unwrap();
+    c.publish(format!("inspect/{evil_dev}/alert"), QoS::AtLeastOnce, false,
+        json!({"schema": "inspect.alert/1", "device": evil_dev, "ts": inspectd::timefmt::now(), "kind": "suspect", "severity": "warning",
+               "message": evil_label, "seq": 1}).to_string()).unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the hostile verdict stored",
+        || {
+            get_text(
+                &web,
+                &format!(
+                    "/history?device={}",
+                    inspectd::supervisor::web::enc(&evil_dev)
+                ),
+            )
+            .1
+            .contains("&lt;img src=x")
+            .then_some(())
+        },
+    );
+
+    let mut br = Browser::start(&dir.join("chromium"));
+    let out = artifacts();
+    let url = |p: &str| format!("http://{web}{p}");
+
+    // Fleet: both boxes online, with model, fps and rates.
+    br.goto(&url("/"));
+    let both = format!(
+        "['{a}', '{b}'].every(d => {{ const r = document.querySelector(`tr.device[data-device='${{d}}']`); return r && r.dataset.state === 'online'; }})"
+    );
+    br.wait_true(&both, Duration::from_secs(10));
+    assert_eq!(br.eval(&format!("document.querySelector(\"tr.device[data-device='{a}']\").innerText.includes('surface-defect')")), true);
+    br.screenshot(&out.join("fleet.png"));
+
+    // Live: rows with pictures that loaded, and rows pushed by the server without a reload.
+    br.goto(&url("/live"));
+    br.eval("window.__same_page = 1");
+    br.wait_true(
+        "Number(document.body.dataset.pushed || 0) >= 3 && window.__same_page === 1",
+        Duration::from_secs(20),
+    );
+    br.wait_true(
+        "[...document.querySelectorAll('#live tr.verdict img.evidence')].filter(i => i.complete && i.naturalWidth > 0).length >= 2",
+        Duration::from_secs(20),
+    );
+    let kinds = br.eval("[...document.querySelectorAll('#live tr.verdict')].map(r => r.className)");
+    let kinds = kinds.as_array().unwrap();
+    assert!(
+        kinds
+            .iter()
+            .all(|k| k.as_str().unwrap().starts_with("verdict v-")),
+        "{kinds:?}"
+    );
+    // Every defect or suspect row from the boxes shows its picture and confidence; suspect rows
+    // their reasons.
+    assert_eq!(br.eval("[...document.querySelectorAll('#live tr.v-defect, #live tr.v-suspect')].filter(r => r.dataset.device.startsWith('line')).every(r => r.querySelector('img.evidence') && /0\\.\\d{3}|1\\.000/.test(r.innerText))"), true);
+    assert_eq!(br.eval("[...document.querySelectorAll('#live tr.v-suspect')].every(r => r.querySelectorAll('ul.reasons li').length > 0)"), true);
+    br.screenshot(&out.join("live.png"));
+
+    // Alerts: a suspect alert from line 1, highlighted, with its evidence.
+    br.goto(&url("/alerts"));
+    br.wait_true(&format!("[...document.querySelectorAll('#alerts tr.alert.kind-suspect')].some(r => r.dataset.device === '{a}' && r.querySelector('img.evidence'))"), Duration::from_secs(10));
+    br.screenshot(&out.join("alerts.png"));
+
+    // The hostile strings are shown as text and never run, on every page that shows them.
+    for page in [
+        "/",
+        "/live",
+        "/alerts",
+        &format!(
+            "/history?device={}",
+            inspectd::supervisor::web::enc(&evil_dev)
+        ),
+    ] {
+        br.goto(&url(page));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            br.eval("typeof window.__xss"),
+            "undefined",
+            "script ran on {page}"
+        );
+        assert_eq!(
+            br.eval("document.querySelectorAll('img[src=\"x\"], img[src$=\"/x\"]').length"),
+            0,
+            "{page}"
+        );
+    }
+    assert_eq!(
+        br.eval(&format!(
+            "document.body.innerText.includes({})",
+            json!(evil_label)
+        )),
+        true
+    );
+    assert_eq!(
+        br.eval(&format!(
+            "document.body.innerText.includes({})",
+            json!(evil_dev)
+        )),
+        true
+    );
+
+    // A command from the UI: pause line 2, see the device's result, then resume.
+    br.goto(&url(&format!("/device/{b}")));
+    br.eval("document.querySelector('select[name=command]').value = 'pause'; document.querySelector('form.command').submit(); 1");
+    br.wait_true(
+        "document.readyState === 'complete' && !!document.querySelector('#commands tr.command')",
+        Duration::from_secs(10),
+    );
+    br.wait_true(
+        "document.querySelector('#commands tr.command td.result').innerText.includes('paused')",
+        Duration::from_secs(15),
+    );
+    br.screenshot(&out.join("device.png"));
+    wait_for(Duration::from_secs(15), "line 2 shown paused", || {
+        get(&web, "/api/fleet")
+            .ok()?
+            .as_array()?
+            .iter()
+            .find(|r| r["device"] == b.as_str())
+            .filter(|r| r["paused"] == true)
+            .map(|_| ())
+    });
+    br.eval("document.querySelector('select[name=command]').value = 'resume'; document.querySelector('form.command').submit(); 1");
+    br.wait_true("document.readyState === 'complete' && [...document.querySelectorAll('#commands td.result')].some(t => t.innerText.includes('resumed'))", Duration::from_secs(15));
+
+    // Freeze line 2 (SIGSTOP: its socket stays open but silent, like a box whose network
+    // vanished): the broker gives up after 1.5 × its keep-alive of 2 s and sends the last will;
+    // the fleet page turns it offline without a reload.
+    br.goto(&url("/"));
+    br.eval("window.__same_page = 1");
+    let frozen = Command::new("kill")
+        .args(["-STOP", &db.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(frozen.success());
+    let took = br.wait_true(
+        &format!("document.querySelector(\"tr.device[data-device='{b}']\").dataset.state === 'offline' && window.__same_page === 1"),
+        Duration::from_secs(20),
+    );
+    assert!(
+        took < Duration::from_secs(3 + 2),
+        "offline shown {took:?} after the freeze"
+    );
+    let _ = db.0.kill();
+    let _ = db.0.wait();
+    assert_eq!(
+        br.eval(&format!(
+            "document.querySelector(\"tr.device[data-device='{a}']\").dataset.state"
+        )),
+        "online"
+    );
+    br.screenshot(&out.join("fleet-offline.png"));
+    eprintln!(
+        "line 2 shown offline {took:?} after it froze; screenshots in {}",
+        out.display()
+    );
+
+    // History and CSV export, filtered.
+    let (code, csv) = get_text(&web, &format!("/history.csv?device={a}&verdict=suspect"));
+    assert_eq!(code, 200);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("device,seq,ts,part_id,verdict,label,confidence,reasons,model,latency_ms")
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert!(
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r.starts_with(&format!("{a},")) && r.contains(",suspect,")),
+        "{csv}"
+    );
+}
+
+/// The supervisor in-process on a fresh database.
+async fn start(
+    host: &str,
+    port: u16,
+    db: &Path,
+    tag: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    String,
+) {
+    let args = inspectd::supervisor::SuperviseArgs {
+        broker: format!("mqtt://{host}:{port}"),
+        listen: "127.0.0.1:0".into(),
+        db: db.to_path_buf(),
+        prefix: "inspect".into(),
+        client_id: format!("sup-{tag}-{}", std::process::id()),
+        username: None,
+        password_file: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        allow_insecure: false,
+        retain_days: 30,
+        max_verdicts: 1_000_000,
+        stale_after_s: 30,
+    };
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let (btx, brx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(inspectd::supervisor::serve(
+        args,
+        async {
+            let _ = rx.await;
+        },
+        Some(btx),
+    ));
+    let addr = brx.await.unwrap().to_string();
+    let a = addr.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(Duration::from_secs(20), "the broker connection", || {
+            get(&a, "/api/stats")
+                .ok()
+                .filter(|s| s["connected"] == true)
+        })
+    })
+    .await
+    .unwrap();
+    (stop, task, addr)
+}
+
+async fn stats_when(
+    addr: &str,
+    what: &'static str,
+    f: impl Fn(&Value) -> bool + Send + 'static,
+) -> Value {
+    let a = addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut last = Value::Null;
+        let t0 = Instant::now();
+        loop {
+            if let Ok(s) = get(&a, "/api/stats") {
+                if f(&s) {
+                    return s;
+                }
+                last = s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {what}; last stats: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[test]
+fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survives_a_restart() {
+    let (host, port) = broker();
+    let dir = tmp("sup", "dedupe");
+    let db = dir.join("sup.sqlite");
+    let dev = format!("dup-{}", std::process::id());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,rumqttd=off")
+        .with_test_writer()
+        .try_init();
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (stop, task, web) = start(&host, port, &db, "dedupe").await;
+        let c = mqtt(&host, port, "dedupe-pub");
+        let t = format!("inspect/{dev}/verdict");
+        // Seq 1 three times (a redelivery storm), seq 2 once: two verdicts.
+        for seq in [1, 1, 2, 1] {
+            c.publish(
+                &t,
+                QoS::AtLeastOnce,
+                false,
+                verdict(&dev, seq, "defect", "scratch"),
+            )
+            .unwrap();
+        }
+        // Malformed: bad JSON, wrong schema, a spoofed device, an unknown kind, a huge payload,
+        // an evidence that is not a JPEG. None may stop the next good message.
+        let bad: Vec<(String, Vec<u8>)> = vec![
+            (t.clone(), b"{\"schema\": \"inspect.verdict/1\", ".to_vec()),
+            (
+                t.clone(),
+                json!({"schema": "inspect.verdict/1", "device": dev, "seq": "three"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            (t.clone(), verdict("someone-else", 9, "ok", "ok")),
+            (format!("inspect/{dev}/firmware"), b"{}".to_vec()),
+            (t.clone(), vec![b'{'; 3 << 20]),
+            (format!("inspect/{dev}/evidence/1"), b"<html>".to_vec()),
+        ];
+        for (topic, p) in bad {
+            c.publish(topic, QoS::AtLeastOnce, false, p).unwrap();
+        }
+        c.publish(
+            &t,
+            QoS::AtLeastOnce,
+            false,
+            verdict(&dev, 3, "suspect", "dent"),
+        )
+        .unwrap();
+        let s = stats_when(&web, "3 verdicts and 6 drops", |s| {
+            s["rows"]["verdicts"] == 3
+                && s["dropped"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|v| v.as_u64().unwrap())
+                    .sum::<u64>()
+                    == 6
+        })
+        .await;
+        assert_eq!(s["duplicates"]["verdict"], 2, "{s}");
+        assert_eq!(
+            s["dropped"],
+            json!({"bad_json": 1, "bad_schema": 3, "bad_topic": 1, "too_large": 1}),
+            "{s}"
+        );
+        let (code, metrics) = tokio::task::spawn_blocking({
+            let w = web.clone();
+            move || get_text(&w, "/metrics")
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 200);
+        for line in [
+            "inspectd_supervisor_duplicates_total{kind=\"verdict\"} 2",
+            "inspectd_supervisor_dropped_total{reason=\"too_large\"} 1",
+            "inspectd_supervisor_rows{table=\"verdicts\"} 3",
+        ] {
+            assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+        }
+        assert!(metrics.contains("inspectd_supervisor_db_bytes "));
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+
+        // Restarted on the same database: the history is there, and seq 2 once more is a
+        // duplicate. (The broker may also replay the old session's messages: all duplicates.)
+        let (stop, task, web) = start(&host, port, &db, "dedupe").await;
+        c.publish(
+            &t,
+            QoS::AtLeastOnce,
+            false,
+            verdict(&dev, 2, "defect", "scratch"),
+        )
+        .unwrap();
+        c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, 4, "ok", "ok"))
+            .unwrap();
+        stats_when(&web, "the fourth verdict and the duplicate", |s| {
+            s["rows"]["verdicts"] == 4 && s["duplicates"]["verdict"].as_u64() >= Some(1)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = stats_when(&web, "stats", |_| true).await;
+        assert_eq!(s["rows"]["verdicts"], 4, "{s}");
+        let (_, page) = tokio::task::spawn_blocking({
+            let w = web.clone();
+            let d = dev.clone();
+            move || get_text(&w, &format!("/history?device={d}"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(page.matches("<tr class=\"verdict").count(), 4, "{page}");
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn the_supervisor_resubscribes_after_a_broker_restart() {
+    // A broker process of our own, killed and started again on the same port.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let start_broker = || {
+        let p = Proc(
+            bin()
+                .args(["broker", "--listen", &listen])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        inspectd::broker::wait_listening(listen.parse().unwrap(), Duration::from_secs(10)).unwrap();
+        p
+    };
+    let dir = tmp("sup", "restart");
+    let dev = format!("rs-{}", std::process::id());
+    let t = format!("inspect/{dev}/verdict");
+    let rt = inspectd::cli::runtime().unwrap();
+    let mut brk = Some(start_broker());
+    rt.block_on(async {
+        let (stop, task, web) = start("127.0.0.1", port, &dir.join("sup.sqlite"), "restart").await;
+        let c = mqtt("127.0.0.1", port, "restart-pub-1");
+        c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, 1, "ok", "ok"))
+            .unwrap();
+        stats_when(&web, "the first verdict", |s| s["rows"]["verdicts"] == 1).await;
+        brk = None;
+        stats_when(&web, "the supervisor to notice", |s| {
+            s["connected"] == false
+        })
+        .await;
+        brk = Some(start_broker());
+        // The broker forgot every session: the supervisor must subscribe again by itself.
+        stats_when(&web, "the supervisor back", |s| s["connected"] == true).await;
+        let c = mqtt("127.0.0.1", port, "restart-pub-2");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, 2, "ok", "ok"))
+            .unwrap();
+        stats_when(&web, "the verdict after the restart", |s| {
+            s["rows"]["verdicts"] == 2
+        })
+        .await;
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
+    drop(brk);
+}
