@@ -28,6 +28,9 @@ pub struct LoadgenArgs {
     /// Devices they come from.
     #[arg(long, default_value_t = 8)]
     pub devices: u64,
+    /// Publish at most this many messages per second (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// Publish every verdict twice (a redelivery storm): the supervisor must store each once.
     #[arg(long)]
     pub duplicate: bool,
@@ -136,9 +139,16 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
         let t0 = Instant::now();
         let producer = {
             let client = client.clone();
-            let (prefix, devices, n) = (a.prefix.clone(), a.devices, a.verdicts);
+            let (prefix, devices, n, rate) = (a.prefix.clone(), a.devices, a.verdicts, a.rate);
             tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
                 for i in 0..n {
+                    if rate > 0 && i % 50 == 0 {
+                        // Paced in steps of 50 messages.
+                        let due =
+                            start + Duration::from_secs_f64((i * copies) as f64 / rate as f64);
+                        tokio::time::sleep_until(due).await;
+                    }
                     let device = format!("load-{}", i % devices);
                     let p = payload(&device, base + i / devices, &map_b64);
                     for _ in 0..copies {
