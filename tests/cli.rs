@@ -412,3 +412,75 @@ fn deployment_examples_check_out() {
         }
     }
 }
+
+#[test]
+fn supervise_names_every_bad_argument() {
+    let dir = tmpdir("supervise");
+    let db = dir.join("sup.sqlite");
+    let garbage = dir.join("not-a-db.sqlite");
+    std::fs::write(&garbage, vec![b'x'; 4096]).unwrap();
+    // A supervisor that would start but for the flags under test (each flag given once).
+    let sup = |listen: &str, db: &str, extra: &[&str]| {
+        let mut a = vec![
+            "supervise",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--listen",
+            listen,
+            "--db",
+            db,
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let ok_db = s(&db);
+    assert_bad_input(
+        &run(&["supervise", "--broker", "ftp://plant", "--db", ok_db]),
+        &["--broker", "ftp://plant"],
+    );
+    assert_bad_input(
+        &run(&[
+            "supervise",
+            "--broker",
+            "mqtt://10.0.0.5:1883",
+            "--db",
+            ok_db,
+        ]),
+        &["--broker", "plaintext"],
+    );
+    assert_bad_input(&sup("everywhere", ok_db, &[]), &["--listen", "everywhere"]);
+    assert_bad_input(
+        &sup("127.0.0.1:0", "/nonexistent-folder/sup.sqlite", &[]),
+        &["--db", "/nonexistent-folder"],
+    );
+    assert_bad_input(
+        &sup("127.0.0.1:0", s(&garbage), &[]),
+        &["--db", "not-a-db.sqlite"],
+    );
+    assert_bad_input(
+        &sup("127.0.0.1:0", ok_db, &["--prefix", "a/b"]),
+        &["--prefix"],
+    );
+    assert_bad_input(
+        &sup("127.0.0.1:0", ok_db, &["--retain-days", "0"]),
+        &["--retain-days"],
+    );
+    assert_bad_input(
+        &sup("127.0.0.1:0", ok_db, &["--ca-file", s(&garbage)]),
+        &["--broker", "plaintext"],
+    );
+    // The port is taken: named, exit 2.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_bad_input(&sup(&addr, ok_db, &[]), &["--listen", &addr]);
+    assert_bad_input(
+        &run(&[
+            "loadgen",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--verdicts",
+            "0",
+        ]),
+        &["--verdicts"],
+    );
+}
