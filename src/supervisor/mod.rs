@@ -182,6 +182,16 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
 }
 
+/// Hands queued PUBACKs to the client, in order, until its request channel is full.
+fn flush_acks(client: &AsyncClient, pending: &mut std::collections::VecDeque<rumqttc::Publish>) {
+    while let Some(p) = pending.front() {
+        if client.try_ack(p).is_err() {
+            return;
+        }
+        pending.pop_front();
+    }
+}
+
 /// The MQTT side: one fresh client per connection, a persistent session, manual acks.
 async fn link(
     s: crate::mqtt::Settings,
@@ -223,13 +233,7 @@ async fn link(
         let mut pending: std::collections::VecDeque<rumqttc::Publish> = Default::default();
         let mut connected = false;
         loop {
-            // Acks the request channel had no room for go first.
-            while let Some(p) = pending.front() {
-                if client.try_ack(p).is_err() {
-                    break;
-                }
-                pending.pop_front();
-            }
+            flush_acks(&client, &mut pending);
             tokio::select! {
                 ev = el.poll() => match ev {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
@@ -307,12 +311,7 @@ async fn link(
                     drop(work.take());
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
                     loop {
-                        while let Some(p) = pending.front() {
-                            if client.try_ack(p).is_err() {
-                                break;
-                            }
-                            pending.pop_front();
-                        }
+                        flush_acks(&client, &mut pending);
                         tokio::select! {
                             a = acks.recv() => match a {
                                 Some(a) if a.epoch == epoch => pending.push_back(a.publish),

@@ -195,6 +195,8 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
     for it in items {
         let dev = it.msg.device();
         // A retained status says nothing about now: the device was seen when it was sent.
+        // (`status_at` is when it arrived all the same: rumqttd keeps the retain flag on live
+        // deliveries too, last wills included.)
         let seen_at = match (&it.msg, it.retained) {
             (Incoming::Status { raw, .. }, true) => serde_json::from_str::<Value>(raw)
                 .ok()
@@ -225,7 +227,7 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
                          WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
                     )?
-                    .execute(params![device, state, raw, seen_at, ts, state])?;
+                    .execute(params![device, state, raw, now, ts, state])?;
                 out.events.push(Event::Fleet);
                 n == 1
             }
@@ -623,11 +625,7 @@ pub fn verdicts(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<Verdi
 pub type StoredVerdict = (VerdictRow, Option<Vec<u8>>, String);
 
 /// One verdict with its map and raw payload.
-pub fn verdict(
-    conn: &Connection,
-    device: &str,
-    seq: i64,
-) -> Result<Option<StoredVerdict>> {
+pub fn verdict(conn: &Connection, device: &str, seq: i64) -> Result<Option<StoredVerdict>> {
     Ok(conn
         .query_row(
             &format!("SELECT {VERDICT_COLS}, v.map_png, v.raw FROM verdicts v WHERE v.device = ?1 AND v.seq = ?2"),

@@ -23,11 +23,14 @@
     if (!t || busy[id]) { return; }
     busy[id] = true;
     setTimeout(function () {
-      fetch(t.getAttribute("data-src"), { cache: "no-store" })
+      // A fetch that hangs must not block every later refresh.
+      var ctl = new AbortController();
+      var timer = setTimeout(function () { ctl.abort(); }, 5000);
+      fetch(t.getAttribute("data-src"), { cache: "no-store", signal: ctl.signal })
         .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
         .then(function (html) { t.innerHTML = html; applied(); })
         .catch(function () {})
-        .then(function () { busy[id] = false; });
+        .then(function () { clearTimeout(timer); busy[id] = false; });
     }, 250);
   }
   var es = new EventSource("/events");
@@ -63,6 +66,10 @@
     var c = document.getElementById("alert-count");
     if (c) { c.textContent = String(Number(c.textContent) + 1); c.className = "count hot"; }
   });
+  // A page being left gives its stream back (browsers allow six connections per host).
+  window.addEventListener("pagehide", function () { es.close(); });
   es.addEventListener("fleet", function () { refresh("fleet"); });
+  // The fleet also refreshes by itself: online turns stale by time alone.
+  if (document.getElementById("fleet")) { setInterval(function () { refresh("fleet"); }, 2000); }
   es.addEventListener("cmd_result", function () { refresh("commands"); });
 })();
