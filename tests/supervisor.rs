@@ -479,6 +479,15 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
     br.goto(&url("/alerts"));
     br.wait_true(&format!("[...document.querySelectorAll('#alerts tr.alert.kind-suspect')].some(r => r.dataset.device === '{a}' && r.querySelector('img.evidence'))"), Duration::from_secs(30));
     br.screenshot(&out.join("alerts.png"));
+    // Acknowledge the newest open alert as "Dana": it moves to the acknowledged list with the
+    // name and time, and the count of open alerts drops.
+    let id = br.eval("const f = document.querySelector('#alerts form.ack'); f.querySelector('input[name=by]').value = 'Dana'; const id = f.closest('tr').dataset.id; f.submit(); id");
+    let id = id.as_str().unwrap().to_string();
+    br.wait_true(
+        &format!("document.readyState === 'complete' && [...document.querySelectorAll('table.done tr.alert')].some(r => r.dataset.id === '{id}' && r.innerText.includes('acknowledged by Dana'))
+                  && !document.querySelector(\"#alerts tr.alert[data-id='{id}']\")"),
+        Duration::from_secs(30),
+    );
 
     // The hostile strings are shown as text and never run, on every page that shows them.
     for page in [
