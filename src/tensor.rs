@@ -22,6 +22,21 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// Most elements a tensor computed in the head may have (2^25: 128 MiB of `f32`). Output shapes
+/// that come from a model's constants or attributes (Expand, ConstantOfShape, Pad, Reshape,
+/// broadcasting, MatMul, Gather) are checked against it before anything is allocated, so a
+/// malformed model is an error at load time instead of an overflow panic or an abort on OOM.
+pub const MAX_ELEMENTS: usize = 1 << 25;
+
+/// Number of elements of a shape, or an error if it overflows or is over [`MAX_ELEMENTS`].
+pub fn checked_numel(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| format!("shape {shape:?} has more than {MAX_ELEMENTS} elements"))
+}
+
 /// Row-major strides of a shape.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];

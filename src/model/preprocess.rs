@@ -27,9 +27,33 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     decode_image(&bytes).map_err(|e| bad_input(format!("image {}: {e}", path.display())))
 }
 
-/// Decodes image bytes (PNG, JPEG, BMP) to RGB.
+/// Largest frame side accepted, in pixels (a 16k line-scan frame still fits).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// Most memory the decoder may allocate for one frame (the decoded pixels count towards it):
+/// 8K UHD in 8-bit RGBA fits, a header that declares more is refused before any allocation.
+pub const MAX_IMAGE_ALLOC: u64 = 192 * 1024 * 1024;
+
+/// Decodes image bytes (PNG, JPEG, BMP) to RGB. Frames come from cameras, HTTP and folders, so
+/// the size the header declares is checked against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_ALLOC`]
+/// before the decoder allocates the pixel buffer.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
-    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => format!(
+            "cannot decode: the image is larger than the {MAX_IMAGE_SIDE} px per side or \
+             {} MiB limit ({e})",
+            MAX_IMAGE_ALLOC >> 20
+        ),
+        e => format!("cannot decode: {e}"),
+    })?;
     if img.width() == 0 || img.height() == 0 {
         return Err("empty image".into());
     }

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::linear::matmul;
-use super::{float, ConstInputs, Op};
+use super::{float, out_numel, ConstInputs, Op, MAX_WINDOW_ATTR};
 use crate::graph::Node;
 use crate::tensor::{Tensor, Value};
 
@@ -35,8 +35,13 @@ impl ConvAttrs {
         let two = |key: &str| -> Result<[usize; 2]> {
             match node.ints(key) {
                 None => Ok([1, 1]),
-                Some(v) if v.len() == 2 && v.iter().all(|&x| x > 0) => {
+                Some(v)
+                    if v.len() == 2 && v.iter().all(|&x| (1..=MAX_WINDOW_ATTR).contains(&x)) =>
+                {
                     Ok([v[0] as usize, v[1] as usize])
+                }
+                Some(v) if v.len() == 2 => {
+                    bail!("Conv {key} {v:?} are invalid (1 to {MAX_WINDOW_ATTR})")
                 }
                 Some(v) => bail!("Conv {key} {v:?}: only 2-D convolutions are supported"),
             }
@@ -48,7 +53,7 @@ impl ConvAttrs {
         }
         let pads = match node.ints("pads") {
             None => [0; 4],
-            Some(p) if p.len() == 4 && p.iter().all(|&x| x >= 0) => {
+            Some(p) if p.len() == 4 && p.iter().all(|&x| (0..=MAX_WINDOW_ATTR).contains(&x)) => {
                 [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]
             }
             Some(p) => bail!("Conv pads {p:?} are invalid"),
@@ -92,6 +97,9 @@ impl Geom {
         }
         let (n, c, h, w) = (x[0], x[1], x[2], x[3]);
         let (m, cg, kh, kw) = (wt[0], wt[1], wt[2], wt[3]);
+        if [h, w, kh, kw].contains(&0) {
+            bail!("Conv input {x:?} or weights {wt:?} have an empty spatial axis");
+        }
         if c != cg * a.group || m % a.group != 0 {
             bail!(
                 "Conv channels do not fit: input {x:?}, weights {wt:?}, group {}",
@@ -129,6 +137,8 @@ impl Geom {
         };
         let (oh, pt) = axis(h, kh, 0)?;
         let (ow, pl) = axis(w, kw, 1)?;
+        out_numel(&[n, m, oh, ow], "Conv output")?;
+        out_numel(&[cg, kh, kw, oh, ow], "Conv im2col")?;
         Ok(Geom {
             n,
             c,

@@ -358,6 +358,7 @@ impl Op for Binary {
                 b.shape()
             )
         })?;
+        super::out_numel(&shape, &format!("{self:?}"))?;
         let ia = broadcast_index(a.shape(), &shape);
         let ib = broadcast_index(b.shape(), &shape);
         if let (Value::I(x), Value::I(y)) = (a, b) {

@@ -212,6 +212,7 @@ fn matmul_plan(sa: &[usize], sb: &[usize]) -> Result<MatMulPlan> {
     if sb.len() > 1 {
         out.push(n);
     }
+    super::out_numel(&out, "MatMul")?;
     Ok(MatMulPlan {
         a,
         b,

@@ -153,6 +153,16 @@ pub(crate) fn ints(inputs: &[Option<&Value>], i: usize, what: &str) -> Result<Ve
     }
 }
 
+/// Largest stride, dilation, pad or pooling kernel accepted: far beyond any real model, and small
+/// enough that the window arithmetic cannot overflow.
+pub(crate) const MAX_WINDOW_ATTR: i64 = 1 << 16;
+
+/// The element count of an output shape computed from constants or attributes, checked against
+/// [`crate::tensor::MAX_ELEMENTS`] before the output is allocated.
+pub(crate) fn out_numel(shape: &[usize], what: &str) -> Result<usize> {
+    crate::tensor::checked_numel(shape).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
 /// Normalizes a possibly negative axis.
 pub(crate) fn axis(a: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;

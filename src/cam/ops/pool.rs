@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{axis, const_input, float, ints, ConstInputs, Op};
+use super::{axis, const_input, float, ints, out_numel, ConstInputs, Op, MAX_WINDOW_ATTR};
 use crate::graph::Node;
 use crate::tensor::{numel, strides, Tensor, Value};
 
@@ -241,10 +241,15 @@ impl Pool {
         if k.len() != 2 {
             bail!("only 2-D pooling is supported (kernel_shape {k:?})");
         }
+        if !k.iter().all(|&x| (1..=MAX_WINDOW_ATTR).contains(&x)) {
+            bail!("pool kernel_shape {k:?} is invalid");
+        }
         let two = |key: &str| -> Result<[usize; 2]> {
             match node.ints(key) {
                 None => Ok([1, 1]),
-                Some(v) if v.len() == 2 && v.iter().all(|&x| x > 0) => {
+                Some(v)
+                    if v.len() == 2 && v.iter().all(|&x| (1..=MAX_WINDOW_ATTR).contains(&x)) =>
+                {
                     Ok([v[0] as usize, v[1] as usize])
                 }
                 Some(v) => bail!("pool {key} {v:?} is invalid"),
@@ -252,7 +257,7 @@ impl Pool {
         };
         let pads = match node.ints("pads") {
             None => [0; 4],
-            Some(p) if p.len() == 4 && p.iter().all(|&x| x >= 0) => {
+            Some(p) if p.len() == 4 && p.iter().all(|&x| (0..=MAX_WINDOW_ATTR).contains(&x)) => {
                 [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]
             }
             Some(p) => bail!("pool pads {p:?} are invalid"),
@@ -352,6 +357,12 @@ impl Op for Pool {
             bail!("pooling expects NCHW, got {:?}", x.shape());
         }
         let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+        if h == 0 || w == 0 {
+            bail!("pooling an empty plane {:?}", x.shape());
+        }
+        let ((oh, _), (ow, _)) = (self.geometry(h, 0), self.geometry(w, 1));
+        out_numel(&[n, c, oh, ow], "pool output")?;
+        out_numel(&[oh, ow, self.kernel[0], self.kernel[1]], "pool windows")?;
         let (oh, ow, wins) = self.windows(h, w);
         let mut out = Vec::with_capacity(n * c * oh * ow);
         for plane in x.data().chunks(h * w) {

@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{axis, ints, ConstInputs, Op};
+use super::{axis, ints, out_numel, ConstInputs, Op};
 use crate::graph::{Attr, Node};
 use crate::tensor::{broadcast_index, broadcast_shape, numel, strides, ITensor, Tensor, Value};
 
@@ -269,7 +269,7 @@ impl Kind {
                 out.extend(&shape[a + 1..]);
                 let outer: usize = shape[..a].iter().product();
                 let inner: usize = shape[a + 1..].iter().product();
-                let mut src = Vec::with_capacity(numel(&out));
+                let mut src = Vec::with_capacity(out_numel(&out, "Gather")?);
                 for o in 0..outer {
                     for &i in &idx.data {
                         let i = if i < 0 { i + shape[a] as i64 } else { i };
@@ -365,6 +365,7 @@ impl Kind {
                     .collect();
                 let out = broadcast_shape(&shape, &target)
                     .ok_or_else(|| anyhow!("Expand {shape:?} to {target:?} does not broadcast"))?;
+                out_numel(&out, "Expand")?;
                 let src = broadcast_index(&shape, &out)
                     .into_iter()
                     .map(|i| Some((0, i)))
@@ -433,14 +434,17 @@ impl Kind {
                 let mut out = shape.clone();
                 for (k, &ax) in axes.iter().enumerate() {
                     before[ax] = pads[k];
-                    let size = shape[ax] as i64 + pads[k] + pads[k + axes.len()];
+                    let size = (shape[ax] as i64)
+                        .checked_add(pads[k])
+                        .and_then(|s| s.checked_add(pads[k + axes.len()]))
+                        .ok_or_else(|| anyhow!("Pad pads {pads:?} overflow"))?;
                     if size < 0 {
                         bail!("Pad makes axis {ax} negative");
                     }
                     out[ax] = size as usize;
                 }
                 let st = strides(&shape);
-                let total = numel(&out);
+                let total = out_numel(&out, "Pad")?;
                 let mut src = Vec::with_capacity(total);
                 let mut idx = vec![0usize; rank];
                 for _ in 0..total {
@@ -500,18 +504,18 @@ fn reshape_target(shape: &[usize], spec: &[i64], allow_zero: bool) -> Result<Vec
         }
     }
     if let Some(i) = infer {
-        let known: usize = out
+        let known = out
             .iter()
             .enumerate()
             .filter(|(k, _)| *k != i)
-            .map(|(_, &d)| d)
-            .product();
+            .try_fold(1usize, |n, (_, &d)| n.checked_mul(d))
+            .unwrap_or(0);
         if known == 0 || !total.is_multiple_of(known) {
             bail!("Reshape {shape:?} to {spec:?} does not divide");
         }
         out[i] = total / known;
     }
-    if numel(&out) != total {
+    if out.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(total) {
         bail!("Reshape {shape:?} to {spec:?} changes the element count");
     }
     Ok(out)
@@ -647,7 +651,7 @@ impl Op for ConstantOfShape {
             .iter()
             .map(|&d| d.max(0) as usize)
             .collect();
-        let n = numel(&shape);
+        let n = out_numel(&shape, "ConstantOfShape")?;
         Ok(vec![match &self.0 {
             Value::F(t) => Value::F(Tensor::new(shape, vec![t.data()[0]; n])),
             Value::I(t) => Value::I(ITensor::new(shape, vec![t.data[0]; n])),
