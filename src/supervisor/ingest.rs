@@ -100,10 +100,12 @@ pub struct CmdResult {
 /// One accepted message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Incoming {
-    /// `state` is online, offline or stopping; `raw` the whole status.
+    /// `state` is online, offline or stopping; `ts_ms` its `ts`, when it has one; `raw` the
+    /// whole status.
     Status {
         device: String,
         state: String,
+        ts_ms: Option<i64>,
         raw: String,
     },
     /// A retained status was cleared (empty payload): the device is decommissioned.
@@ -261,6 +263,10 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             }
             Ok(Some(Incoming::Status {
                 state: state.to_string(),
+                ts_ms: v
+                    .get("ts")
+                    .and_then(Value::as_str)
+                    .and_then(crate::timefmt::parse_ms),
                 raw: v.to_string(),
                 device,
             }))

@@ -198,36 +198,28 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
         // (`status_at` is when it arrived all the same: rumqttd keeps the retain flag on live
         // deliveries too, last wills included.)
         let seen_at = match (&it.msg, it.retained) {
-            (Incoming::Status { raw, .. }, true) => serde_json::from_str::<Value>(raw)
-                .ok()
-                .and_then(|v| {
-                    v.get("ts")
-                        .and_then(Value::as_str)
-                        .and_then(crate::timefmt::parse_ms)
-                })
-                .unwrap_or(0)
-                .min(now),
+            (Incoming::Status { ts_ms, .. }, true) => ts_ms.unwrap_or(0).min(now),
             _ => now,
         };
         if !matches!(it.msg, Incoming::Forget { .. }) {
             seen.execute(params![dev, seen_at])?;
         }
         let fresh = match &it.msg {
-            Incoming::Status { device, state, raw } => {
+            Incoming::Status {
+                device,
+                state,
+                ts_ms,
+                raw,
+            } => {
                 // A redelivered or replayed older status must not overwrite a newer one. The last
                 // will is the exception: its `ts` is when the connection began, so `offline`
                 // always applies (a later message from the box shows it alive again: `fleet`).
-                let ts = serde_json::from_str::<Value>(raw).ok().and_then(|v| {
-                    v.get("ts")
-                        .and_then(Value::as_str)
-                        .and_then(crate::timefmt::parse_ms)
-                });
                 let n = tx
                     .prepare_cached(
                         "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
                          WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
                     )?
-                    .execute(params![device, state, raw, now, ts, state])?;
+                    .execute(params![device, state, raw, now, ts_ms, state])?;
                 out.events.push(Event::Fleet);
                 n == 1
             }
