@@ -12,34 +12,15 @@ use base64::Engine;
 use inspectd::config::Config;
 
 mod common;
-use common::{broker, collect, root, Daemon};
+use common::{broker, collect, replay_config, root, Daemon};
 
 fn config(device: &str, host: &str, port: u16, extra_verdict: &str, spool: &Path) -> Config {
-    let text = format!(
-        r#"device_id = "{device}"
-[source]
-kind = "replay"
-path = "{samples}"
-fps = 20
-loop = true
-[model]
-path = "{model}"
-[verdict]
-defect_threshold = 0.5
-{extra_verdict}
-[mqtt]
-url = "mqtt://{host}:{port}"
-keep_alive_s = 5
-[spool]
-path = "{spool}"
-[stats]
-interval_s = 1
-[http]
-listen = ""
-"#,
-        samples = root().join("models/samples").display(),
-        model = root().join("models/surface-defect-int8.onnx").display(),
-        spool = spool.display(),
+    let text = replay_config(
+        device,
+        20,
+        &format!("url = \"mqtt://{host}:{port}\"\nkeep_alive_s = 5"),
+        spool,
+        &format!("[verdict]\ndefect_threshold = 0.5\n{extra_verdict}"),
     );
     Config::parse(&text, "test", Path::new(".")).unwrap()
 }

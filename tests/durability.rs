@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{broker, root, Daemon};
+use common::{broker, replay_config, Daemon};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -71,28 +71,12 @@ impl Proxy {
 }
 
 fn config_text(device: &str, port: u16, spool: &Path) -> String {
-    format!(
-        r#"device_id = "{device}"
-[source]
-kind = "replay"
-path = "{samples}"
-fps = 10
-loop = true
-[model]
-path = "{model}"
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-keep_alive_s = 2
-[spool]
-path = "{spool}"
-[stats]
-interval_s = 1
-[http]
-listen = ""
-"#,
-        samples = root().join("models/samples").display(),
-        model = root().join("models/surface-defect-int8.onnx").display(),
-        spool = spool.display(),
+    replay_config(
+        device,
+        10,
+        &format!("url = \"mqtt://127.0.0.1:{port}\"\nkeep_alive_s = 2"),
+        spool,
+        "",
     )
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use inspectd::config::Config;
 
 mod common;
-use common::{collect, root, tmp, Daemon};
+use common::{collect, replay_config, root, tmp, Daemon};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -147,29 +147,12 @@ fn mosquitto(dir: &Path, extra: &str) -> (Mosquitto, u16, u16) {
 }
 
 fn config(device: &str, url: &str, tls: &str, spool: &Path) -> String {
-    format!(
-        r#"device_id = "{device}"
-[source]
-kind = "replay"
-path = "{samples}"
-fps = 10
-loop = true
-[model]
-path = "{model}"
-[mqtt]
-url = "{url}"
-keep_alive_s = 5
-{tls}
-[spool]
-path = "{spool}"
-[stats]
-interval_s = 1
-[http]
-listen = ""
-"#,
-        samples = root().join("models/samples").display(),
-        model = root().join("models/surface-defect-int8.onnx").display(),
-        spool = spool.display(),
+    replay_config(
+        device,
+        10,
+        &format!("url = \"{url}\"\nkeep_alive_s = 5\n{tls}"),
+        spool,
+        "",
     )
 }
 

@@ -25,6 +25,34 @@ pub fn broker() -> (String, u16) {
     ("127.0.0.1".into(), port)
 }
 
+/// A daemon's config that replays the samples (looped) through the shipped int8 model: `mqtt` is
+/// the body of its `[mqtt]` table, `more` any further tables. Stats every second, no HTTP.
+pub fn replay_config(device: &str, fps: u32, mqtt: &str, spool: &Path, more: &str) -> String {
+    format!(
+        r#"device_id = "{device}"
+[source]
+kind = "replay"
+path = "{samples}"
+fps = {fps}
+loop = true
+[model]
+path = "{model}"
+[mqtt]
+{mqtt}
+[spool]
+path = "{spool}"
+[stats]
+interval_s = 1
+[http]
+listen = ""
+{more}
+"#,
+        samples = root().join("models/samples").display(),
+        model = root().join("models/surface-defect-int8.onnx").display(),
+        spool = spool.display(),
+    )
+}
+
 pub fn tmp(tag: &str, name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("inspectd-{tag}-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
