@@ -469,6 +469,27 @@ fn supervise_names_every_bad_argument() {
         &sup("127.0.0.1:0", ok_db, &["--ca-file", s(&garbage)]),
         &["--broker", "plaintext"],
     );
+    // An anonymous UI others can reach; a users file that is missing or wrong.
+    assert_bad_input(
+        &sup("0.0.0.0:0", ok_db, &[]),
+        &["--listen 0.0.0.0:0", "--users-file"],
+    );
+    assert_bad_input(
+        &sup("0.0.0.0:0", ok_db, &["--users-file", "/nonexistent/users"]),
+        &["--users-file", "/nonexistent/users"],
+    );
+    let users = dir.join("users");
+    std::fs::write(
+        &users,
+        "anna:correct horse
+bo:short
+",
+    )
+    .unwrap();
+    assert_bad_input(
+        &sup("127.0.0.1:0", ok_db, &["--users-file", s(&users)]),
+        &["--users-file", "users: line 2", "shorter than 8"],
+    );
     // The port is taken: named, exit 2.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

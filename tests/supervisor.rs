@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{broker, root, tmp};
+use common::{broker, replay_config, root, tmp};
 use rumqttc::{Client, MqttOptions, QoS};
 use serde_json::{json, Value};
 
@@ -33,12 +33,12 @@ fn free_port() -> u16 {
     inspectd::broker::free_port().unwrap()
 }
 
-/// Starts `inspectd supervise` and waits for its web UI.
 /// The topic prefix of one test: tests sharing a broker (`INSPECTD_TEST_BROKER`) stay apart.
 fn prefix(tag: &str) -> String {
     format!("{tag}{}", std::process::id())
 }
 
+/// Starts `inspectd supervise` and waits for its web UI.
 fn supervisor(host: &str, port: u16, db: &Path, tag: &str) -> (Proc, String) {
     let web = format!("127.0.0.1:{}", free_port());
     let child = bin()
@@ -77,32 +77,12 @@ fn daemon(device: &str, host: &str, port: u16, dir: &Path, rules: &str, prefix: 
     ));
     std::fs::write(
         &cfg,
-        format!(
-            r#"device_id = "{device}"
-[source]
-kind = "replay"
-path = "{samples}"
-fps = 4
-loop = true
-[model]
-path = "{model}"
-[verdict]
-defect_threshold = 0.5
-{rules}
-[mqtt]
-url = "mqtt://{host}:{port}"
-prefix = "{prefix}"
-keep_alive_s = 2
-[spool]
-path = "{spool}"
-[stats]
-interval_s = 1
-[http]
-listen = ""
-"#,
-            samples = root().join("models/samples").display(),
-            model = root().join("models/surface-defect-int8.onnx").display(),
-            spool = cfg.with_extension("redb").display(),
+        replay_config(
+            device,
+            4,
+            &format!("url = \"mqtt://{host}:{port}\"\nprefix = \"{prefix}\"\nkeep_alive_s = 2"),
+            &cfg.with_extension("redb"),
+            &format!("[verdict]\ndefect_threshold = 0.5\n{rules}"),
         ),
     )
     .unwrap();
@@ -148,12 +128,41 @@ fn get(addr: &str, path: &str) -> anyhow::Result<Value> {
 }
 
 fn get_text(addr: &str, path: &str) -> (u16, String) {
+    let (code, _, body) = http(addr, "GET", path, &[], "");
+    (code, body)
+}
+
+/// One HTTP/1.0 request: (status, head, body). `headers` are whole lines; a body is a form.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
     let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-    (head[9..12].parse().unwrap(), body.to_string())
+    (
+        head[9..12].parse().unwrap(),
+        head.to_string(),
+        body.to_string(),
+    )
 }
 
 fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -641,20 +650,34 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
     );
 }
 
+type Running = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    String,
+);
+
 /// The supervisor in-process on a fresh database.
-async fn start(
+async fn start(host: &str, port: u16, db: &Path, tag: &str) -> Running {
+    start_with(host, port, db, tag, None).await
+}
+
+/// The same, with logins: the users file and the `Authorization` header line to wait with.
+async fn start_with(
     host: &str,
     port: u16,
     db: &Path,
     tag: &str,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    String,
-) {
+    login: Option<(PathBuf, String)>,
+) -> Running {
+    let (users_file, auth) = match login {
+        Some((f, a)) => (Some(f), Some(a)),
+        None => (None, None),
+    };
     let args = inspectd::supervisor::SuperviseArgs {
         broker: format!("mqtt://{host}:{port}"),
         listen: "127.0.0.1:0".into(),
+        users_file,
+        allow_anonymous_ui: false,
         db: db.to_path_buf(),
         prefix: prefix(tag),
         client_id: format!("sup-{tag}-{}", std::process::id()),
@@ -681,9 +704,10 @@ async fn start(
     let a = addr.clone();
     tokio::task::spawn_blocking(move || {
         wait_for(Duration::from_secs(20), "the broker connection", || {
-            get(&a, "/api/stats")
-                .ok()
-                .filter(|s| s["connected"] == true)
+            let h: Vec<&str> = auth.iter().map(String::as_str).collect();
+            let (code, _, body) = http(&a, "GET", "/api/stats", &h, "");
+            let s: Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && s["connected"] == true).then_some(s)
         })
     })
     .await
@@ -872,4 +896,266 @@ fn the_supervisor_resubscribes_after_a_broker_restart() {
         task.await.unwrap().unwrap();
     });
     drop(brk);
+}
+
+/// One server-sent event: (event, id, data).
+type Sse = (String, String, String);
+
+/// Reads `/events` (with `?after=` in `path` and/or a `Last-Event-ID`) until `done` holds.
+fn sse_until(
+    addr: &str,
+    path: &str,
+    last_id: Option<&str>,
+    done: impl Fn(&[Sse]) -> bool,
+) -> Vec<Sse> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let last = last_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{last}\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    // The head.
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim_end().is_empty() {
+            break;
+        }
+    }
+    let mut got: Vec<Sse> = Vec::new();
+    let mut ev = (String::new(), String::new(), String::new());
+    while !done(&got) {
+        line.clear();
+        let n = r
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{path}: {e}; events so far: {got:?}"));
+        assert!(n > 0, "{path}: the stream ended; events so far: {got:?}");
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            if !ev.0.is_empty() {
+                got.push(std::mem::take(&mut ev));
+            }
+            ev = Default::default();
+        } else if let Some(v) = l.strip_prefix("event:") {
+            ev.0 = v.trim().into();
+        } else if let Some(v) = l.strip_prefix("id:") {
+            ev.1 = v.trim().into();
+        } else if let Some(v) = l.strip_prefix("data:") {
+            ev.2.push_str(v.trim_start());
+        }
+    }
+    got
+}
+
+/// The verdict rows among `events`, as their seq numbers.
+fn seqs(events: &[Sse]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.0 == "verdict")
+        .map(|e| {
+            let at = e.2.find("data-seq=\"").unwrap() + 10;
+            e.2[at..at + e.2[at..].find('"').unwrap()].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_live_page_gets_what_arrived_after_it_was_rendered_and_a_reconnect_what_it_missed() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "catchup");
+    let db = dir.join("sup.sqlite");
+    let dev = format!("cu-{}", std::process::id());
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (stop, task, web) = start(&host, port, &db, "catchup").await;
+        let c = mqtt(&host, port, "catchup-pub");
+        let p = prefix("catchup");
+        let t = format!("{p}/{dev}/verdict");
+        let publish = |seq: u64, kind: &str| {
+            c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, seq, kind, "dent"))
+                .unwrap()
+        };
+        publish(1, "ok");
+        stats_when(&web, "the first verdict", |s| s["rows"]["verdicts"] == 1).await;
+        let w = web.clone();
+        let d = dev.clone();
+        let (c2, t2, dev2) = (c.clone(), t.clone(), dev.clone());
+        tokio::task::spawn_blocking(move || {
+            // The page as rendered: one row, and where it stands.
+            let (code, page) = get_text(&w, &format!("/live?device={d}"));
+            assert_eq!(code, 200);
+            assert_eq!(page.matches("<tr class=\"verdict").count(), 1, "{page}");
+            let at = page.find("data-cursor=\"").unwrap() + 13;
+            let cursor = page[at..at + page[at..].find('"').unwrap()].to_string();
+            // Stored before the page's script connects: two verdicts and an alert.
+            for (seq, kind) in [(2, "defect"), (3, "suspect")] {
+                c2.publish(&t2, QoS::AtLeastOnce, false, verdict(&dev2, seq, kind, "dent"))
+                    .unwrap();
+            }
+            c2.publish(
+                format!("{}/{dev2}/alert", prefix("catchup")),
+                QoS::AtLeastOnce,
+                false,
+                json!({"schema": "inspect.alert/1", "ts": inspectd::timefmt::now(), "kind": "suspect",
+                       "message": "<script>marginal</script>", "seq": 3})
+                .to_string(),
+            )
+            .unwrap();
+            wait_for(Duration::from_secs(20), "3 verdicts and an alert", || {
+                get(&w, "/api/stats").ok().filter(|s| {
+                    s["rows"]["verdicts"] == 3 && s["rows"]["open_alerts"] == 1
+                })
+            });
+            let first = sse_until(&w, &format!("/events?after={cursor}"), None, |e| e.len() >= 3);
+            assert_eq!(seqs(&first), [2, 3], "{first:?}");
+            assert_eq!(first[2].0, "alert", "{first:?}");
+            assert!(first[2].2.contains("&lt;script&gt;marginal"), "{first:?}");
+            let ids: Vec<&str> = first.iter().map(|e| e.1.as_str()).collect();
+            let (v0, a0) = cursor.split_once('.').unwrap();
+            let (v0, a0): (i64, i64) = (v0.parse().unwrap(), a0.parse().unwrap());
+            assert_eq!(
+                ids,
+                [
+                    format!("{}.{a0}", v0 + 1),
+                    format!("{}.{a0}", v0 + 2),
+                    format!("{}.{}", v0 + 2, a0 + 1)
+                ],
+                "{first:?}"
+            );
+            // The browser reconnects with the last id it got (its URL still says `after` the
+            // page's cursor): only what it missed comes, then what is new.
+            c2.publish(&t2, QoS::AtLeastOnce, false, verdict(&dev2, 4, "defect", "dent"))
+                .unwrap();
+            let again = sse_until(&w, &format!("/events?after={cursor}"), Some(ids[2]), |e| {
+                !seqs(e).is_empty()
+            });
+            assert_eq!(seqs(&again), [4], "{again:?}");
+            c2.publish(&t2, QoS::AtLeastOnce, false, verdict(&dev2, 5, "ok", "ok"))
+                .unwrap();
+            // A cursor from another database (ahead of this one) starts over from the beginning.
+            let fresh = sse_until(&w, "/events?after=99999999.99999999", None, |e| {
+                seqs(e).len() >= 5
+            });
+            assert_eq!(seqs(&fresh), [1, 2, 3, 4, 5], "{fresh:?}");
+        })
+        .await
+        .unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn with_a_users_file_every_page_needs_a_login_and_the_name_is_recorded() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "login");
+    let db = dir.join("sup.sqlite");
+    let users = dir.join("users");
+    std::fs::write(
+        &users,
+        "# operators\nanna:correct horse battery\nbo:staple staple\n",
+    )
+    .unwrap();
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let anna = format!("Authorization: Basic {}", b64("anna:correct horse battery"));
+    let wrong = format!("Authorization: Basic {}", b64("anna:staple staple"));
+    let dev = format!("login-{}", std::process::id());
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (stop, task, web) = start_with(
+            &host,
+            port,
+            &db,
+            "login",
+            Some((users.clone(), anna.clone())),
+        )
+        .await;
+        let c = mqtt(&host, port, "login-pub");
+        c.publish(
+            format!("{}/{dev}/alert", prefix("login")),
+            QoS::AtLeastOnce,
+            false,
+            json!({"schema": "inspect.alert/1", "ts": inspectd::timefmt::now(), "kind": "suspect",
+                   "message": "evidence on the background"})
+            .to_string(),
+        )
+        .unwrap();
+        let (w, d) = (web.clone(), dev.clone());
+        tokio::task::spawn_blocking(move || {
+            let a: &[&str] = &[&anna];
+            for path in [
+                "/",
+                "/alerts",
+                "/events",
+                "/metrics",
+                "/api/stats",
+                "/static/app.js",
+            ] {
+                for h in [&[][..], &[wrong.as_str()][..]] {
+                    let (code, head, _) = http(&w, "GET", path, h, "");
+                    assert_eq!(code, 401, "{path} with {h:?}");
+                    assert!(
+                        head.contains("www-authenticate: Basic realm=\"inspectd supervisor\""),
+                        "{head}"
+                    );
+                }
+            }
+            let id = wait_for(Duration::from_secs(20), "the alert", || {
+                let (_, _, page) = http(&w, "GET", "/alerts", a, "");
+                let at = page.find("data-id=\"")? + 9;
+                let id: i64 = page[at..at + page[at..].find('"')?].parse().ok()?;
+                assert!(page.contains("Acknowledge as anna"), "{page}");
+                assert!(!page.contains("name=\"by\""), "no name to type: {page}");
+                Some(id)
+            });
+            // A form on another site, sent with anna's browser and credentials: refused.
+            let (code, _, _) = http(
+                &w,
+                "POST",
+                &format!("/alerts/{id}/ack"),
+                &[
+                    &anna,
+                    "Origin: https://evil.example",
+                    "Sec-Fetch-Site: cross-site",
+                ],
+                "by=mallory",
+            );
+            assert_eq!(code, 403);
+            let (code, _, _) = http(
+                &w,
+                "POST",
+                &format!("/alerts/{id}/ack"),
+                &[
+                    &anna,
+                    &format!("Origin: http://{w}"),
+                    "Sec-Fetch-Site: same-origin",
+                ],
+                "by=mallory",
+            );
+            assert_eq!(code, 303);
+            let (_, _, page) = http(&w, "GET", "/alerts", a, "");
+            assert!(
+                page.contains("acknowledged by <strong>anna</strong>"),
+                "{page}"
+            );
+            assert!(!page.contains("mallory"), "{page}");
+            let (code, _, _) = http(&w, "POST", &format!("/device/{d}/cmd"), a, "command=pause");
+            assert_eq!(code, 303);
+            let (_, _, page) = http(&w, "GET", &format!("/device/{d}"), a, "");
+            assert!(page.contains("by <strong>anna</strong>"), "{page}");
+        })
+        .await
+        .unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
 }

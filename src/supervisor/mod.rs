@@ -7,6 +7,7 @@
 //! to the broker only after the transaction that stores it commits. A crash loses nothing the
 //! broker handed over; a redelivery is recognised by (device, seq) and stored once.
 
+pub mod access;
 pub mod ingest;
 pub mod loadgen;
 pub mod store;
@@ -34,9 +35,17 @@ pub struct SuperviseArgs {
     /// Broker URL: mqtt://host:port or mqtts://host:port.
     #[arg(long)]
     pub broker: String,
-    /// Address of the web UI.
+    /// Address of the web UI. One other machines reach needs --users-file (or
+    /// --allow-anonymous-ui).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Operators who may use the UI: `name:password` lines (HTTP Basic login; acknowledgements
+    /// and commands record the name).
+    #[arg(long)]
+    pub users_file: Option<PathBuf>,
+    /// Serve the UI without logins on any address (behind a proxy that logs people in).
+    #[arg(long)]
+    pub allow_anonymous_ui: bool,
     /// SQLite database file (created if missing; history survives restarts).
     #[arg(long, default_value = "supervisor.sqlite")]
     pub db: PathBuf,
@@ -424,6 +433,7 @@ fn writer(
 struct Setup {
     mqtt: crate::mqtt::Settings,
     listen: SocketAddr,
+    users: Option<access::Users>,
     conn: rusqlite::Connection,
 }
 
@@ -463,6 +473,12 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
             a.listen
         ))
     })?;
+    let users = match &a.users_file {
+        Some(f) => Some(access::Users::load(f).map_err(|e| bad_input(format!("{e:#}")))?),
+        None => None,
+    };
+    access::check_listen(listen, users.as_ref(), a.allow_anonymous_ui)
+        .map_err(|e| bad_input(e.to_string()))?;
     if let Some(dir) = a.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             return Err(bad_input(format!(
@@ -473,7 +489,12 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
         }
     }
     let conn = store::open(&a.db).map_err(|e| bad_input(format!("{e:#}")))?;
-    Ok(Setup { mqtt, listen, conn })
+    Ok(Setup {
+        mqtt,
+        listen,
+        users,
+        conn,
+    })
 }
 
 /// Runs the supervisor until SIGINT/SIGTERM.
@@ -488,7 +509,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     bound: Option<oneshot::Sender<SocketAddr>>,
 ) -> Result<()> {
-    let Setup { mqtt, listen, conn } = setup(&a)?;
+    let Setup {
+        mqtt,
+        listen,
+        users,
+        conn,
+    } = setup(&a)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| bad_input(format!("--listen {listen}: cannot listen: {e}")))?;
@@ -560,7 +586,11 @@ pub async fn serve(
         let _ = b.send(addr);
     }
     let mut web_stop = stop_rx.clone();
-    let server = axum::serve(listener, web::router(hub)).with_graceful_shutdown(async move {
+    let app = web::router(hub).layer(axum::middleware::from_fn_with_state(
+        users.map(Arc::new),
+        access::guard,
+    ));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = web_stop.changed().await;
     });
     let server = tokio::spawn(async move { server.await });

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS commands (
     device TEXT NOT NULL,
     command TEXT NOT NULL,
     payload TEXT NOT NULL,
-    sent_at INTEGER NOT NULL
+    sent_at INTEGER NOT NULL,
+    sent_by TEXT
 );
 CREATE TABLE IF NOT EXISTS cmd_results (
     id INTEGER PRIMARY KEY,
@@ -104,6 +105,15 @@ pub fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)
         .with_context(|| format!("--db {}: cannot create the schema", path.display()))?;
+    // Databases from before logins: commands gain who sent them.
+    let has_sent_by: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('commands') WHERE name = 'sent_by'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_sent_by {
+        conn.execute_batch("ALTER TABLE commands ADD COLUMN sent_by TEXT")?;
+    }
     Ok(conn)
 }
 
@@ -117,6 +127,8 @@ pub fn open_read(path: &Path) -> Result<Connection> {
 /// A verdict as listed (no map, no raw payload).
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerdictRow {
+    /// The row's id: the order of arrival (the live views' cursor).
+    pub id: i64,
     pub device: String,
     pub seq: i64,
     pub ts: String,
@@ -256,10 +268,12 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         reasons, v.model, v.latency_ms, (!v.map_png.is_empty()).then_some(&v.map_png), v.raw
                     ])?;
                 if n == 1 {
+                    let id = tx.last_insert_rowid();
                     let has_evidence = tx
                         .prepare_cached("SELECT 1 FROM evidence WHERE device = ?1 AND seq = ?2")?
                         .exists(params![v.device, v.seq])?;
                     out.events.push(Event::Verdict(Box::new(VerdictRow {
+                        id,
                         device: v.device.clone(),
                         seq: v.seq,
                         ts: v.ts.clone(),
@@ -559,7 +573,7 @@ pub struct Filter {
 }
 
 const VERDICT_COLS: &str = "v.device, v.seq, v.ts, v.part_id, v.verdict, v.label, v.confidence, v.reasons, v.model,
-     v.latency_ms, v.map_png IS NOT NULL, EXISTS (SELECT 1 FROM evidence e WHERE e.device = v.device AND e.seq = v.seq)";
+     v.latency_ms, v.map_png IS NOT NULL, EXISTS (SELECT 1 FROM evidence e WHERE e.device = v.device AND e.seq = v.seq), v.id";
 
 fn verdict_row(r: &rusqlite::Row) -> rusqlite::Result<VerdictRow> {
     let reasons: String = r.get(7)?;
@@ -576,6 +590,7 @@ fn verdict_row(r: &rusqlite::Row) -> rusqlite::Result<VerdictRow> {
         latency_ms: r.get(9)?,
         has_map: r.get(10)?,
         has_evidence: r.get(11)?,
+        id: r.get(12)?,
     })
 }
 
@@ -613,6 +628,28 @@ pub fn verdicts(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<Verdi
     Ok(rows)
 }
 
+/// The newest `limit` verdicts stored after row `after`, oldest first: what a live view that
+/// showed everything up to `after` is missing.
+pub fn verdicts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<VerdictRow>> {
+    let mut rows = conn
+        .prepare_cached(&format!(
+            "SELECT {VERDICT_COLS} FROM verdicts v WHERE v.id > ?1 ORDER BY v.id DESC LIMIT ?2"
+        ))?
+        .query_map(params![after, limit as i64], verdict_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// Where the live views stand: the last verdict row and the last alert row stored.
+pub fn cursor(conn: &Connection) -> Result<(i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT (SELECT coalesce(max(id), 0) FROM verdicts), (SELECT coalesce(max(id), 0) FROM alerts)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
 /// A verdict, its map (PNG) and its payload without the map.
 pub type StoredVerdict = (VerdictRow, Option<Vec<u8>>, String);
 
@@ -622,7 +659,7 @@ pub fn verdict(conn: &Connection, device: &str, seq: i64) -> Result<Option<Store
         .query_row(
             &format!("SELECT {VERDICT_COLS}, v.map_png, v.raw FROM verdicts v WHERE v.device = ?1 AND v.seq = ?2"),
             params![device, seq],
-            |r| Ok((verdict_row(r)?, r.get(12)?, r.get(13)?)),
+            |r| Ok((verdict_row(r)?, r.get(13)?, r.get(14)?)),
         )
         .optional()?)
 }
@@ -657,8 +694,25 @@ fn alert_row(r: &rusqlite::Row) -> rusqlite::Result<AlertRow> {
 }
 
 /// Open alerts (newest first), then up to `acked` acknowledged ones.
+fn alert_cols() -> String {
+    format!("a.id, a.device, a.ts, a.kind, a.severity, a.message, a.seq, a.acked_by, a.acked_at, {PICTURE}")
+}
+
+/// Open alerts stored after row `after`, oldest first (the newest `limit` of them).
+pub fn alerts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<AlertRow>> {
+    let mut rows = conn
+        .prepare_cached(&format!(
+            "SELECT {} FROM alerts a WHERE a.id > ?1 AND a.acked_at IS NULL ORDER BY a.id DESC LIMIT ?2",
+            alert_cols()
+        ))?
+        .query_map(params![after, limit as i64], alert_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
 pub fn alerts(conn: &Connection, acked: usize) -> Result<(Vec<AlertRow>, Vec<AlertRow>)> {
-    let cols = format!("a.id, a.device, a.ts, a.kind, a.severity, a.message, a.seq, a.acked_by, a.acked_at, {PICTURE}");
+    let cols = alert_cols();
     let open = conn
         .prepare(&format!(
             "SELECT {cols} FROM alerts a WHERE acked_at IS NULL ORDER BY id DESC LIMIT 1000"
@@ -686,11 +740,12 @@ pub fn record_command(
     device: &str,
     command: &str,
     payload: &str,
+    by: Option<&str>,
     now: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO commands (id, device, command, payload, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, device, command, payload, now],
+        "INSERT INTO commands (id, device, command, payload, sent_at, sent_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, device, command, payload, now, by],
     )?;
     Ok(())
 }
@@ -702,13 +757,15 @@ pub struct SentCommand {
     pub command: String,
     pub payload: String,
     pub sent_at: i64,
+    /// The operator logged in when it was sent.
+    pub sent_by: Option<String>,
     pub result: Option<(bool, String)>,
 }
 
 pub fn commands(conn: &Connection, device: &str, limit: usize) -> Result<Vec<SentCommand>> {
     let rows = conn
         .prepare(
-            "SELECT c.id, c.command, c.payload, c.sent_at, r.ok, r.detail FROM commands c
+            "SELECT c.id, c.command, c.payload, c.sent_at, r.ok, r.detail, c.sent_by FROM commands c
              LEFT JOIN cmd_results r ON r.device = c.device AND r.cmd_id = c.id
              WHERE c.device = ?1 ORDER BY c.sent_at DESC LIMIT ?2",
         )?
@@ -720,6 +777,7 @@ pub fn commands(conn: &Connection, device: &str, limit: usize) -> Result<Vec<Sen
                 command: r.get(1)?,
                 payload: r.get(2)?,
                 sent_at: r.get(3)?,
+                sent_by: r.get(6)?,
                 result: ok.map(|ok| (ok, detail.unwrap_or_default())),
             })
         })?
@@ -824,6 +882,65 @@ mod tests {
 
     fn verdict_of(c: &Connection, d: &str, s: i64) -> VerdictRow {
         super::verdict(c, d, s).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn a_live_view_catches_up_from_its_cursor() {
+        let mut c = db("cursor");
+        let t = "2026-11-26T10:00:00Z";
+        assert_eq!(cursor(&c).unwrap(), (0, 0));
+        store(
+            &mut c,
+            &[verdict("a", 1, "ok", t), verdict("b", 1, "ok", t)],
+            1000,
+        );
+        let (v0, a0) = cursor(&c).unwrap();
+        assert_eq!(a0, 0);
+        let alert = |ts: &str| {
+            item(
+                "inspect/b/alert",
+                json!({"schema": "inspect.alert/1", "ts": ts, "kind": "suspect", "message": "m", "seq": 2}),
+            )
+        };
+        let applied = store(
+            &mut c,
+            &[
+                verdict("a", 2, "ok", t),
+                verdict("b", 2, "suspect", t),
+                verdict("a", 2, "ok", t),
+                alert("t1"),
+            ],
+            2000,
+        );
+        let ids: Vec<i64> = applied
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Verdict(v) => Some(v.id),
+                _ => None,
+            })
+            .collect();
+        let after = verdicts_after(&c, v0, 10).unwrap();
+        assert_eq!(
+            after
+                .iter()
+                .map(|v| (v.device.as_str(), v.seq))
+                .collect::<Vec<_>>(),
+            [("a", 2), ("b", 2)],
+            "oldest first, the duplicate not at all"
+        );
+        assert_eq!(after.iter().map(|v| v.id).collect::<Vec<_>>(), ids);
+        assert_eq!(
+            verdicts_after(&c, 0, 1).unwrap()[0].seq,
+            2,
+            "the newest when limited"
+        );
+        let (v1, a1) = cursor(&c).unwrap();
+        assert_eq!(v1, ids[1]);
+        assert!(verdicts_after(&c, v1, 10).unwrap().is_empty());
+        let alerts = alerts_after(&c, a0, 10).unwrap();
+        assert_eq!((alerts.len(), alerts[0].id), (1, a1));
+        assert!(alerts_after(&c, a1, 10).unwrap().is_empty());
     }
 
     #[test]

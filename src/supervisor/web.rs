@@ -15,9 +15,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::StreamExt as _;
 
+use super::access::Operator;
 use super::ingest::{Reject, KINDS};
 use super::store::{self, AlertRow, Event, Filter, FleetRow, VerdictRow};
 use super::{Hub, Outgoing};
@@ -27,6 +26,13 @@ const CSS: &str = include_str!("assets/app.css");
 const JS: &str = include_str!("assets/app.js");
 
 type Shared = State<Arc<Hub>>;
+
+/// The logged-in operator, when the supervisor has a users file.
+type Who = Option<axum::Extension<Operator>>;
+
+fn name_of(who: &Who) -> Option<&str> {
+    who.as_ref().map(|axum::Extension(Operator(n))| n.as_str())
+}
 
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
@@ -302,8 +308,14 @@ async fn live_page(
         device: device.clone(),
         ..Default::default()
     };
-    let (rows, open) = db(&hub, move |c| {
-        Ok((store::verdicts(c, &f, 50)?, open_alert_count(c)?))
+    // One read transaction: the rows and the cursor are the same snapshot.
+    let (rows, open, cursor) = db(&hub, move |c| {
+        let t = c.unchecked_transaction()?;
+        Ok((
+            store::verdicts(&t, &f, 50)?,
+            open_alert_count(&t)?,
+            Cursor::of(&t)?,
+        ))
     })
     .await?;
     let rows: String = rows.iter().map(verdict_row).collect();
@@ -317,13 +329,15 @@ async fn live_page(
     let body = format!(
         "<h1>Live</h1><p class=\"hint\">Newest first{scope}; new verdicts appear as they arrive. \
 Defect and suspect rows show the frame with the heatmap.</p>\
-<table class=\"grid live\" data-device=\"{dev}\">{VERDICT_HEAD}<tbody id=\"live\">{rows}</tbody></table>",
+<table class=\"grid live\" data-device=\"{dev}\" data-cursor=\"{cur}\">{VERDICT_HEAD}<tbody id=\"live\">{rows}</tbody></table>",
         dev = esc(device.as_deref().unwrap_or("")),
+        cur = cursor.id(),
     );
     Ok(layout("Live", "live", &body, open))
 }
 
-pub fn alert_row(a: &AlertRow, now: i64) -> String {
+/// An alert's row; `who` (the logged-in operator) acknowledges without typing a name.
+pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> String {
     let d = esc(&a.device);
     let picture = match a.seq {
         Some(seq) if a.has_picture => format!(
@@ -335,11 +349,19 @@ pub fn alert_row(a: &AlertRow, now: i64) -> String {
     };
     let action = match (&a.acked_by, a.acked_at) {
         (Some(by), Some(at)) => format!("acknowledged by <strong>{}</strong> at {} ({})", esc(by), esc(&rfc3339_ms(at)), ago(at, now)),
-        _ => format!(
-            "<form method=\"post\" action=\"/alerts/{}/ack\" class=\"ack\"><input name=\"by\" placeholder=\"your name\" required maxlength=\"64\">\
+        _ => match who {
+            Some(name) => format!(
+                "<form method=\"post\" action=\"/alerts/{}/ack\" class=\"ack\">\
+<button type=\"submit\">Acknowledge as {}</button></form>",
+                a.id,
+                esc(name)
+            ),
+            None => format!(
+                "<form method=\"post\" action=\"/alerts/{}/ack\" class=\"ack\"><input name=\"by\" placeholder=\"your name\" required maxlength=\"64\">\
 <button type=\"submit\">Acknowledge</button></form>",
-            a.id
-        ),
+                a.id
+            ),
+        },
     };
     format!(
         "<tr class=\"alert kind-{k} sev-{sev}\" data-id=\"{id}\" data-device=\"{d}\"><td>{ts}</td><td><a href=\"/device/{u}\">{d}</a></td>\
@@ -355,28 +377,39 @@ pub fn alert_row(a: &AlertRow, now: i64) -> String {
 
 const ALERT_HEAD: &str = "<thead><tr><th>time</th><th>device</th><th>kind</th><th>severity</th><th>message</th><th>evidence</th><th></th></tr></thead>";
 
-async fn alerts_page(State(hub): Shared) -> Result<Html<String>, WebError> {
-    let (open, done) = db(&hub, |c| store::alerts(c, 100)).await?;
+async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebError> {
+    let ((open, done), cursor) = db(&hub, |c| {
+        let t = c.unchecked_transaction()?;
+        Ok((store::alerts(&t, 100)?, Cursor::of(&t)?))
+    })
+    .await?;
     let now = now_ms();
-    let open_rows: String = open.iter().map(|a| alert_row(a, now)).collect();
-    let done_rows: String = done.iter().map(|a| alert_row(a, now)).collect();
+    let name = name_of(&who);
+    let open_rows: String = open.iter().map(|a| alert_row(a, now, name)).collect();
+    let done_rows: String = done.iter().map(|a| alert_row(a, now, name)).collect();
     let body = format!(
         "<h1>Alerts</h1><p class=\"hint\">Open alerts, newest first; suspect predictions are highlighted with their evidence.</p>\
-<table class=\"grid alerts\">{ALERT_HEAD}<tbody id=\"alerts\">{open_rows}</tbody></table>\
-<h2>Acknowledged</h2><table class=\"grid alerts done\">{ALERT_HEAD}<tbody>{done_rows}</tbody></table>"
+<table class=\"grid alerts\" data-cursor=\"{cur}\">{ALERT_HEAD}<tbody id=\"alerts\">{open_rows}</tbody></table>\
+<h2>Acknowledged</h2><table class=\"grid alerts done\">{ALERT_HEAD}<tbody>{done_rows}</tbody></table>",
+        cur = cursor.id()
     );
     Ok(layout("Alerts", "alerts", &body, open.len() as i64))
 }
 
 async fn ack_alert(
     State(hub): Shared,
+    who: Who,
     Path(id): Path<i64>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Result<Response, WebError> {
-    let by = f
-        .get("by")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
+    // Logged in, the name is the login's; otherwise the one typed.
+    let by = match name_of(&who) {
+        Some(n) => n.to_string(),
+        None => f
+            .get("by")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    };
     if by.is_empty() || by.chars().count() > 64 {
         return Err(WebError(
             StatusCode::BAD_REQUEST,
@@ -672,9 +705,14 @@ fn commands_rows(cmds: &[store::SentCommand], now: i64) -> String {
                 None => "<span class=\"badge pending\">waiting</span>".into(),
             };
             format!(
-                "<tr class=\"command\" data-id=\"{id}\"><td>{at}</td><td>{cmd}</td><td><code>{payload}</code></td><td class=\"result\">{result}</td></tr>",
+                "<tr class=\"command\" data-id=\"{id}\"><td>{at}{by}</td><td>{cmd}</td><td><code>{payload}</code></td><td class=\"result\">{result}</td></tr>",
                 id = esc(&c.id),
                 at = ago(c.sent_at, now),
+                by = c
+                    .sent_by
+                    .as_deref()
+                    .map(|b| format!(" by <strong>{}</strong>", esc(b)))
+                    .unwrap_or_default(),
                 cmd = esc(&c.command),
                 payload = esc(&c.payload),
             )
@@ -743,6 +781,7 @@ async fn commands_fragment(
 
 async fn send_command(
     State(hub): Shared,
+    who: Who,
     Path(device): Path<String>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Result<Response, WebError> {
@@ -783,36 +822,203 @@ async fn send_command(
         return Ok(back(Some(format!("{command} not sent: {e}"))));
     }
     let (d, c) = (device.clone(), command.to_string());
+    let by = name_of(&who).map(str::to_string);
     db(&hub, move |conn| {
-        store::record_command(conn, &id, &d, &c, &payload, now_ms())
+        store::record_command(conn, &id, &d, &c, &payload, by.as_deref(), now_ms())
     })
     .await?;
     Ok(back(None))
 }
 
+/// Where a live view stands: the last verdict row and the last alert row it shows. Pages put it
+/// in `data-cursor`, the stream in each row event's id (`V.A`), so a stream that starts after the
+/// page was rendered, or reconnects (`Last-Event-ID`), first sends what the view missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub verdict: i64,
+    pub alert: i64,
+}
+
+impl Cursor {
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (v, a) = s.trim().split_once('.')?;
+        Some(Cursor {
+            verdict: v.parse().ok().filter(|v| *v >= 0)?,
+            alert: a.parse().ok().filter(|a| *a >= 0)?,
+        })
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.verdict, self.alert)
+    }
+
+    fn of(c: &rusqlite::Connection) -> anyhow::Result<Cursor> {
+        let (verdict, alert) = store::cursor(c)?;
+        Ok(Cursor { verdict, alert })
+    }
+}
+
+/// At most this many rows of each kind are sent to catch a view up (Live shows 200).
+const CATCH_UP: usize = 200;
+
+type SseItem = Result<SseEvent, Infallible>;
+
 /// Server-sent events: `verdict`, `alert` and `cmd_result` carry rendered (escaped) rows,
-/// `evidence` the key of the picture that arrived, `fleet` says the fleet changed.
+/// `evidence` the key of the picture that arrived, `fleet` says the fleet changed. `?after=V.A`
+/// (or the `Last-Event-ID` a reconnecting browser sends) makes the stream begin with the rows
+/// stored since.
 async fn events(
     State(hub): Shared,
-) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    who: Who,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Sse<tokio_stream::wrappers::ReceiverStream<SseItem>> {
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Cursor::parse)
+        .or_else(|| q.get("after").and_then(|s| Cursor::parse(s)));
+    // Subscribed before the database is read: a row is either in what is read or still to come
+    // (and then skipped if it was read after all).
     let rx = hub.events.subscribe();
-    let stream = BroadcastStream::new(rx).filter_map(|e| {
-        let e = e.ok()?;
-        let now = now_ms();
-        let ev = match e {
-            Event::Verdict(v) => SseEvent::default().event("verdict").data(verdict_row(&v)),
-            Event::Evidence { device, seq } => SseEvent::default()
-                .event("evidence")
-                .data(json!({"key": format!("{device}/{seq}")}).to_string()),
-            Event::Alert(a) => SseEvent::default().event("alert").data(alert_row(&a, now)),
-            Event::CmdResult(c) => SseEvent::default()
-                .event("cmd_result")
-                .data(json!({"device": c.device, "id": c.id}).to_string()),
-            Event::Fleet => SseEvent::default().event("fleet").data("1"),
+    let (tx, out) = tokio::sync::mpsc::channel(64);
+    let who = name_of(&who).map(str::to_string);
+    tokio::spawn(stream_events(hub, rx, from, who, tx));
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(out)).keep_alive(KeepAlive::default())
+}
+
+fn verdict_event(v: &VerdictRow, cur: &mut Cursor) -> Option<SseEvent> {
+    if v.id <= cur.verdict {
+        return None;
+    }
+    cur.verdict = v.id;
+    Some(
+        SseEvent::default()
+            .event("verdict")
+            .id(cur.id())
+            .data(verdict_row(v)),
+    )
+}
+
+fn alert_event(a: &AlertRow, cur: &mut Cursor, now: i64, who: Option<&str>) -> Option<SseEvent> {
+    if a.id <= cur.alert {
+        return None;
+    }
+    cur.alert = a.id;
+    Some(
+        SseEvent::default()
+            .event("alert")
+            .id(cur.id())
+            .data(alert_row(a, now, who)),
+    )
+}
+
+/// Sends the rows stored after `cur` (from the database), oldest first; false once the client
+/// is gone.
+async fn catch_up(
+    hub: &Arc<Hub>,
+    cur: &mut Cursor,
+    who: Option<&str>,
+    tx: &tokio::sync::mpsc::Sender<SseItem>,
+) -> bool {
+    let from = *cur;
+    let Ok((now, verdicts, alerts)) = db(hub, move |c| {
+        // A cursor from another database (the supervisor was started afresh) starts over.
+        let head = Cursor::of(c)?;
+        let from = Cursor {
+            verdict: if from.verdict > head.verdict {
+                0
+            } else {
+                from.verdict
+            },
+            alert: if from.alert > head.alert {
+                0
+            } else {
+                from.alert
+            },
         };
-        Some(Ok(ev))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+        Ok((
+            from,
+            store::verdicts_after(c, from.verdict, CATCH_UP)?,
+            store::alerts_after(c, from.alert, CATCH_UP)?,
+        ))
+    })
+    .await
+    else {
+        return !tx.is_closed();
+    };
+    *cur = now;
+    let t = now_ms();
+    let mut rows: Vec<SseEvent> = verdicts
+        .iter()
+        .filter_map(|v| verdict_event(v, cur))
+        .collect();
+    rows.extend(alerts.iter().filter_map(|a| alert_event(a, cur, t, who)));
+    for ev in rows {
+        if tx.send(Ok(ev)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn stream_events(
+    hub: Arc<Hub>,
+    mut rx: tokio::sync::broadcast::Receiver<Event>,
+    from: Option<Cursor>,
+    who: Option<String>,
+    tx: tokio::sync::mpsc::Sender<SseItem>,
+) {
+    let who = who.as_deref();
+    use tokio::sync::broadcast::error::RecvError;
+    let mut cur = match from {
+        Some(c) => c,
+        // A view without a cursor (the fleet page) is shown everything from now on.
+        None => match db(&hub, Cursor::of).await {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+    };
+    if from.is_some() && !catch_up(&hub, &mut cur, who, &tx).await {
+        return;
+    }
+    loop {
+        let e = tokio::select! {
+            e = rx.recv() => e,
+            _ = tx.closed() => return,
+        };
+        let ev = match e {
+            Ok(Event::Verdict(v)) => verdict_event(&v, &mut cur),
+            Ok(Event::Alert(a)) => alert_event(&a, &mut cur, now_ms(), who),
+            Ok(Event::Evidence { device, seq }) => Some(
+                SseEvent::default()
+                    .event("evidence")
+                    .data(json!({"key": format!("{device}/{seq}")}).to_string()),
+            ),
+            Ok(Event::CmdResult(c)) => Some(
+                SseEvent::default()
+                    .event("cmd_result")
+                    .data(json!({"device": c.device, "id": c.id}).to_string()),
+            ),
+            Ok(Event::Fleet) => Some(SseEvent::default().event("fleet").data("1")),
+            // This client fell behind the broadcast: the rows come from the database instead,
+            // and everything else is refreshed.
+            Err(RecvError::Lagged(_)) => {
+                let refresh = SseEvent::default().event("cmd_result").data("{}");
+                if !catch_up(&hub, &mut cur, who, &tx).await || tx.send(Ok(refresh)).await.is_err()
+                {
+                    return;
+                }
+                Some(SseEvent::default().event("fleet").data("1"))
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if let Some(ev) = ev {
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn db_bytes(path: &std::path::Path) -> u64 {
@@ -932,6 +1138,7 @@ mod tests {
         );
         assert_eq!(enc("a b/<c>"), "a%20b%2F%3Cc%3E");
         let row = verdict_row(&VerdictRow {
+            id: 1,
             device: "<script>d</script>".into(),
             seq: 3,
             ts: "t".into(),

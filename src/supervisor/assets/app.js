@@ -33,7 +33,11 @@
         .then(function () { clearTimeout(timer); busy[id] = false; });
     }, 250);
   }
-  var es = new EventSource("/events");
+  // The stream starts where the page's rows end (`data-cursor`); a reconnecting browser sends the
+  // id of the last row it got, and the server sends what was stored in between.
+  var cur = document.querySelector("[data-cursor]");
+  var es = new EventSource("/events" +
+    (cur ? "?after=" + encodeURIComponent(cur.getAttribute("data-cursor")) : ""));
   var dot = document.getElementById("conn");
   // Whatever changed between rendering the page and (re)connecting the stream is fetched once.
   es.onopen = function () {
@@ -50,6 +54,11 @@
     tmp.innerHTML = e.data;
     var row = tmp.rows[0];
     if (!row || (only && row.getAttribute("data-device") !== only)) { return; }
+    for (var i = 0; i < t.rows.length; i++) {
+      var r = t.rows[i];
+      if (r.getAttribute("data-device") === row.getAttribute("data-device") &&
+          r.getAttribute("data-seq") === row.getAttribute("data-seq")) { return; }
+    }
     prepend("live", e.data, MAX_ROWS);
   });
   es.addEventListener("evidence", function (e) {
