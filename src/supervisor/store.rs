@@ -885,6 +885,31 @@ mod tests {
     }
 
     #[test]
+    fn a_database_from_before_logins_gains_who_sent_each_command() {
+        let p =
+            std::env::temp_dir().join(format!("inspectd-store-{}-old.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let old = Connection::open(&p).unwrap();
+        old.execute_batch(
+            "CREATE TABLE commands (id TEXT PRIMARY KEY, device TEXT NOT NULL, command TEXT NOT NULL,
+             payload TEXT NOT NULL, sent_at INTEGER NOT NULL);
+             INSERT INTO commands VALUES ('c1', 'a', 'pause', '{}', 1000);",
+        )
+        .unwrap();
+        drop(old);
+        let c = open(&p).unwrap();
+        record_command(&c, "c2", "a", "resume", "{}", Some("anna"), 2000).unwrap();
+        let sent = commands(&c, "a", 10).unwrap();
+        let by: Vec<(&str, Option<&str>)> = sent
+            .iter()
+            .map(|s| (s.id.as_str(), s.sent_by.as_deref()))
+            .collect();
+        assert_eq!(by, [("c2", Some("anna")), ("c1", None)]);
+        drop(c);
+        open(&p).unwrap(); // and opens again
+    }
+
+    #[test]
     fn a_live_view_catches_up_from_its_cursor() {
         let mut c = db("cursor");
         let t = "2026-11-26T10:00:00Z";
