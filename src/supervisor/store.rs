@@ -641,13 +641,67 @@ pub fn verdicts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec
     Ok(rows)
 }
 
-/// Where the live views stand: the last verdict row and the last alert row stored.
-pub fn cursor(conn: &Connection) -> Result<(i64, i64)> {
+/// Where a live view stands: the last verdict row and the last alert row it shows. Pages put it
+/// in `data-cursor`, the event stream in each row event's id (`V.A`), so a stream that starts
+/// after the page was rendered, or reconnects (`Last-Event-ID`), first sends what the view missed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub verdict: i64,
+    pub alert: i64,
+}
+
+impl Cursor {
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (v, a) = s.trim().split_once('.')?;
+        Some(Cursor {
+            verdict: v.parse().ok().filter(|v| *v >= 0)?,
+            alert: a.parse().ok().filter(|a| *a >= 0)?,
+        })
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.verdict, self.alert)
+    }
+
+    /// This cursor, for a database whose newest rows are `head`: a part ahead of it comes from
+    /// another database (the supervisor was started afresh) and starts over.
+    fn within(self, head: Cursor) -> Cursor {
+        let part = |mine: i64, last: i64| if mine > last { 0 } else { mine };
+        Cursor {
+            verdict: part(self.verdict, head.verdict),
+            alert: part(self.alert, head.alert),
+        }
+    }
+}
+
+/// Where the database stands: its last verdict row and last alert row.
+pub fn cursor(conn: &Connection) -> Result<Cursor> {
     Ok(conn.query_row(
         "SELECT (SELECT coalesce(max(id), 0) FROM verdicts), (SELECT coalesce(max(id), 0) FROM alerts)",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| {
+            Ok(Cursor {
+                verdict: r.get(0)?,
+                alert: r.get(1)?,
+            })
+        },
     )?)
+}
+
+/// What a view at `from` is missing: the newest `limit` verdicts and open alerts stored since,
+/// oldest first, and the cursor they count from.
+pub fn since(
+    conn: &Connection,
+    from: Cursor,
+    limit: usize,
+) -> Result<(Cursor, Vec<VerdictRow>, Vec<AlertRow>)> {
+    let tx = conn.unchecked_transaction()?;
+    let from = from.within(cursor(&tx)?);
+    Ok((
+        from,
+        verdicts_after(&tx, from.verdict, limit)?,
+        alerts_after(&tx, from.alert, limit)?,
+    ))
 }
 
 /// A verdict, its map (PNG) and its payload without the map.
@@ -693,7 +747,6 @@ fn alert_row(r: &rusqlite::Row) -> rusqlite::Result<AlertRow> {
     })
 }
 
-/// Open alerts (newest first), then up to `acked` acknowledged ones.
 fn alert_cols() -> String {
     format!("a.id, a.device, a.ts, a.kind, a.severity, a.message, a.seq, a.acked_by, a.acked_at, {PICTURE}")
 }
@@ -711,6 +764,7 @@ pub fn alerts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<A
     Ok(rows)
 }
 
+/// Open alerts (newest first), then up to `acked` acknowledged ones.
 pub fn alerts(conn: &Connection, acked: usize) -> Result<(Vec<AlertRow>, Vec<AlertRow>)> {
     let cols = alert_cols();
     let open = conn
@@ -913,13 +967,16 @@ mod tests {
     fn a_live_view_catches_up_from_its_cursor() {
         let mut c = db("cursor");
         let t = "2026-11-26T10:00:00Z";
-        assert_eq!(cursor(&c).unwrap(), (0, 0));
+        assert_eq!(cursor(&c).unwrap(), Cursor::default());
         store(
             &mut c,
             &[verdict("a", 1, "ok", t), verdict("b", 1, "ok", t)],
             1000,
         );
-        let (v0, a0) = cursor(&c).unwrap();
+        let Cursor {
+            verdict: v0,
+            alert: a0,
+        } = cursor(&c).unwrap();
         assert_eq!(a0, 0);
         let alert = |ts: &str| {
             item(
@@ -960,12 +1017,38 @@ mod tests {
             2,
             "the newest when limited"
         );
-        let (v1, a1) = cursor(&c).unwrap();
+        let Cursor {
+            verdict: v1,
+            alert: a1,
+        } = cursor(&c).unwrap();
         assert_eq!(v1, ids[1]);
         assert!(verdicts_after(&c, v1, 10).unwrap().is_empty());
         let alerts = alerts_after(&c, a0, 10).unwrap();
         assert_eq!((alerts.len(), alerts[0].id), (1, a1));
         assert!(alerts_after(&c, a1, 10).unwrap().is_empty());
+        // A cursor from another, longer database starts over, part by part.
+        let (from, v, a) = since(
+            &c,
+            Cursor {
+                verdict: v1 + 5,
+                alert: a1,
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!((from.verdict, from.alert, v.len(), a.len()), (0, a1, 4, 0));
+    }
+
+    #[test]
+    fn cursors_parse_from_their_ids_only() {
+        let c = Cursor {
+            verdict: 12,
+            alert: 3,
+        };
+        assert_eq!(Cursor::parse(&c.id()), Some(c));
+        for bad in ["", "12", "12.", ".3", "-1.3", "12.x", "1.2.3"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::access::Operator;
 use super::ingest::{Reject, KINDS};
-use super::store::{self, AlertRow, Event, Filter, FleetRow, VerdictRow};
+use super::store::{self, AlertRow, Cursor, Event, Filter, FleetRow, VerdictRow};
 use super::{Hub, Outgoing};
 use crate::timefmt::{now_ms, parse_ms, rfc3339_ms};
 
@@ -314,7 +314,7 @@ async fn live_page(
         Ok((
             store::verdicts(&t, &f, 50)?,
             open_alert_count(&t)?,
-            Cursor::of(&t)?,
+            store::cursor(&t)?,
         ))
     })
     .await?;
@@ -348,20 +348,27 @@ pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> String {
         _ => String::new(),
     };
     let action = match (&a.acked_by, a.acked_at) {
-        (Some(by), Some(at)) => format!("acknowledged by <strong>{}</strong> at {} ({})", esc(by), esc(&rfc3339_ms(at)), ago(at, now)),
-        _ => match who {
-            Some(name) => format!(
-                "<form method=\"post\" action=\"/alerts/{}/ack\" class=\"ack\">\
-<button type=\"submit\">Acknowledge as {}</button></form>",
-                a.id,
-                esc(name)
-            ),
-            None => format!(
-                "<form method=\"post\" action=\"/alerts/{}/ack\" class=\"ack\"><input name=\"by\" placeholder=\"your name\" required maxlength=\"64\">\
-<button type=\"submit\">Acknowledge</button></form>",
+        (Some(by), Some(at)) => format!(
+            "acknowledged by <strong>{}</strong> at {} ({})",
+            esc(by),
+            esc(&rfc3339_ms(at)),
+            ago(at, now)
+        ),
+        _ => {
+            // Logged in, the name is the login's; otherwise it is typed.
+            let (field, button) = match who {
+                Some(name) => (String::new(), format!("Acknowledge as {}", esc(name))),
+                None => (
+                    "<input name=\"by\" placeholder=\"your name\" required maxlength=\"64\">"
+                        .into(),
+                    "Acknowledge".into(),
+                ),
+            };
+            format!(
+                "<form method=\"post\" action=\"/alerts/{}/ack\" class=\"ack\">{field}<button type=\"submit\">{button}</button></form>",
                 a.id
-            ),
-        },
+            )
+        }
     };
     format!(
         "<tr class=\"alert kind-{k} sev-{sev}\" data-id=\"{id}\" data-device=\"{d}\"><td>{ts}</td><td><a href=\"/device/{u}\">{d}</a></td>\
@@ -380,7 +387,7 @@ const ALERT_HEAD: &str = "<thead><tr><th>time</th><th>device</th><th>kind</th><t
 async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebError> {
     let ((open, done), cursor) = db(&hub, |c| {
         let t = c.unchecked_transaction()?;
-        Ok((store::alerts(&t, 100)?, Cursor::of(&t)?))
+        Ok((store::alerts(&t, 100)?, store::cursor(&t)?))
     })
     .await?;
     let now = now_ms();
@@ -830,34 +837,6 @@ async fn send_command(
     Ok(back(None))
 }
 
-/// Where a live view stands: the last verdict row and the last alert row it shows. Pages put it
-/// in `data-cursor`, the stream in each row event's id (`V.A`), so a stream that starts after the
-/// page was rendered, or reconnects (`Last-Event-ID`), first sends what the view missed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cursor {
-    pub verdict: i64,
-    pub alert: i64,
-}
-
-impl Cursor {
-    pub fn parse(s: &str) -> Option<Cursor> {
-        let (v, a) = s.trim().split_once('.')?;
-        Some(Cursor {
-            verdict: v.parse().ok().filter(|v| *v >= 0)?,
-            alert: a.parse().ok().filter(|a| *a >= 0)?,
-        })
-    }
-
-    pub fn id(&self) -> String {
-        format!("{}.{}", self.verdict, self.alert)
-    }
-
-    fn of(c: &rusqlite::Connection) -> anyhow::Result<Cursor> {
-        let (verdict, alert) = store::cursor(c)?;
-        Ok(Cursor { verdict, alert })
-    }
-}
-
 /// At most this many rows of each kind are sent to catch a view up (Live shows 200).
 const CATCH_UP: usize = 200;
 
@@ -922,28 +901,7 @@ async fn catch_up(
     tx: &tokio::sync::mpsc::Sender<SseItem>,
 ) -> bool {
     let from = *cur;
-    let Ok((now, verdicts, alerts)) = db(hub, move |c| {
-        // A cursor from another database (the supervisor was started afresh) starts over.
-        let head = Cursor::of(c)?;
-        let from = Cursor {
-            verdict: if from.verdict > head.verdict {
-                0
-            } else {
-                from.verdict
-            },
-            alert: if from.alert > head.alert {
-                0
-            } else {
-                from.alert
-            },
-        };
-        Ok((
-            from,
-            store::verdicts_after(c, from.verdict, CATCH_UP)?,
-            store::alerts_after(c, from.alert, CATCH_UP)?,
-        ))
-    })
-    .await
+    let Ok((now, verdicts, alerts)) = db(hub, move |c| store::since(c, from, CATCH_UP)).await
     else {
         return !tx.is_closed();
     };
@@ -974,7 +932,7 @@ async fn stream_events(
     let mut cur = match from {
         Some(c) => c,
         // A view without a cursor (the fleet page) is shown everything from now on.
-        None => match db(&hub, Cursor::of).await {
+        None => match db(&hub, store::cursor).await {
             Ok(c) => c,
             Err(_) => return,
         },
