@@ -614,11 +614,16 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run_daemon(a: RunArgs) -> Result<()> {
     let cfg = crate::config::Config::load(&a.config)?;
-    runtime()?.block_on(crate::daemon::run(
+    let rt = runtime()?;
+    let res = rt.block_on(crate::daemon::run(
         cfg,
         crate::daemon::signals(),
         Default::default(),
-    ))
+    ));
+    // A supervised task that failed may have left a task or a thread behind: do not wait for
+    // it, the exit status must reach systemd now.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    res
 }
 
 fn check_config(a: CheckConfigArgs) -> Result<()> {

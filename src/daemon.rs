@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,15 @@ use crate::model::{LoadOptions, Model};
 use crate::pipeline::{self, InferenceSetup, LatestSlot, Shared, Stats};
 use crate::source::{FrameSource, HttpSnapshot, Replay};
 use crate::spool::{Fsync, Spool};
+use crate::tasks::Supervisor;
 
 /// Optional hooks for embedding the daemon (the demo and tests use them).
 #[derive(Default)]
 pub struct Hooks {
     /// Called on the inference thread after each verdict with its JSON.
     pub on_verdict: Option<crate::pipeline::VerdictHook>,
+    /// Tests: while set, the publisher hangs (awaiting, as on a request that is never answered).
+    pub hold_publisher: Option<Arc<AtomicBool>>,
 }
 
 /// Loads the model named by the config and checks its sha256.
@@ -89,7 +92,9 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
     })
 }
 
-/// Runs the daemon until `shutdown` resolves.
+/// Runs the daemon until `shutdown` resolves. Every thread and task it starts is supervised:
+/// if one panics or ends on its own, the daemon stops within a short deadline and returns an
+/// error naming it, so the process exits non-zero and systemd restarts it.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) -> Result<()> {
     let ex = load_explainer(&cfg, None)?;
     let settings = crate::mqtt::settings(&cfg.mqtt, &cfg.device_id)?;
@@ -101,37 +106,57 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     };
     let spool = Spool::open(&cfg.spool.path, cfg.spool.max_bytes, fsync)
         .map_err(|e| bad_input(format!("spool.path: {e}")))?;
+    let depth = spool.len();
+    let source_name = src.describe();
+    let sha_short: String = ex.model.sha256.chars().take(12).collect();
     tracing::info!(
-        "inspectd {} on {}: model {} ({}), layer {}, {} messages waiting in the spool",
+        "inspectd {} on {}: model {} {} (sha256 {sha_short}), layer {}, source {source_name}, broker {}:{}{}, {depth} message(s) waiting in the spool",
         env!("CARGO_PKG_VERSION"),
         cfg.device_id,
         ex.model.name,
-        &ex.model.sha256[..12],
+        ex.model.version,
         ex.layer.name,
-        spool.len()
+        settings.host,
+        settings.port,
+        if settings.tls.is_some() { " (TLS)" } else { "" },
     );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sup = Supervisor::new(stop.clone());
+    let (device, alert_topic) = (
+        cfg.device_id.clone(),
+        format!("{}/{}/alert", cfg.mqtt.prefix, cfg.device_id),
+    );
+    let (spool, spool_body) = crate::spooler::start(
+        spool,
+        Box::new(move |n| pipeline::spool_full_alert(&device, alert_topic.clone(), n)),
+    );
+    let spool_thread = sup
+        .thread("spool", spool_body)
+        .context("starting the spool thread")?;
     let shared = Arc::new(Shared {
         device: cfg.device_id.clone(),
         prefix: cfg.mqtt.prefix.clone(),
         started: Instant::now(),
-        stop: AtomicBool::new(false),
+        stop: stop.clone(),
         paused: AtomicBool::new(false),
         camera_ok: AtomicBool::new(true),
+        triggered: cfg.source.trigger() == Trigger::Mqtt,
         rules: RwLock::new(cfg.verdict.clone()),
-        spool: Mutex::new(spool),
+        spool,
         stats: Mutex::new(Stats::default()),
+        health: Default::default(),
         slot: LatestSlot::default(),
         triggers: Mutex::new(VecDeque::new()),
         trigger_ready: Condvar::new(),
-        spool_notify: tokio::sync::Notify::new(),
         status_notify: tokio::sync::Notify::new(),
         model_id: RwLock::new((
             ex.model.name.clone(),
             ex.model.version.clone(),
             ex.model.sha256.clone(),
         )),
-        reload: Mutex::new(Default::default()),
-        spool_dropped_alerted: AtomicU64::new(0),
+        reload: Mutex::new(None),
+        reloading: AtomicBool::new(false),
+        hold_publisher: hooks.hold_publisher,
     });
 
     let publish_ok = PublishOk::parse(&cfg.mqtt.publish_ok).map_err(bad_input)?;
@@ -140,30 +165,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let setup = InferenceSetup {
         method,
         publish_ok,
-        mqtt_trigger: cfg.source.trigger() == Trigger::Mqtt,
+        mqtt_trigger: shared.triggered,
         reload: Box::new(move |sha| load_explainer(&reload_cfg, sha)),
         on_verdict: hooks.on_verdict,
         watchdog: crate::sdnotify::Watchdog::from_env(),
     };
     let sh = shared.clone();
-    let inference = std::thread::Builder::new()
-        .name("inference".into())
-        .spawn(move || pipeline::inference_loop(sh, ex, setup))
+    let inference = sup
+        .thread("inference", move || pipeline::inference_loop(sh, ex, setup))
         .context("starting the inference thread")?;
     let sh = shared.clone();
-    let source = std::thread::Builder::new()
-        .name("source".into())
-        .spawn(move || pipeline::source_loop(sh, src, fps))
+    let source = sup
+        .thread("source", move || pipeline::source_loop(sh, src, fps))
         .context("starting the source thread")?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let publisher = tokio::spawn(crate::mqtt::run(
-        shared.clone(),
-        settings,
-        Duration::from_secs(cfg.stats.interval_s),
-        stop_rx.clone(),
-        Duration::from_secs(5),
-    ));
+    let publisher = sup.task(
+        "publisher",
+        crate::mqtt::run(
+            shared.clone(),
+            settings,
+            Duration::from_secs(cfg.stats.interval_s),
+            stop_rx.clone(),
+            Duration::from_secs(5),
+        ),
+    );
     let http = if cfg.http.listen.is_empty() {
         None
     } else {
@@ -175,28 +201,44 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| bad_input(format!("http.listen {addr}: cannot bind: {e}")))?;
-        Some(tokio::spawn(crate::http::serve(
-            listener,
-            shared.clone(),
-            stop_rx.clone(),
-        )))
+        Some(sup.task(
+            "http",
+            crate::http::serve(listener, shared.clone(), stop_rx.clone()),
+        ))
     };
 
     // The model is loaded, the spool is open and the threads run: verdicts are produced and kept
     // whether or not the broker is reachable yet.
+    let model_id = shared
+        .model_id
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     crate::sdnotify::notify(&format!(
-        "READY=1\nSTATUS=inspecting with {} {}, {} message(s) in the spool",
-        shared.model_id.read().unwrap_or_else(|e| e.into_inner()).0,
-        shared.model_id.read().unwrap_or_else(|e| e.into_inner()).1,
-        shared.spool.lock().unwrap_or_else(|e| e.into_inner()).len()
+        "READY=1\nSTATUS=inspecting with {} {}, {depth} message(s) in the spool",
+        model_id.0, model_id.1,
     ));
 
-    shutdown.await;
-    crate::sdnotify::notify("STOPPING=1\nSTATUS=draining the spool");
-    tracing::info!("stopping: source, inference, then draining the spool");
-    shared.stop.store(true, Ordering::SeqCst);
+    // Whichever comes first: the caller's shutdown, or a supervised task failing.
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        f = sup.failed() => Some(f),
+    };
+    stop.store(true, Ordering::SeqCst);
     shared.trigger_ready.notify_all();
     shared.status_notify.notify_one();
+    if let Some(f) = failure {
+        // Something died: keep what is stored (a bounded flush) and exit so systemd restarts
+        // us; the spool sends everything unacknowledged again after the restart.
+        crate::sdnotify::notify(&format!("STATUS=failed: {f}"));
+        let _ = stop_tx.send(true);
+        if let Err(e) = shared.spool.flush(Duration::from_secs(1)) {
+            tracing::error!("spool flush after a failure: {e}");
+        }
+        return Err(anyhow::anyhow!("{f}"));
+    }
+    crate::sdnotify::notify("STOPPING=1\nSTATUS=draining the spool");
+    tracing::info!("stopping: source, inference, then draining the spool");
     let joined = tokio::task::spawn_blocking(move || {
         let _ = source.join();
         let _ = inference.join();
@@ -205,15 +247,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(8), publisher).await;
     if let Some(h) = http {
-        h.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     }
-    shared
-        .spool
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .flush()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    let flushed = shared.spool.flush(Duration::from_secs(5));
+    // The owner thread ends once every handle is gone and flushes once more.
+    drop(shared);
+    let joined = tokio::task::spawn_blocking(move || spool_thread.join());
+    let _ = tokio::time::timeout(Duration::from_secs(2), joined).await;
+    flushed.map_err(|e| anyhow::anyhow!("spool: {e}"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

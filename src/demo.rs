@@ -133,6 +133,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 d2.notify_one();
             }
         })),
+        ..Default::default()
     };
     let rt = crate::cli::runtime()?;
     let res = rt.block_on(crate::daemon::run(

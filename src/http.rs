@@ -1,4 +1,5 @@
-//! The local HTTP endpoint: `/metrics` (Prometheus text format) and `/healthz`. Hand-written
+//! The local HTTP endpoint: `/metrics` (Prometheus text format) and `/healthz` (JSON naming
+//! each part's state; 503 unless healthy, see `health`). Hand-written
 //! HTTP/1.0 on a tokio listener: two GET routes do not justify a web framework on the edge.
 
 use std::fmt::Write as _;
@@ -15,7 +16,8 @@ use crate::pipeline::Shared;
 pub fn metrics_text(shared: &Shared) -> String {
     let mut o = String::new();
     let st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-    let sp = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+    let sp = shared.spool.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let dev = &shared.device;
     let _ = writeln!(o, "# HELP inspectd_frames_total Frames captured by the source.\n# TYPE inspectd_frames_total counter");
     let _ = writeln!(o, "inspectd_frames_total{{device=\"{dev}\"}} {}", st.frames);
@@ -53,17 +55,40 @@ pub fn metrics_text(shared: &Shared) -> String {
         }
     }
     let _ = writeln!(o, "# HELP inspectd_spool_depth Messages waiting for a PUBACK.\n# TYPE inspectd_spool_depth gauge");
-    let _ = writeln!(o, "inspectd_spool_depth{{device=\"{dev}\"}} {}", sp.len());
+    let _ = writeln!(
+        o,
+        "inspectd_spool_depth{{device=\"{dev}\"}} {}",
+        load(&sp.depth)
+    );
     let _ = writeln!(
         o,
         "# HELP inspectd_spool_bytes Bytes in the spool.\n# TYPE inspectd_spool_bytes gauge"
     );
-    let _ = writeln!(o, "inspectd_spool_bytes{{device=\"{dev}\"}} {}", sp.bytes());
+    let _ = writeln!(
+        o,
+        "inspectd_spool_bytes{{device=\"{dev}\"}} {}",
+        load(&sp.bytes)
+    );
     let _ = writeln!(o, "# HELP inspectd_spool_dropped_total Messages dropped because the spool was full.\n# TYPE inspectd_spool_dropped_total counter");
     let _ = writeln!(
         o,
         "inspectd_spool_dropped_total{{device=\"{dev}\"}} {}",
-        sp.dropped()
+        load(&sp.dropped)
+    );
+    let _ = writeln!(o, "# HELP inspectd_spool_errors_total Failed spool operations (disk errors).\n# TYPE inspectd_spool_errors_total counter");
+    let _ = writeln!(
+        o,
+        "inspectd_spool_errors_total{{device=\"{dev}\"}} {}",
+        load(&sp.errors)
+    );
+    let _ = writeln!(o, "# HELP inspectd_healthy 1 while inference and publisher turn, the camera delivers and the spool stores.\n# TYPE inspectd_healthy gauge");
+    let _ = writeln!(
+        o,
+        "inspectd_healthy{{device=\"{dev}\"}} {}",
+        shared
+            .health
+            .report(shared.camera_ok.load(Ordering::Relaxed), sp)
+            .healthy as u8
     );
     let _ = writeln!(o, "# HELP inspectd_camera_up 1 when the source delivers frames.\n# TYPE inspectd_camera_up gauge");
     let _ = writeln!(
@@ -103,16 +128,16 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: Arc<Shared>) {
     let (status, ctype, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(&shared)),
         "/healthz" => {
-            let cam = shared.camera_ok.load(Ordering::Relaxed);
-            if cam {
-                ("200 OK", "text/plain", "ok\n".to_string())
+            let r = shared.health.report(
+                shared.camera_ok.load(Ordering::Relaxed),
+                shared.spool.counters(),
+            );
+            let status = if r.healthy {
+                "200 OK"
             } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "camera lost\n".to_string(),
-                )
-            }
+                "503 Service Unavailable"
+            };
+            (status, "application/json", format!("{}\n", r.body))
         }
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
@@ -128,6 +153,7 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
+        crate::tasks::fault_point("http");
         tokio::select! {
             acc = listener.accept() => match acc {
                 Ok((sock, _)) => { tokio::spawn(handle(sock, shared.clone())); }

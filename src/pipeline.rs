@@ -13,10 +13,12 @@ use serde_json::json;
 
 use crate::cam::{ClassChoice, Explainer, Method};
 use crate::config::PublishOk;
+use crate::health::Health;
 use crate::heatmap;
 use crate::model::preprocess::{fit, to_tensor};
 use crate::source::{Backoff, Frame, FrameSource, SourceError};
-use crate::spool::{Message, Priority, Spool};
+use crate::spool::{Message, Priority};
+use crate::spooler::SpoolHandle;
 use crate::verdict::{decide, Kind, Rules};
 
 /// Holds at most one frame: the newest. `put` replaces an unread frame (counted as dropped).
@@ -93,6 +95,8 @@ pub struct Stats {
     pub verdicts: [u64; 3],
     pub unpublished_ok: u64,
     pub errors: u64,
+    /// Commands not answered because they came faster than the answer budget.
+    pub commands_unanswered: u64,
     pub latency: HashMap<&'static str, Ring>,
 }
 
@@ -107,24 +111,29 @@ pub struct Shared {
     pub device: String,
     pub prefix: String,
     pub started: Instant,
-    pub stop: AtomicBool,
+    pub stop: Arc<AtomicBool>,
     pub paused: AtomicBool,
     pub camera_ok: AtomicBool,
+    /// `source.trigger = "mqtt"`: frames are inspected only on a trigger.
+    pub triggered: bool,
     pub rules: RwLock<Rules>,
-    pub spool: Mutex<Spool>,
+    /// The spool's owner thread (every spool read and write goes through it).
+    pub spool: SpoolHandle,
     pub stats: Mutex<Stats>,
+    pub health: Health,
     pub slot: LatestSlot,
     pub triggers: Mutex<VecDeque<TriggerReq>>,
     pub trigger_ready: Condvar,
-    /// Wakes the publisher: new spool entries.
-    pub spool_notify: tokio::sync::Notify,
     /// Wakes the publisher: the status changed (camera, model).
     pub status_notify: tokio::sync::Notify,
     /// Model identity for status and verdicts: (name, version, sha256).
     pub model_id: RwLock<(String, String, String)>,
-    /// Pending `reload_model` requests, oldest first.
-    pub reload: Mutex<VecDeque<ReloadReq>>,
-    pub spool_dropped_alerted: AtomicU64,
+    /// The pending `reload_model` request: at most one (a second is answered `busy` while
+    /// `reloading` is set, from the request until its answer).
+    pub reload: Mutex<Option<ReloadReq>>,
+    pub reloading: AtomicBool,
+    /// Tests only (`daemon::Hooks::hold_publisher`).
+    pub hold_publisher: Option<Arc<AtomicBool>>,
 }
 
 pub const MAX_TRIGGERS: usize = 64;
@@ -134,76 +143,54 @@ impl Shared {
         format!("{}/{}/{}", self.prefix, self.device, leaf)
     }
 
-    /// Writes a message to the spool and wakes the publisher. Evictions raise an alert.
+    /// Writes a message to the spool (from a thread: blocks while the spool's request channel
+    /// is full).
     pub fn enqueue(&self, msg: Message) {
-        let res = self
-            .spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msg);
-        self.after_push(res.map(|p| p.evicted.len()));
+        self.spool.push(msg);
     }
 
-    fn after_push(&self, res: Result<usize, crate::spool::SpoolError>) {
-        match res {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::warn!("spool full: dropped {n} message(s)");
-                self.raise_spool_alert();
-            }
-            Err(e) => {
-                tracing::error!("spool write failed: {e}");
-                self.stats.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
-            }
-        }
-        self.spool_notify.notify_one();
-    }
-
-    fn raise_spool_alert(&self) {
-        // One alert per 100 drops at most, so a full spool does not fill itself with alerts.
-        let dropped = self
-            .spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .dropped();
-        let last = self.spool_dropped_alerted.load(Ordering::Relaxed);
-        if dropped > last && (last == 0 || dropped >= last + 100) {
-            self.spool_dropped_alerted.store(dropped, Ordering::Relaxed);
-            let alert = json!({"schema": "inspect.alert/1", "device": self.device, "ts": crate::timefmt::now(),
-                "kind": "spool_full", "severity": "warning",
-                "message": format!("spool full: {dropped} message(s) dropped so far (ok verdicts first)"),
-                "dropped_total": dropped});
-            let msg = Message {
-                topic: self.topic("alert"),
-                payload: alert.to_string().into_bytes(),
-                retain: false,
-                priority: Priority::High,
-            };
-            let _ = self
-                .spool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(msg);
-        }
-    }
-
-    /// Publishes an alert (through the spool).
-    pub fn alert(&self, kind: &str, severity: &str, message: &str, extra: serde_json::Value) {
+    /// An alert message (kind, severity, text and extra fields).
+    pub fn alert_message(
+        &self,
+        kind: &str,
+        severity: &str,
+        message: &str,
+        extra: serde_json::Value,
+    ) -> Message {
         let mut v = json!({"schema": "inspect.alert/1", "device": self.device, "ts": crate::timefmt::now(),
             "kind": kind, "severity": severity, "message": message});
         if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);
         }
-        self.enqueue(Message {
+        Message {
             topic: self.topic("alert"),
             payload: v.to_string().into_bytes(),
             retain: false,
             priority: Priority::High,
-        });
+        }
+    }
+
+    /// Publishes an alert (through the spool) from a thread.
+    pub fn alert(&self, kind: &str, severity: &str, message: &str, extra: serde_json::Value) {
+        self.enqueue(self.alert_message(kind, severity, message, extra));
     }
 
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The `spool_full` alert for `dropped` messages dropped so far.
+pub fn spool_full_alert(device: &str, topic: String, dropped: u64) -> Message {
+    let alert = json!({"schema": "inspect.alert/1", "device": device, "ts": crate::timefmt::now(),
+        "kind": "spool_full", "severity": "warning",
+        "message": format!("spool full: {dropped} message(s) dropped so far (ok verdicts first)"),
+        "dropped_total": dropped});
+    Message {
+        topic,
+        payload: alert.to_string().into_bytes(),
+        retain: false,
+        priority: Priority::High,
     }
 }
 
@@ -217,6 +204,7 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
     let mut backoff = Backoff::new(Duration::from_secs(2));
     let mut next_due = Instant::now();
     while !shared.stopping() {
+        crate::tasks::fault_point("source");
         let now = Instant::now();
         if next_due > now {
             std::thread::sleep((next_due - now).min(Duration::from_millis(100)));
@@ -274,10 +262,7 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
 }
 
 /// A `reload_model` request: the sha256 the file must have (if given) and where to answer.
-pub type ReloadReq = (
-    Option<String>,
-    std::sync::mpsc::Sender<Result<String, String>>,
-);
+pub type ReloadReq = (Option<String>, flume::Sender<Result<String, String>>);
 
 /// Builds a fresh explainer for `reload_model` (argument: an expected sha256).
 pub type ReloadFn = Box<dyn Fn(Option<&str>) -> anyhow::Result<Explainer> + Send>;
@@ -294,7 +279,7 @@ pub struct InferenceSetup {
     pub reload: ReloadFn,
     /// Called after each verdict (the demo prints a line).
     pub on_verdict: Option<VerdictHook>,
-    /// systemd's watchdog, pinged on every turn of the loop.
+    /// systemd's watchdog, pinged on every turn of the loop while the publisher turns too.
     pub watchdog: crate::sdnotify::Watchdog,
 }
 
@@ -306,27 +291,21 @@ fn ms(d: Duration) -> f64 {
 pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSetup) {
     let mut ok_count: u64 = 0;
     while !shared.stopping() {
-        // Every turn of this loop (a frame, or a 200 ms wait for one) proves the pipeline is
-        // alive; a forward pass or CAM that hangs stops the pings and systemd restarts us.
-        setup.watchdog.ping();
-        // Batch mode: what the spool buffered reaches the disk within ~100 ms even when the
-        // line is quiet.
-        if let Err(e) = shared
-            .spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .flush_if_due()
-        {
-            tracing::error!("spool flush failed: {e}");
+        crate::tasks::fault_point("inference");
+        // Every turn of this loop (a frame, or a 200 ms wait for one) proves inference is
+        // alive; the watchdog is fed only while the publisher turns as well, so a hung forward
+        // pass or a dead publisher stops the pings and systemd restarts us.
+        shared.health.inference_beat();
+        if shared.health.publisher_running() {
+            setup.watchdog.ping();
         }
         // A pending reload_model runs between frames.
-        let pending: Vec<ReloadReq> = shared
+        let pending = shared
             .reload
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for (sha, reply) in pending {
+            .take();
+        if let Some((sha, reply)) = pending {
             match (setup.reload)(sha.as_deref()) {
                 Ok(new) => {
                     let id = (
@@ -337,7 +316,8 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
                     ex = new;
                     *shared.model_id.write().unwrap_or_else(|e| e.into_inner()) = id.clone();
                     shared.status_notify.notify_one();
-                    let _ = reply.send(Ok(format!("loaded {} {} ({})", id.0, id.1, &id.2[..12])));
+                    let short: String = id.2.chars().take(12).collect();
+                    let _ = reply.send(Ok(format!("loaded {} {} ({short})", id.0, id.1)));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(format!("{e:#}")));
@@ -374,14 +354,33 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
                     );
                     continue;
                 };
-                process(&shared, &ex, &setup, f, part_id, &mut ok_count);
+                guarded(&shared, &ex, &setup, f, part_id, &mut ok_count);
             }
             continue;
         };
         if shared.paused.load(Ordering::Relaxed) {
             continue;
         }
-        process(&shared, &ex, &setup, frame, part_id, &mut ok_count);
+        guarded(&shared, &ex, &setup, frame, part_id, &mut ok_count);
+    }
+}
+
+/// One frame, with a panic in it (a tensor shape, a head op) caught: it becomes a
+/// `model_error` alert and the loop goes on with the next frame.
+fn guarded(
+    shared: &Shared,
+    ex: &Explainer,
+    setup: &InferenceSetup,
+    frame: Frame,
+    part_id: Option<String>,
+    ok_count: &mut u64,
+) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        process(shared, ex, setup, frame, part_id, ok_count)
+    }));
+    if let Err(p) = r {
+        let e = anyhow::anyhow!("panicked: {}", crate::tasks::panic_text(&*p));
+        model_error(shared, "inference on a frame", &e);
     }
 }
 
@@ -486,29 +485,28 @@ fn process(
             v
         })
         .collect();
-    let build = |seq: u64| {
-        json!({
-            "schema": "inspect.verdict/1",
-            "device": shared.device,
-            "seq": seq,
-            "ts": crate::timefmt::rfc3339(frame.wall),
-            "part_id": part_id,
-            "verdict": d.kind,
-            "label": d.label,
-            "confidence": d.confidence,
-            "scores": scores,
-            "reasons": reasons,
-            "cam": {"method": e.method.name(), "layer": ex.layer.name, "class": e.class, "w": w, "h": h,
-                    "png": base64::engine::general_purpose::STANDARD.encode(&png),
-                    "peak": [peak % w, peak / w], "raw_max": e.raw_max, "roi_fraction": d.roi_fraction},
-            "model": {"name": model_id.0, "version": model_id.1, "sha256": model_id.2},
-            "frame": {"origin": frame.origin, "width": frame.image.width(), "height": frame.image.height()},
-            "latency_ms": {"decode": frame.decode_ms, "queue": ms(queued), "preprocess": ms(t_pre),
-                           "forward": fwd.ms, "cam": ms(t_cam), "verdict": ms(t_verdict), "total": total},
-        })
-    };
-    let mut shown = None;
+    // The verdict with seq 0: the spool's owner puts the real one in when it stores it.
+    let mut v = json!({
+        "schema": "inspect.verdict/1",
+        "device": shared.device,
+        "seq": 0,
+        "ts": crate::timefmt::rfc3339(frame.wall),
+        "part_id": part_id,
+        "verdict": d.kind,
+        "label": d.label,
+        "confidence": d.confidence,
+        "scores": scores,
+        "reasons": reasons,
+        "cam": {"method": e.method.name(), "layer": ex.layer.name, "class": e.class, "w": w, "h": h,
+                "png": base64::engine::general_purpose::STANDARD.encode(&png),
+                "peak": [peak % w, peak / w], "raw_max": e.raw_max, "roi_fraction": d.roi_fraction},
+        "model": {"name": model_id.0, "version": model_id.1, "sha256": model_id.2},
+        "frame": {"origin": frame.origin, "width": frame.image.width(), "height": frame.image.height()},
+        "latency_ms": {"decode": frame.decode_ms, "queue": ms(queued), "preprocess": ms(t_pre),
+                       "forward": fwd.ms, "cam": ms(t_cam), "verdict": ms(t_verdict), "total": total},
+    });
     let t_spool = Instant::now();
+    let mut seq = None;
     if publish {
         let priority = if d.kind == Kind::Ok {
             Priority::Low
@@ -516,34 +514,42 @@ fn process(
             Priority::High
         };
         let topic = shared.topic("verdict");
-        let res = shared
-            .spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_seq(|seq| {
-                let v = build(seq);
-                let payload = v.to_string().into_bytes();
-                shown = Some(v);
-                let verdict = Message {
-                    topic: topic.clone(),
-                    payload,
+        let evidence_topic = shared.topic("evidence/");
+        let mut payload_v = v.clone();
+        let res = shared.spool.push_seq(Box::new(move |seq| {
+            payload_v["seq"] = json!(seq);
+            let verdict = Message {
+                topic,
+                payload: payload_v.to_string().into_bytes(),
+                retain: false,
+                priority,
+            };
+            // The evidence picture goes in the same transaction, right after its verdict.
+            let evidence = evidence
+                .map(|jpg| Message {
+                    topic: format!("{evidence_topic}{seq}"),
+                    payload: jpg,
                     retain: false,
-                    priority,
-                };
-                // The evidence picture goes in the same transaction, right after its verdict.
-                let evidence = evidence
-                    .map(|jpg| Message {
-                        topic: shared.topic(&format!("evidence/{seq}")),
-                        payload: jpg,
-                        retain: false,
-                        priority: Priority::Low,
-                    })
-                    .into_iter()
-                    .collect();
-                (verdict, evidence)
-            });
-        let seq = res.as_ref().map(|(s, _)| *s).ok();
-        shared.after_push(res.map(|(_, p)| p.evicted.len()));
+                    priority: Priority::Low,
+                })
+                .into_iter()
+                .collect();
+            (verdict, evidence)
+        }));
+        match res {
+            Ok(s) => {
+                v["seq"] = json!(s);
+                seq = Some(s);
+            }
+            Err(e) => {
+                tracing::error!("verdict not stored: {e}");
+                shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .errors += 1;
+            }
+        }
         if d.kind == Kind::Suspect {
             let texts: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
             shared.alert("suspect", "warning", &format!("suspect {} ({:.2}): {}", d.label, d.confidence, texts.join("; ")),
@@ -569,8 +575,9 @@ fn process(
             st.latency.entry(k).or_default().push(v);
         }
     }
+    shared.health.verdict(ms(t0.elapsed()));
     if let Some(cb) = &setup.on_verdict {
-        cb(&shown.unwrap_or_else(|| build(0)), spool_ms);
+        cb(&v, spool_ms);
     }
 }
 

@@ -78,7 +78,10 @@ pub fn parse_ms(s: &str) -> Option<i64> {
     }
     let offset_min = match &s[i..] {
         "" | "Z" | "z" => 0,
-        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && &z[3..4] == ":" => {
+        z if z.len() == 6
+            && (z.starts_with('+') || z.starts_with('-'))
+            && z.as_bytes()[3] == b':' =>
+        {
             let v = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
             if z.starts_with('-') {
                 -v
@@ -170,6 +173,21 @@ mod tests {
             "2026-11-18T11:06junk",
         ] {
             assert_eq!(parse_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_timestamp_with_multibyte_characters_is_refused_not_a_panic() {
+        // Every byte position around the offset's ':' (supervisor ingest parses hostile `ts`).
+        for ts in [
+            "2026-01-01T00:00:00+0é00",
+            "2026-01-01T00:00:00é",
+            "2026-01-01T00:00:00.é",
+            "2026-01-01T00:0é:00Z",
+            "é026-01-01T00:00:00Z",
+            "2026-01-01T00:00:00+\u{202e}0:0",
+        ] {
+            assert_eq!(parse_ms(ts), None, "{ts}");
         }
     }
 }

@@ -186,6 +186,49 @@ pub fn parse(
     (id, cmd)
 }
 
+/// Longest command name (topic level after `cmd/`) shown in a `cmd_result`, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// The command name as it may be echoed back: at most [`MAX_NAME_CHARS`] characters, cut on a
+/// character boundary (a topic level is any UTF-8 a client cares to send).
+pub fn shown_name(level: &str) -> String {
+    match level.char_indices().nth(MAX_NAME_CHARS) {
+        Some((cut, _)) => format!("{}…", &level[..cut]),
+        None => level.to_string(),
+    }
+}
+
+/// One incoming message on `{p}/cmd/{level}`, checked before anything is parsed: a retained
+/// command is stale by definition (it would run again on every reconnect), and `level` is
+/// echoed only in its shortened form. Returns the name to answer under, the request id and
+/// the command or the reason it is refused.
+pub fn route(
+    level: &str,
+    payload: &[u8],
+    retained: bool,
+    rules: &Rules,
+) -> (String, Option<String>, Result<Command, String>) {
+    let name = shown_name(level);
+    if retained {
+        return (
+            name,
+            None,
+            Err("retained commands are ignored: publish commands with retain = false".into()),
+        );
+    }
+    if level.chars().count() > MAX_NAME_CHARS {
+        return (
+            name,
+            None,
+            Err(format!(
+                "unknown command (name over {MAX_NAME_CHARS} characters)"
+            )),
+        );
+    }
+    let (id, cmd) = parse(level, payload, rules);
+    (name, id, cmd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +294,38 @@ mod tests {
         }
         let big = format!(r#"{{"part_id":"{}"}}"#, "x".repeat(5000));
         assert!(p("trigger", &big).unwrap_err().contains("limit"));
+    }
+
+    #[test]
+    fn a_command_name_is_cut_on_a_character_boundary_never_inside_one() {
+        // 63 ASCII bytes then a 2-byte character straddling byte 64: the cut that panicked.
+        let level = format!("{}éb", "a".repeat(63));
+        assert_eq!(shown_name(&level), format!("{}é…", "a".repeat(63)));
+        assert_eq!(shown_name("trigger"), "trigger");
+        let long = format!("{}é{}", "a".repeat(63), "b".repeat(10));
+        let shown = shown_name(&long);
+        assert!(
+            shown.starts_with(&"a".repeat(63)) && shown.ends_with('…'),
+            "{shown}"
+        );
+        for n in 0..200 {
+            for c in ['é', '€', '𝄞', '\u{202e}'] {
+                let level = format!("{}{c}{}", "x".repeat(n), "y".repeat(n % 7));
+                let (name, _, r) = route(&level, b"{}", false, &Rules::default());
+                assert!(name.chars().count() <= MAX_NAME_CHARS + 1);
+                assert!(r.is_err(), "{level:?} is no command");
+            }
+        }
+    }
+
+    #[test]
+    fn retained_and_overlong_commands_are_refused_without_being_parsed() {
+        let (_, _, r) = route("pause", b"", true, &Rules::default());
+        assert!(r.unwrap_err().contains("retained"));
+        let (name, _, r) = route(&"p".repeat(5000), b"", false, &Rules::default());
+        assert!(r.unwrap_err().contains("over 64 characters"));
+        assert!(name.len() < 100);
+        let (_, _, r) = route("pause", b"", false, &Rules::default());
+        assert_eq!(r, Ok(Command::Pause));
     }
 }

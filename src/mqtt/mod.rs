@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::config::MqttConfig;
 use crate::error::bad_input;
+use crate::health::Broker;
 use crate::pipeline::{Shared, TriggerReq, MAX_TRIGGERS};
 use crate::source::Backoff;
 use crate::spool::{Message, Priority};
@@ -25,6 +26,13 @@ use state::Inflight;
 
 /// Spool entries in flight at once on a connection.
 const WINDOW: usize = 32;
+/// MQTT's largest packet (remaining length 268 435 455 bytes).
+const MAX_PACKET: usize = 268_435_455;
+/// A connection that lasted this long resets the reconnect backoff; one that drops sooner
+/// (a broker that accepts then closes) keeps backing off.
+const STABLE: Duration = Duration::from_secs(10);
+/// Connect failures are logged at `warn` at most this often (the rest at `debug`).
+const CONNECT_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Connection settings resolved from the config. Its `Debug` never shows the password.
 #[derive(Clone)]
@@ -216,6 +224,9 @@ fn status_payload(shared: &Shared, state: &str) -> Vec<u8> {
         "camera": if shared.camera_ok.load(Ordering::Relaxed) { "ok" } else { "lost" },
         "paused": shared.paused.load(Ordering::Relaxed),
         "uptime_s": shared.started.elapsed().as_secs(),
+        // Only a live connection publishes this; the last will (`offline`) says the rest.
+        "mqtt": if state == "offline" { "disconnected" } else { "connected" },
+        "inference": shared.health.inference_state(),
     })
     .to_string()
     .into_bytes()
@@ -244,7 +255,8 @@ pub fn stats_json(shared: &Shared, fps: f64) -> serde_json::Value {
             json!({"p50": ring.percentile(50.0), "p95": ring.percentile(95.0), "p99": ring.percentile(99.0)}),
         );
     }
-    let sp = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+    let sp = shared.spool.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     json!({
         "schema": "inspect.stats/1",
         "device": shared.device,
@@ -257,8 +269,10 @@ pub fn stats_json(shared: &Shared, fps: f64) -> serde_json::Value {
         "verdicts": {"ok": st.verdicts[0], "defect": st.verdicts[1], "suspect": st.verdicts[2]},
         "unpublished_ok": st.unpublished_ok,
         "errors": st.errors,
+        "commands_unanswered": st.commands_unanswered,
         "latency_ms": lat,
-        "spool": {"depth": sp.len(), "bytes": sp.bytes(), "max_bytes": sp.max_bytes(), "dropped": sp.dropped()},
+        "spool": {"depth": load(&sp.depth), "bytes": load(&sp.bytes), "max_bytes": load(&sp.max_bytes),
+                  "dropped": load(&sp.dropped), "errors": load(&sp.errors)},
         "rss_bytes": rss_bytes(),
         "paused": shared.paused.load(Ordering::Relaxed),
     })
@@ -274,7 +288,13 @@ fn verdict_total(shared: &Shared) -> u64 {
         .sum()
 }
 
-fn cmd_result(shared: &Shared, name: &str, id: Option<String>, result: Result<String, String>) {
+/// Answers a command on `{p}/cmd_result`, through the spool (awaiting room in its channel).
+async fn cmd_result(
+    shared: &Shared,
+    name: &str,
+    id: Option<String>,
+    result: Result<String, String>,
+) {
     let v = match &result {
         Ok(detail) => {
             json!({"schema": "inspect.cmd_result/1", "device": shared.device, "ts": crate::timefmt::now(),
@@ -286,106 +306,164 @@ fn cmd_result(shared: &Shared, name: &str, id: Option<String>, result: Result<St
         }
     };
     if let Err(e) = &result {
-        tracing::warn!("command {name} refused: {e}");
+        tracing::warn!("command {name:?} refused: {e}");
     }
-    shared.enqueue(Message {
-        topic: shared.topic("cmd_result"),
-        payload: v.to_string().into_bytes(),
-        retain: false,
-        priority: Priority::High,
-    });
+    shared
+        .spool
+        .push_async(Message {
+            topic: shared.topic("cmd_result"),
+            payload: v.to_string().into_bytes(),
+            retain: false,
+            priority: Priority::High,
+        })
+        .await;
 }
 
-fn handle_command(shared: &Arc<Shared>, topic: &str, payload: &[u8]) {
+/// Bounds the answers to a flood of commands: a token bucket of [`ANSWERS_PER_S`] per second
+/// (burst [`ANSWER_BURST`]). Answers past it are not sent (each would take a place in the
+/// spool, ahead of verdicts); they are counted in stats as `commands_unanswered` and logged.
+pub struct AnswerBudget {
+    tokens: f64,
+    at: Instant,
+    last_log: Option<Instant>,
+}
+
+const ANSWERS_PER_S: f64 = 20.0;
+const ANSWER_BURST: f64 = 100.0;
+
+impl AnswerBudget {
+    pub fn new() -> AnswerBudget {
+        AnswerBudget {
+            tokens: ANSWER_BURST,
+            at: Instant::now(),
+            last_log: None,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * ANSWERS_PER_S)
+            .min(ANSWER_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for AnswerBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handles one incoming message on `{p}/cmd/…`. Never blocks the runtime: it awaits room in
+/// the spool's channel at most.
+async fn handle_command(
+    shared: &Arc<Shared>,
+    budget: &mut AnswerBudget,
+    topic: &str,
+    payload: &[u8],
+    retained: bool,
+) {
     let prefix = shared.topic("cmd/");
-    let Some(name) = topic.strip_prefix(&prefix) else {
+    let Some(level) = topic.strip_prefix(&prefix) else {
         return;
     };
+    if !budget.take() {
+        let n = {
+            let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.commands_unanswered += 1;
+            st.commands_unanswered
+        };
+        if budget
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            budget.last_log = Some(Instant::now());
+            tracing::warn!(
+                "command flood: over {ANSWERS_PER_S}/s, {n} command(s) left unanswered so far"
+            );
+        }
+        return;
+    }
     let rules = shared
         .rules
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let (id, parsed) = commands::parse(name, payload, &rules);
-    let name = if name.len() > 64 { &name[..64] } else { name };
-    match parsed {
-        Err(e) => cmd_result(shared, name, id, Err(e)),
+    let (name, id, parsed) = commands::route(level, payload, retained, &rules);
+    let result = match parsed {
+        Err(e) => Err(e),
+        Ok(Command::Trigger { .. }) if !shared.triggered => Err(
+            "this box inspects continuously; set source.trigger = \"mqtt\" to inspect on triggers"
+                .into(),
+        ),
         Ok(Command::Trigger { part_id }) => {
             let mut q = shared.triggers.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= MAX_TRIGGERS {
-                drop(q);
-                cmd_result(
-                    shared,
-                    name,
-                    id,
-                    Err(format!("trigger queue full ({MAX_TRIGGERS})")),
-                );
+                Err(format!("trigger queue full ({MAX_TRIGGERS})"))
             } else {
                 q.push_back(TriggerReq {
                     part_id: part_id.clone(),
                 });
                 shared.trigger_ready.notify_one();
-                drop(q);
-                cmd_result(shared, name, id, Ok(format!("queued part {part_id}")));
+                Ok(format!("queued part {part_id}"))
             }
         }
         Ok(Command::Set(r)) => {
             *shared.rules.write().unwrap_or_else(|e| e.into_inner()) = *r;
-            cmd_result(shared, name, id, Ok("rules updated".into()));
+            Ok("rules updated".into())
         }
         Ok(Command::Pause) => {
             shared.paused.store(true, Ordering::SeqCst);
             shared.status_notify.notify_one();
-            cmd_result(shared, name, id, Ok("paused".into()));
+            Ok("paused".into())
         }
         Ok(Command::Resume) => {
             shared.paused.store(false, Ordering::SeqCst);
             shared.status_notify.notify_one();
-            cmd_result(shared, name, id, Ok("resumed".into()));
+            Ok("resumed".into())
         }
         Ok(Command::Rebirth) => {
             shared.status_notify.notify_one();
-            cmd_result(shared, name, id, Ok("status re-sent".into()));
+            Ok("status re-sent".into())
         }
+        Ok(Command::ReloadModel { .. }) if shared.reloading.swap(true, Ordering::SeqCst) => Err(
+            "busy: a reload_model is already in progress; try again when it has answered".into(),
+        ),
         Ok(Command::ReloadModel { sha256 }) => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            shared
-                .reload
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back((sha256, tx));
+            let (tx, rx) = flume::bounded(1);
+            *shared.reload.lock().unwrap_or_else(|e| e.into_inner()) = Some((sha256, tx));
             let sh = shared.clone();
-            let name = name.to_string();
-            // The inference thread loads the model between frames; wait for it off the runtime.
-            tokio::task::spawn_blocking(move || {
-                let r = rx
-                    .recv_timeout(Duration::from_secs(120))
-                    .unwrap_or_else(|_| Err("model reload timed out".into()));
-                cmd_result(&sh, &name, id, r);
+            // The inference thread loads the model between frames; its answer is awaited off
+            // this loop (one at a time: `reloading` is set until it answers).
+            tokio::spawn(async move {
+                let r = tokio::time::timeout(Duration::from_secs(120), rx.recv_async())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .unwrap_or_else(|| Err("model reload timed out".into()));
+                sh.reloading.store(false, Ordering::SeqCst);
+                cmd_result(&sh, &name, id, r).await;
             });
+            return;
         }
-    }
+    };
+    cmd_result(shared, &name, id, result).await;
 }
 
 /// Hands spool entries to the client until the window is full.
-fn fill(client: &AsyncClient, shared: &Shared, infl: &mut Inflight, last: &mut u64) {
+async fn fill(client: &AsyncClient, shared: &Shared, infl: &mut Inflight, last: &mut u64) {
     let room = WINDOW.saturating_sub(infl.len());
     if room == 0 {
         return;
     }
-    let entries = match shared
-        .spool
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .after(*last, room)
-    {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!("reading the spool: {e}");
-            return;
-        }
-    };
-    for (id, m) in entries {
+    for (id, m) in shared.spool.after(*last, room).await {
         if client
             .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
             .is_err()
@@ -408,7 +486,11 @@ pub async fn run(
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     opts.set_keep_alive(s.keep_alive);
     opts.set_clean_session(true);
-    opts.set_max_packet_size(1 << 20, 8 << 20);
+    // Incoming: the protocol's maximum. A smaller limit makes rumqttc drop the connection on a
+    // larger packet, and the broker sends a retained one again on every subscribe: one
+    // oversized retained command meant a reconnect loop and no verdicts. Now it is read,
+    // answered with an error and dropped (bound the size at the broker: deploy/mosquitto).
+    opts.set_max_packet_size(MAX_PACKET, 8 << 20);
     opts.set_inflight((WINDOW + 16) as u16);
     opts.set_last_will(LastWill::new(
         shared.topic("status"),
@@ -425,66 +507,105 @@ pub async fn run(
         ));
     }
     let mut backoff = Backoff::new(Duration::from_secs(5));
+    let mut budget = AnswerBudget::new();
+    let mut last_connect_warn: Option<Instant> = None;
+    let mut failures = 0u64;
+    // Beats while waiting for the broker too: a publisher that waits out an outage is alive.
+    let mut beat = tokio::time::interval(Duration::from_millis(500));
+    let mut inference_state = shared.health.inference_state();
     loop {
         if *shutdown.borrow() {
             return;
         }
+        crate::tasks::fault_point("publisher");
         // A fresh client per connection: nothing queued for a dead connection can leak into the
         // bookkeeping of the next one; the spool resends everything unacknowledged in order.
         let (client, mut el) = AsyncClient::new(opts.clone(), 256);
         let mut infl = Inflight::new();
         let mut last = 0u64;
-        let mut connected = false;
+        let mut connected: Option<Instant> = None;
         let mut stats_tick = tokio::time::interval(stats_every);
         let mut last_stats = (Instant::now(), verdict_total(&shared));
         loop {
+            shared.health.publisher_beat();
             tokio::select! {
                 // The event loop drives the socket: every branch below only queues requests.
                 ev = el.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
-                            tracing::warn!("broker refused the connection: {:?}", ack.code);
+                            tracing::warn!("broker {}:{} refused the connection: {:?}", s.host, s.port, ack.code);
                             break;
                         }
                         tracing::info!("connected to {}:{}", s.host, s.port);
-                        connected = true;
-                        backoff.reset();
+                        connected = Some(Instant::now());
+                        failures = 0;
+                        shared.health.set_broker(Broker::Connected);
                         if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, "online")).is_ok() {
                             infl.requested_untracked();
                         }
                         let _ = client.try_subscribe(shared.topic("cmd/+"), QoS::AtLeastOnce);
-                        fill(&client, &shared, &mut infl, &mut last);
+                        fill(&client, &shared, &mut infl, &mut last).await;
                     }
                     Ok(Event::Incoming(Packet::PubAck(a))) => {
                         if let Some(id) = infl.acked(a.pkid) {
-                            if let Err(e) = shared.spool.lock().unwrap_or_else(|e| e.into_inner()).remove(id) {
-                                tracing::error!("spool remove: {e}");
-                            }
+                            shared.spool.remove(id).await;
                         }
-                        fill(&client, &shared, &mut infl, &mut last);
+                        fill(&client, &shared, &mut infl, &mut last).await;
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => handle_command(&shared, &p.topic, &p.payload),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        handle_command(&shared, &mut budget, &p.topic, &p.payload, p.retain).await
+                    }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         infl.outgoing(pkid);
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        if connected {
-                            tracing::warn!("MQTT connection lost: {e}");
-                        } else {
-                            tracing::debug!("MQTT connect failed: {e}");
+                        shared.health.set_broker(Broker::Disconnected);
+                        match connected {
+                            Some(at) => {
+                                tracing::warn!("MQTT connection to {}:{} lost: {e}", s.host, s.port);
+                                if at.elapsed() >= STABLE {
+                                    backoff.reset();
+                                }
+                            }
+                            None => {
+                                failures += 1;
+                                if last_connect_warn.is_none_or(|t| t.elapsed() >= CONNECT_WARN_EVERY) {
+                                    last_connect_warn = Some(Instant::now());
+                                    tracing::warn!(
+                                        "cannot connect to the broker {}:{}: {e} ({failures} attempt(s); verdicts are kept in the spool, {} waiting)",
+                                        s.host, s.port, shared.spool.len()
+                                    );
+                                } else {
+                                    tracing::debug!("MQTT connect to {}:{} failed: {e}", s.host, s.port);
+                                }
+                            }
                         }
                         break;
                     }
                 },
-                _ = shared.spool_notify.notified(), if connected => fill(&client, &shared, &mut infl, &mut last),
-                _ = shared.status_notify.notified(), if connected => {
+                _ = shared.spool.stored(), if connected.is_some() => fill(&client, &shared, &mut infl, &mut last).await,
+                _ = shared.status_notify.notified(), if connected.is_some() => {
                     let state = if shared.stopping() { "stopping" } else { "online" };
                     if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
                         infl.requested_untracked();
                     }
                 }
-                _ = stats_tick.tick(), if connected => {
+                _ = beat.tick() => {
+                    crate::tasks::fault_point("publisher");
+                    if let Some(hold) = &shared.hold_publisher {
+                        while hold.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    // Inference stalling or recovering changes the retained status.
+                    let now = shared.health.inference_state();
+                    if now != inference_state {
+                        inference_state = now;
+                        shared.status_notify.notify_one();
+                    }
+                }
+                _ = stats_tick.tick(), if connected.is_some() => {
                     let now = (Instant::now(), verdict_total(&shared));
                     let dt = now.0.duration_since(last_stats.0).as_secs_f64();
                     let fps = if dt > 0.0 { (now.1 - last_stats.1) as f64 / dt } else { 0.0 };
@@ -495,7 +616,7 @@ pub async fn run(
                     }
                 }
                 _ = shutdown.changed() => {
-                    if connected {
+                    if connected.is_some() {
                         goodbye(&shared, &client, &mut el, &mut infl, &mut last, deadline).await;
                     }
                     return;
@@ -503,10 +624,14 @@ pub async fn run(
             }
         }
         // Disconnected: wait (capped exponential backoff) unless shutting down.
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
+        let until = tokio::time::Instant::now() + backoff.next_delay();
+        loop {
+            shared.health.publisher_beat();
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = beat.tick() => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }
@@ -529,23 +654,14 @@ async fn goodbye(
         status_payload(shared, "stopping"),
     );
     infl.requested_untracked();
-    fill(client, shared, infl, last);
-    while !shared
-        .spool
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_empty()
-    {
+    fill(client, shared, infl, last).await;
+    while !shared.spool.is_empty() {
         match tokio::time::timeout_at(until, el.poll()).await {
             Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
                 if let Some(id) = infl.acked(a.pkid) {
-                    let _ = shared
-                        .spool
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(id);
+                    shared.spool.remove(id).await;
                 }
-                fill(client, shared, infl, last);
+                fill(client, shared, infl, last).await;
             }
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                 infl.outgoing(pkid);
