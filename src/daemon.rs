@@ -101,6 +101,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     };
     let spool = Spool::open(&cfg.spool.path, cfg.spool.max_bytes, fsync)
         .map_err(|e| bad_input(format!("spool.path: {e}")))?;
+    if let Some((to, why)) = spool.recovered_from() {
+        tracing::error!(
+            "spool {} was damaged ({why}): moved to {}, started a new spool (seq continues)",
+            cfg.spool.path.display(),
+            to.display()
+        );
+    }
     tracing::info!(
         "inspectd {} on {}: model {} ({}), layer {}, {} messages waiting in the spool",
         env!("CARGO_PKG_VERSION"),
