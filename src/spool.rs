@@ -7,7 +7,8 @@
 //!   filesystem (statvfs of its folder, checked every second or every [`DISK_RECHECK_BYTES`] of
 //!   new messages), counting redb's file overhead ([`FILE_OVERHEAD`]) and leaving
 //!   [`DISK_MARGIN`] free so deletions and the seq mark can still be written. Eviction therefore
-//!   starts before the disk is full. Every message that cannot be stored is counted
+//!   starts before the disk is full. When something else eats the margin (or redb reuses fewer
+//!   freed pages than counted) the spool shrinks below what it holds until the margin is back. Every message that cannot be stored is counted
 //!   ([`Spool::refused`]), every evicted one too ([`Spool::dropped`]): none is lost silently.
 //! - **I/O errors.** redb refuses every call after an I/O error (`PreviousIo`); the spool then
 //!   drops and reopens its database, recounts it and retries the operation once. If that fails
@@ -164,6 +165,17 @@ pub struct Spool {
     max_bytes: u64,
     /// The effective bound: `max_bytes`, or less when the disk has less room.
     bound: u64,
+    /// Set when the free space fell below the margin or a write ran out of space: the bound
+    /// stays below it until the margin is free again (plus a quarter, against flapping).
+    space_cap: Option<u64>,
+    /// The free space when `space_cap` was last lowered.
+    free_at_cap: Option<u64>,
+    /// Less than twice the margin was free at the last check: check on every write.
+    low_space: bool,
+    /// Tests turn the free-space bound off to run into ENOSPC.
+    disk_bound: bool,
+    /// Evictions made outside a push (`make_room`), reported with the next push.
+    unreported: Vec<(u64, Priority)>,
     disk_checked: Instant,
     added_since_check: u64,
     bytes: u64,
@@ -412,6 +424,11 @@ impl Spool {
             shown,
             max_bytes,
             bound: max_bytes,
+            space_cap: None,
+            free_at_cap: None,
+            low_space: false,
+            disk_bound: true,
+            unreported: vec![],
             disk_checked: Instant::now(),
             added_since_check: 0,
             bytes: rc.bytes,
@@ -504,11 +521,73 @@ impl Spool {
         match self.guarded(&mut op) {
             Err(SpoolError::Db { msg, .. }) => {
                 tracing::warn!("spool {}: {msg}; reopening it", self.shown);
+                self.note_space_trouble();
                 self.reopen()?;
+                // Out of space: evict down to the lowered bound first, on its own.
+                if let Err(e) = self.make_room() {
+                    tracing::warn!("spool {}: making room: {e}", self.shown);
+                }
                 self.guarded(&mut op)
             }
             r => r,
         }
+    }
+
+    /// After a failed write: when the disk is (nearly) full, the estimate of what fits was too
+    /// high (redb does not reuse every page it freed), so the spool caps itself 25% below what it
+    /// holds until the disk has room again.
+    fn note_space_trouble(&mut self) {
+        let free = free_bytes(folder(&self.path)).filter(|_| self.disk_bound);
+        if free.is_some_and(|f| f < DISK_MARGIN) {
+            let cap = self.bytes - self.bytes / 4;
+            self.space_cap = Some(self.space_cap.map_or(cap, |c| c.min(cap)));
+            self.bound = self.bound.min(cap);
+        }
+    }
+
+    /// Evicts (oldest `ok` first, then oldest) until the stored messages fit the bound, in a
+    /// durable transaction of its own followed by an empty durable one, so that redb can reuse
+    /// the pages before the next message is written.
+    fn make_room(&mut self) -> Result<(), SpoolError> {
+        if self.bytes <= self.bound {
+            return Ok(());
+        }
+        let mut evicted = vec![];
+        let mut tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        let (mut bytes, mut count) = (self.bytes, self.count);
+        {
+            let mut msgs = tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+            let mut low = tx.open_table(LOW).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            while bytes > self.bound {
+                let victim = match low.first().map_err(|e| self.err(e))? {
+                    Some((k, _)) => (k.value(), Priority::Low),
+                    None => match msgs.first().map_err(|e| self.err(e))? {
+                        Some((k, _)) => (k.value(), Priority::High),
+                        None => break,
+                    },
+                };
+                let removed = msgs.remove(victim.0).map_err(|e| self.err(e))?;
+                if let Some(n) = removed.map(|v| v.value().len() as u64) {
+                    bytes -= n;
+                    count -= 1;
+                }
+                low.remove(victim.0).map_err(|e| self.err(e))?;
+                evicted.push(victim);
+            }
+            meta.insert("dropped", self.dropped + evicted.len() as u64)
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        self.committed(true);
+        (self.bytes, self.count) = (bytes, count);
+        self.dropped += evicted.len() as u64;
+        self.unreported.extend(evicted);
+        let tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn guarded<T>(
@@ -524,6 +603,7 @@ impl Spool {
     /// Recomputes the bound from the free space when due (or `force`d).
     fn check_disk(&mut self, force: bool) {
         if !force
+            && !self.low_space
             && self.disk_checked.elapsed() < DISK_CHECK_EVERY
             && self.added_since_check < DISK_RECHECK_BYTES
         {
@@ -531,12 +611,26 @@ impl Spool {
         }
         self.disk_checked = Instant::now();
         self.added_since_check = 0;
-        self.bound = match free_bytes(folder(&self.path)) {
+        let free = free_bytes(folder(&self.path)).filter(|_| self.disk_bound);
+        self.bound = match free {
             // The file may grow into the free space (less the margin); what it already occupies
             // is reused as messages leave.
             Some(free) => {
                 let file = (used_bytes(&self.path) + free).saturating_sub(DISK_MARGIN);
-                self.max_bytes.min((file as f64 / FILE_OVERHEAD) as u64)
+                let fits = self.max_bytes.min((file as f64 / FILE_OVERHEAD) as u64);
+                self.low_space = free < 2 * DISK_MARGIN;
+                if free >= DISK_MARGIN + DISK_MARGIN / 4 {
+                    self.space_cap = None;
+                    self.free_at_cap = None;
+                } else if free < DISK_MARGIN && self.free_at_cap.is_none_or(|f| free < f) {
+                    // Something else is eating the margin (or redb did not reuse the pages
+                    // counted as reusable): shrink by what is missing, once per new low.
+                    let short = ((DISK_MARGIN - free) as f64 / FILE_OVERHEAD) as u64;
+                    let cap = self.bytes.saturating_sub(short);
+                    self.space_cap = Some(self.space_cap.map_or(cap, |c| c.min(cap)));
+                    self.free_at_cap = Some(free);
+                }
+                self.space_cap.map_or(fits, |c| c.min(fits))
             }
             None => self.max_bytes,
         };
@@ -656,13 +750,19 @@ impl Spool {
             });
         }
         // Eviction looks at everything stored: put the buffered messages in the database first.
-        let r = self.retrying(|s| {
+        let mut r = self.retrying(|s| {
             s.write_pending(None)?;
             s.store_now(msgs_in, &sizes, seq)
         });
-        if r.is_err() {
+        match &mut r {
+            Ok(p) if !self.unreported.is_empty() => {
+                let mut all = std::mem::take(&mut self.unreported);
+                all.append(&mut p.evicted);
+                p.evicted = all;
+            }
+            Ok(_) => {}
             // Perhaps the disk filled up faster than the bound followed: look again now.
-            self.check_disk(true);
+            Err(_) => self.check_disk(true),
         }
         r
     }
@@ -1197,6 +1297,7 @@ mod tests {
             let copies = damaged_copies(path.parent().unwrap());
             match s.recovered_from() {
                 Some((to, reason)) => {
+                    eprintln!("{what}: moved aside ({reason})");
                     moved += 1;
                     assert_eq!(copies, vec![to.clone()], "{what}");
                     assert!(
@@ -1210,6 +1311,7 @@ mod tests {
                     assert!(s.is_empty(), "{what}: a new spool");
                 }
                 None => {
+                    eprintln!("{what}: still opens");
                     assert!(copies.is_empty(), "{what}");
                     // Still readable: the publisher gets what is left.
                     s.after(0, 1000).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -1340,6 +1442,59 @@ mod tests {
     }
 
     #[test]
+    fn after_no_space_left_the_spool_reopens_and_works_again_once_there_is_room() {
+        let disk = match SmallDisk::mount("enospc", "1m") {
+            Ok(d) => d,
+            Err(why) => {
+                eprintln!("SKIPPED after_no_space_left_the_spool_reopens_and_works_again_once_there_is_room: {why} (needs root and tmpfs)");
+                return;
+            }
+        };
+        let hog = disk.0.join("hog");
+        std::fs::write(&hog, vec![1u8; 256 * 1024]).unwrap();
+        let path = disk.0.join("spool.redb");
+        let mut s = Spool::open(&path, 64 << 20, Fsync::Always).unwrap();
+        // Without the free-space bound (the old behaviour) the disk fills up: ENOSPC.
+        s.disk_bound = false;
+        s.check_disk(true);
+        let (mut stored, mut failed, mut first_error) = (0u64, 0u64, None);
+        for _ in 0..400 {
+            match s.push_seq(|seq| (msg(&format!("v/{seq}"), 2500, Priority::High), vec![])) {
+                Ok(_) => stored += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                    failed += 1;
+                }
+            }
+        }
+        let first_error = first_error.expect("the disk filled up");
+        assert_eq!(s.refused(), failed);
+        assert_eq!(s.len(), stored);
+        // Room again: the spool reopens its database instead of refusing every call for good.
+        std::fs::remove_file(&hog).unwrap();
+        let ids: Vec<u64> = s
+            .after(0, 100)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m.0)
+            .collect();
+        for id in ids {
+            s.remove(id).unwrap();
+        }
+        for _ in 0..10 {
+            s.push_seq(|seq| (msg(&format!("v/{seq}"), 2500, Priority::High), vec![]))
+                .unwrap();
+        }
+        eprintln!(
+            "no space left: {stored} stored, {failed} refused (first: {first_error}); after room: reopens {}, {} left",
+            s.reopens(),
+            s.len()
+        );
+        assert!(s.reopens() > 0);
+        assert_eq!(s.len(), stored.saturating_sub(100) + 10);
+    }
+
+    #[test]
     fn a_full_disk_evicts_and_counts_instead_of_killing_the_spool() {
         for fsync in [Fsync::Always, Fsync::Batch] {
             let disk = match SmallDisk::mount(&format!("full-{fsync:?}"), "1m") {
@@ -1416,13 +1571,102 @@ mod tests {
                 })
                 .unwrap();
             }
+            // Something else fills the disk between two checks: the next writes fail with
+            // ENOSPC, the spool reopens, sees the disk, evicts and goes on.
+            let free = free_bytes(&disk.0).unwrap();
+            std::fs::write(disk.0.join("hog"), vec![1u8; (free - 48 * 1024) as usize]).unwrap();
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let (dropped0, refused0) = (s.dropped(), s.refused());
+            for _ in 0..100 {
+                match s.push_seq(|seq| {
+                    (
+                        msg(&format!("inspect/d/verdict/{seq}"), 2500, Priority::High),
+                        vec![],
+                    )
+                }) {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        if failed == 0 {
+                            eprintln!(
+                                "first failure: {e}; used {} free {:?}",
+                                used_bytes(&path),
+                                free_bytes(&disk.0)
+                            );
+                        }
+                        failed += 1
+                    }
+                }
+            }
+            let (ev, rf) = (s.dropped() - dropped0, s.refused() - refused0);
+            eprintln!(
+                "disk taken by another file ({fsync:?}): pushed 100, ok {ok}, failed {failed}, evicted {ev}, refused {rf}, \
+                 stored {}, bound {} B, reopens {}",
+                s.len(),
+                s.bound(),
+                s.reopens()
+            );
+            assert_eq!(rf, failed);
+            assert_eq!(s.len() + ev + rf, 150, "every message accounted for");
+            assert!(ok >= 90, "no permanent error: {failed} of 100 failed");
+            // The disk is taken to the last byte: writes fail with ENOSPC (counted as refused,
+            // redb poisons itself), and once there is room again the spool reopens and works.
+            let free = free_bytes(&disk.0).unwrap();
+            std::fs::write(disk.0.join("hog2"), vec![1u8; free as usize]).unwrap();
+            let refused0 = s.refused();
+            let mut failed_full = 0;
+            for _ in 0..20 {
+                if s.push_seq(|seq| {
+                    (
+                        msg(&format!("inspect/d/verdict/{seq}"), 2500, Priority::High),
+                        vec![],
+                    )
+                })
+                .is_err()
+                {
+                    failed_full += 1;
+                }
+            }
+            let _ = s.flush_if_due();
+            assert_eq!(s.refused() - refused0, failed_full);
+            // Acknowledgements arrive: deleting needs pages too.
+            let ids: Vec<u64> = s.after(0, 5).unwrap().iter().map(|m| m.0).collect();
+            let failed_removes = ids.iter().filter(|&&id| s.remove(id).is_err()).count();
+            std::fs::remove_file(disk.0.join("hog")).unwrap();
+            std::fs::remove_file(disk.0.join("hog2")).unwrap();
+            for _ in 0..20 {
+                s.push_seq(|seq| {
+                    (
+                        msg(&format!("inspect/d/verdict/{seq}"), 2500, Priority::High),
+                        vec![],
+                    )
+                })
+                .unwrap();
+            }
+            eprintln!(
+                "disk taken to the last byte ({fsync:?}): 20 pushes, {failed_full} refused, {failed_removes} of 5 deletions failed; \
+                 after it is freed 20 of 20 stored, reopens {}",
+                s.reopens()
+            );
+            assert!(failed_removes == 0 || s.reopens() > 0);
+            for (id, _) in s.after(0, 10_000).unwrap() {
+                s.remove(id).unwrap();
+            }
+            for _ in 0..50 {
+                s.push_seq(|seq| {
+                    (
+                        msg(&format!("inspect/d/verdict/{seq}"), 2500, Priority::High),
+                        vec![],
+                    )
+                })
+                .unwrap();
+            }
             assert_eq!(s.len(), 50);
             s.flush().unwrap();
             drop(s);
             // And it opens again.
             let s = Spool::open(&path, 64 << 20, fsync).unwrap();
             assert_eq!(s.len(), 50);
-            assert_eq!(s.last_seq(), pushed + 50);
+            assert_eq!(s.last_seq(), pushed + 240 - failed - failed_full);
         }
     }
 }
