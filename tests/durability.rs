@@ -373,3 +373,81 @@ fn batch_mode_sigkill_with_the_broker_up_six_times_never_reuses_a_seq() {
         );
     });
 }
+
+#[test]
+fn a_damaged_spool_is_moved_aside_at_start_named_once_and_seq_continues() {
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let (host, port) = broker();
+        let obs = Observer::start(&host, port, "dur-damaged").await;
+        let dir = common::tmp("dur", "damaged");
+        let spool = dir.join("spool.redb");
+        let cfg = dir.join("inspectd.toml");
+        std::fs::write(&cfg, config_text("dur-damaged", port, &spool)).unwrap();
+        let mut d = spawn_daemon(&cfg);
+        obs.wait_for("first verdicts", Duration::from_secs(60), |o| {
+            o.distinct().len() >= 10
+        })
+        .await;
+        d.kill().unwrap();
+        d.wait().unwrap();
+        let before = *obs.distinct().iter().max().unwrap();
+        // 4 KiB of noise over the file's first page.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&spool)
+            .unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::io::Write::write_all(&mut f, &noise).unwrap();
+        drop(f);
+
+        let mut d = Command::new(env!("CARGO_BIN_EXE_inspectd"))
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("INSPECTD_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = d.stderr.take().unwrap();
+        let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        obs.wait_for("verdicts after the restart", Duration::from_secs(60), |o| {
+            o.distinct().iter().filter(|&&s| s > before).count() >= 5
+        })
+        .await;
+        assert!(d.try_wait().unwrap().is_none(), "the daemon exited");
+        d.kill().unwrap();
+        d.wait().unwrap();
+        let log = log.join().unwrap();
+        let moved: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("spool.redb.damaged-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("damaged")).collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        assert!(
+            lines[0].contains("ERROR") && lines[0].contains(&moved[0]),
+            "{log}"
+        );
+        // No seq of the first run comes again for another frame: the new spool continues above
+        // the mark kept beside it.
+        let again: Vec<u64> = obs
+            .seqs
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .skip_while(|&s| s <= before)
+            .filter(|&s| s <= before)
+            .collect();
+        assert!(again.is_empty(), "seqs {again:?} again after the damage");
+    });
+}
