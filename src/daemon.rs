@@ -106,6 +106,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     };
     let spool = Spool::open(&cfg.spool.path, cfg.spool.max_bytes, fsync)
         .map_err(|e| bad_input(format!("spool.path: {e}")))?;
+    if let Some((to, why)) = spool.recovered_from() {
+        tracing::error!(
+            "spool {} was damaged ({why}): moved to {}, started a new spool (seq continues)",
+            cfg.spool.path.display(),
+            to.display()
+        );
+    }
     let depth = spool.len();
     let source_name = src.describe();
     let sha_short: String = ex.model.sha256.chars().take(12).collect();

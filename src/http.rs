@@ -75,6 +75,12 @@ pub fn metrics_text(shared: &Shared) -> String {
         "inspectd_spool_dropped_total{{device=\"{dev}\"}} {}",
         load(&sp.dropped)
     );
+    let _ = writeln!(o, "# HELP inspectd_spool_refused_total Messages the spool's disk refused (after a reopen).\n# TYPE inspectd_spool_refused_total counter");
+    let _ = writeln!(
+        o,
+        "inspectd_spool_refused_total{{device=\"{dev}\"}} {}",
+        load(&sp.refused)
+    );
     let _ = writeln!(o, "# HELP inspectd_spool_errors_total Failed spool operations (disk errors).\n# TYPE inspectd_spool_errors_total counter");
     let _ = writeln!(
         o,

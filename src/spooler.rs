@@ -37,8 +37,10 @@ pub struct Counters {
     pub depth: AtomicU64,
     pub bytes: AtomicU64,
     pub max_bytes: AtomicU64,
-    /// Messages evicted or refused because the spool (or its disk) was full.
+    /// Messages evicted because the spool (or its disk) was full.
     pub dropped: AtomicU64,
+    /// Messages refused: the disk would not take them even after a reopen.
+    pub refused: AtomicU64,
     /// Failed spool operations (each also logged).
     pub errors: AtomicU64,
     /// The last operation failed: the spool is not storing what it is given.
@@ -145,7 +147,7 @@ pub fn start(mut spool: Spool, alert: AlertFn) -> (SpoolHandle, impl FnOnce() + 
     };
     mirror(&spool, &counters);
     let body = move || {
-        let mut alerted = spool.dropped();
+        let mut alerted = spool.dropped() + spool.refused();
         let mut last_error_log: Option<Instant> = None;
         let mut note = |r: Result<(), SpoolError>, what: &str, c: &Counters| match r {
             Ok(()) => c.failing.store(false, Ordering::Relaxed),
@@ -201,11 +203,12 @@ pub fn start(mut spool: Spool, alert: AlertFn) -> (SpoolHandle, impl FnOnce() + 
             note(r, "flush", &counters);
             // Every drop is announced: one alert per 100 drops at most, so a full spool does not
             // fill itself with alerts.
-            let dropped = spool.dropped();
+            let dropped = spool.dropped() + spool.refused();
             if dropped > alerted && (alerted == 0 || dropped >= alerted + 100) {
                 tracing::warn!(
-                    "spool full: {} message(s) dropped so far (ok verdicts first)",
-                    dropped
+                    "spool full: {} message(s) evicted (ok verdicts first) and {} refused so far",
+                    spool.dropped(),
+                    spool.refused()
                 );
                 alerted = dropped;
                 let r = spool.push(alert(dropped)).map(|_| ());
@@ -228,6 +231,7 @@ fn mirror(spool: &Spool, c: &Counters) {
     c.bytes.store(spool.bytes(), Ordering::Relaxed);
     c.max_bytes.store(spool.max_bytes(), Ordering::Relaxed);
     c.dropped.store(spool.dropped(), Ordering::Relaxed);
+    c.refused.store(spool.refused(), Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -272,7 +272,7 @@ pub fn stats_json(shared: &Shared, fps: f64) -> serde_json::Value {
         "commands_unanswered": st.commands_unanswered,
         "latency_ms": lat,
         "spool": {"depth": load(&sp.depth), "bytes": load(&sp.bytes), "max_bytes": load(&sp.max_bytes),
-                  "dropped": load(&sp.dropped), "errors": load(&sp.errors)},
+                  "dropped": load(&sp.dropped), "refused": load(&sp.refused), "errors": load(&sp.errors)},
         "rss_bytes": rss_bytes(),
         "paused": shared.paused.load(Ordering::Relaxed),
     })
