@@ -665,6 +665,70 @@ path = "spool.redb"
     }
 
     #[test]
+    fn out_of_range_values_name_their_key() {
+        for (from, to, key) in [
+            ("fps = 10", "fps = 1e-30", "source.fps"),
+            ("fps = 10", "fps = 0.001", "source.fps"),
+            ("fps = 10", "fps = nan", "source.fps"),
+            ("fps = 10", "fps = 10\nmax_width = 0", "source.max_width"),
+            (
+                "fps = 10",
+                "fps = 10\nmax_height = 100000",
+                "source.max_height",
+            ),
+            (
+                "fps = 10",
+                "fps = 10\nmax_bad_frames = 0",
+                "source.max_bad_frames",
+            ),
+            (
+                "[spool]",
+                "[stats]\ninterval_s = 0\n[spool]",
+                "stats.interval_s",
+            ),
+            (
+                "1883\"",
+                "1883\"\nkeep_alive_s = 70000",
+                "mqtt.keep_alive_s",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        assert!(parse(&GOOD.replace("fps = 10", "fps = 0")).is_ok());
+        assert!(parse(&GOOD.replace("fps = 10", "fps = 0.01")).is_ok());
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_its_line() {
+        // Inside [source] (a tagged enum) toml only knows the table; the key is found.
+        let e = parse(&GOOD.replace("fps = 10", "fps = \"5\"")).unwrap_err();
+        assert!(e.contains("source.fps") && e.contains("line 6"), "{e}");
+        let e = parse(&GOOD.replace("path = \"samples\"", "path = 5")).unwrap_err();
+        assert!(e.contains("source.path"), "{e}");
+        // In a plain table toml points at the value.
+        let e =
+            parse(&GOOD.replace("[spool]", "[stats]\ninterval_s = \"x\"\n[spool]")).unwrap_err();
+        assert!(e.contains("stats.interval_s"), "{e}");
+        let e = parse(&GOOD.replace("fps = 10", "fps = 10\nmax_width = \"big\"")).unwrap_err();
+        assert!(e.contains("source.max_width"), "{e}");
+    }
+
+    #[test]
+    fn the_source_limits_default_to_4096_and_3_bad_frames() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.source.limits(), crate::source::SourceLimits::default());
+        assert_eq!(
+            (
+                c.source.limits().max_width,
+                c.source.limits().max_bad_frames
+            ),
+            (4096, 3)
+        );
+    }
+
+    #[test]
     fn publish_ok_accepts_every_nth() {
         assert_eq!(PublishOk::parse("every:5"), Ok(PublishOk::EveryNth(5)));
         assert!(PublishOk::parse("every:0").is_err());

@@ -254,6 +254,48 @@ mod tests {
     }
 
     #[test]
+    fn evidence_is_a_thumbnail_of_the_frame_with_the_map_on_its_crop() {
+        let frame = RgbImage::from_pixel(1000, 600, Rgb([10, 20, 30]));
+        let map = Tensor::new(vec![1, 1], vec![1.0]);
+        // The map covers the right half only.
+        let crop = Crop {
+            x: 500.0,
+            y: 0.0,
+            w: 500.0,
+            h: 600.0,
+        };
+        let jpg = evidence_jpeg(&frame, &map, crop).unwrap();
+        let back = image::load_from_memory_with_format(&jpg, ImageFormat::Jpeg)
+            .unwrap()
+            .into_rgb8();
+        assert_eq!(back.dimensions(), (320, 192));
+        // Left: the frame; right: blended towards jet(1) = dark red, as at full resolution.
+        let want = overlay(&frame, &map, crop, 0.45);
+        for (x, y) in [(40, 96), (280, 96)] {
+            let full = want.get_pixel(x * 1000 / 320, y * 600 / 192).0;
+            let got = back.get_pixel(x, y).0;
+            for (a, b) in got.iter().zip(full) {
+                assert!(
+                    (*a as i32 - b as i32).abs() <= 6,
+                    "({x},{y}): {got:?} vs {full:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_map_png_declaring_too_many_pixels_is_refused() {
+        let big = image::GrayImage::new(MAX_MAP_SIDE + 1, 2);
+        let mut png = Cursor::new(Vec::new());
+        big.write_to(&mut png, ImageFormat::Png).unwrap();
+        assert!(map_from_png(png.get_ref()).is_err());
+        let ok = image::GrayImage::new(MAX_MAP_SIDE, 2);
+        let mut png = Cursor::new(Vec::new());
+        ok.write_to(&mut png, ImageFormat::Png).unwrap();
+        assert_eq!(map_from_png(png.get_ref()).unwrap().shape(), &[2, 1024]);
+    }
+
+    #[test]
     fn jpeg_decodes_back_to_the_same_size_and_colour() {
         let img = RgbImage::from_pixel(37, 21, Rgb([200, 40, 90]));
         let bytes = jpeg(&img, 80).unwrap();

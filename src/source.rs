@@ -423,6 +423,96 @@ mod tests {
         assert!(yuyv_to_rgb(&buf, 3, 1).is_err());
     }
 
+    /// A server on 127.0.0.1 that answers every connection with `head` and then `body`, one
+    /// byte every `gap`.
+    fn server(head: &'static str, body: Vec<u8>, gap: Duration) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/snap.png", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let (Ok(mut s), body) = (s, body.clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut req = [0u8; 512];
+                    let _ = s.read(&mut req);
+                    let _ = s.write_all(head.as_bytes());
+                    for b in body {
+                        if s.write_all(&[b]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(gap);
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_trickling_camera_is_lost_within_its_timeout() {
+        let url = server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+            vec![0; 1000],
+            Duration::from_millis(50),
+        );
+        let mut cam = HttpSnapshot::new(&url, Duration::from_millis(400)).unwrap();
+        let t0 = Instant::now();
+        let e = cam.next_frame().err().expect("no frame from a trickle");
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(
+            matches!(&e, SourceError::Lost(m) if m.contains("within 400 ms")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_garbage_and_oversized_snapshots_are_bad_frames() {
+        let big = {
+            let img = image::GrayImage::new(64, 8);
+            let mut c = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut c, image::ImageFormat::Png).unwrap();
+            c.into_inner()
+        };
+        let small = SourceLimits {
+            max_width: 32,
+            max_height: 32,
+            max_bad_frames: 3,
+        };
+        for (head, body, what) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                vec![],
+                "empty",
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", b"garbage".repeat(50), "garbage"),
+            ("HTTP/1.1 200 OK\r\n\r\n", big.clone(), "too large"),
+        ] {
+            let url = server(head, body, Duration::ZERO);
+            let mut cam = HttpSnapshot::new(&url, Duration::from_secs(2))
+                .unwrap()
+                .with_limits(small);
+            match cam.next_frame() {
+                Err(SourceError::BadFrame(m)) => {
+                    assert!(m.contains("snap.png"), "{what}: {m}");
+                    if what == "too large" {
+                        assert!(m.contains("32x32"), "{m}");
+                    }
+                }
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: a frame"),
+            }
+        }
+        // Within the limits the same PNG is a frame, whether or not the length is announced.
+        let url = server("HTTP/1.1 200 OK\r\n\r\n", big, Duration::ZERO);
+        let mut cam = HttpSnapshot::new(&url, Duration::from_secs(2)).unwrap();
+        assert_eq!(cam.next_frame().ok().unwrap().image.dimensions(), (64, 8));
+    }
+
     #[test]
     fn a_missing_folder_is_a_lost_source() {
         let mut r = Replay::new(PathBuf::from("/nonexistent/frames"), true);
