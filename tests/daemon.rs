@@ -361,7 +361,12 @@ const TRICKLE: u8 = 3;
 /// A snapshot camera that serves `frame` in mode GOOD, and otherwise a 200 with an empty body, a
 /// body of garbage, or a body announced at 100 kB and sent one byte a second.
 fn misbehaving_camera(frame: Vec<u8>, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    // Below the ephemeral range: a port another test's broker picked with free_port() (bound,
+    // released, bound again by rumqttd) must never become this camera's — an observer once
+    // talked MQTT to the camera.
+    let listener = (20_000 + std::process::id() as u16 % 5000..30_000)
+        .find_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for s in listener.incoming() {
@@ -404,11 +409,11 @@ fn misbehaving_camera(frame: Vec<u8>, mode: Arc<std::sync::atomic::AtomicU8>) ->
 /// with the default source settings, and a good frame brings it back.
 #[test]
 fn an_http_camera_serving_empty_garbage_or_trickled_bodies_is_reported_lost() {
-    let (host, port) = broker();
     let dir = common::tmp("e2e", "http-bad");
     let frame = std::fs::read(root().join("models/samples/dent/cast_metal_dent.png")).unwrap();
     let mode = Arc::new(std::sync::atomic::AtomicU8::new(GOOD));
     let cam = misbehaving_camera(frame, mode.clone());
+    let (host, port) = broker();
     let mut cfg = config("e2e-http-bad", &host, port, "", &dir.join("spool.redb"));
     cfg.source = http_source(&format!("url = \"http://127.0.0.1:{cam}/snapshot.png\""));
     let rt = inspectd::cli::runtime().unwrap();
@@ -431,6 +436,7 @@ fn an_http_camera_serving_empty_garbage_or_trickled_bodies_is_reported_lost() {
         ] {
             mode.store(bad, Ordering::SeqCst);
             let (alert, after) = await_lost(&host, port, "e2e-http-bad").await;
+            eprintln!("{what}: camera_lost after {after:?}");
             assert!(
                 after < Duration::from_secs(5),
                 "{what}: lost after {after:?}"
