@@ -729,8 +729,19 @@ fn daemon_binary_on_one_frame(
             image::codecs::png::CompressionType::Best,
             image::codecs::png::FilterType::Up,
         );
-        let img = image::GrayImage::from_pixel(w, h, image::Luma([128]));
-        image::ImageEncoder::write_image(enc, &img, w, h, image::ExtendedColorType::L8).unwrap();
+        if tag == "huge" {
+            let img = image::GrayImage::from_pixel(w, h, image::Luma([128]));
+            image::ImageEncoder::write_image(enc, &img, w, h, image::ExtendedColorType::L8)
+                .unwrap();
+        } else {
+            // The dent sample blown up: a defect, so the evidence picture is made too.
+            let dent = image::open(root().join("models/samples/dent/cast_metal_dent.png"))
+                .unwrap()
+                .into_rgb8();
+            let img = image::imageops::resize(&dent, w, h, image::imageops::FilterType::Nearest);
+            image::ImageEncoder::write_image(enc, &img, w, h, image::ExtendedColorType::Rgb8)
+                .unwrap();
+        }
     }
     let device = format!("e2e-mem-{tag}");
     let text = replay_config(
@@ -787,13 +798,23 @@ fn a_huge_frame_is_refused_before_it_is_decoded() {
     assert!(got.contains_key("alert"), "no camera_lost: {got:?}");
 }
 
-/// A 4000×3000 frame is within the limits: it gets a verdict, and memory stays bounded.
+/// A 4000×3000 frame is within the limits: it gets a verdict and its evidence picture, and
+/// memory stays bounded.
 #[test]
 fn a_large_frame_within_limits_gets_a_verdict_with_bounded_memory() {
-    let (peak, alive, log, got) =
-        daemon_binary_on_one_frame("large", 4000, 3000, |g| g.contains_key("verdict"));
+    let (peak, alive, log, got) = daemon_binary_on_one_frame("large", 4000, 3000, |g| {
+        g.contains_key("verdict") && g.contains_key("evidence")
+    });
     eprintln!("4000x3000: peak RSS {peak:.0} MB");
     assert!(alive, "the daemon died: {log}");
-    assert!(got.contains_key("verdict"), "no verdict: {log}");
+    let v = &got
+        .get("verdict")
+        .unwrap_or_else(|| panic!("no verdict: {log}"))[0];
+    assert_eq!(
+        (v["verdict"].as_str(), v["frame"]["width"].as_u64()),
+        (Some("defect"), Some(4000)),
+        "{v}"
+    );
+    assert!(got.contains_key("evidence"), "no evidence: {log}");
     assert!(peak < 300.0, "peak RSS {peak:.0} MB");
 }
