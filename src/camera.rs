@@ -11,8 +11,7 @@ use nokhwa::utils::{
 };
 use nokhwa::Camera;
 
-use crate::model::preprocess::decode_image;
-use crate::source::{yuyv_to_rgb, Frame, FrameSource, SourceError};
+use crate::source::{yuyv_to_rgb, Frame, FrameSource, SourceError, SourceLimits};
 
 /// Pixel formats the daemon asks the camera for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +40,7 @@ struct Params {
     height: u32,
     fps: u32,
     format: PixelFormat,
+    limits: SourceLimits,
 }
 
 /// A V4L2 camera. nokhwa's `Camera` must stay on the thread that opened it, so a capture thread
@@ -73,9 +73,15 @@ impl V4l2Camera {
                 height,
                 fps: fps.round().max(1.0) as u32,
                 format,
+                limits: SourceLimits::default(),
             },
             frames: None,
         }
+    }
+
+    pub fn with_limits(mut self, limits: SourceLimits) -> Self {
+        self.params.limits = limits;
+        self
     }
 }
 
@@ -101,7 +107,15 @@ fn grab(cam: &mut Camera, p: &Params) -> Result<Frame, SourceError> {
     let t0 = Instant::now();
     let res = buf.resolution();
     let image = match buf.source_frame_format() {
-        FrameFormat::MJPEG => decode_image(buf.buffer()),
+        FrameFormat::MJPEG => p.limits.decode(buf.buffer()),
+        FrameFormat::YUYV
+            if res.width_x > p.limits.max_width || res.height_y > p.limits.max_height =>
+        {
+            Err(format!(
+                "{}x{} frame is larger than {}x{}",
+                res.width_x, res.height_y, p.limits.max_width, p.limits.max_height
+            ))
+        }
         FrameFormat::YUYV => yuyv_to_rgb(buf.buffer(), res.width_x, res.height_y),
         other => Err(format!("unsupported pixel format {other}")),
     }
@@ -166,6 +180,10 @@ impl FrameSource for V4l2Camera {
 
     fn describe(&self) -> String {
         format!("camera {}", self.params.shown)
+    }
+
+    fn limits(&self) -> SourceLimits {
+        self.params.limits
     }
 }
 

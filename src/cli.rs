@@ -246,12 +246,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The log filter: `RUST_LOG` (as the systemd unit and every Rust tool reads it), or
+/// `INSPECTD_LOG`, which wins when both are set (it names this program only, so it can override
+/// a `RUST_LOG` set for a whole environment). Colours only when stderr is a terminal: journald
+/// and pipes get plain text.
 fn init_logging() {
+    use std::io::IsTerminal;
     // The embedded broker logs every probe and disconnect as an error: keep it quiet by default.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("INSPECTD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
+    let filter = ["INSPECTD_LOG", "RUST_LOG"]
+        .iter()
+        .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+        .find_map(|v| tracing_subscriber::EnvFilter::try_from_env(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -45,6 +45,16 @@ pub enum SourceConfig {
         looping: bool,
         #[serde(default)]
         trigger: Trigger,
+        /// Largest frame accepted, in pixels (at most 16384): a larger one is refused before its
+        /// pixels are allocated, counted as a bad frame and named in a warning.
+        #[serde(default = "default_max_side")]
+        max_width: u32,
+        #[serde(default = "default_max_side")]
+        max_height: u32,
+        /// Bad frames (empty, undecodable, too large) in a row after which the source is
+        /// reported lost (`camera_lost`); a good frame reports it back.
+        #[serde(default = "default_max_bad_frames")]
+        max_bad_frames: u32,
     },
     /// A V4L2 camera (cargo feature `camera`).
     Camera {
@@ -61,17 +71,38 @@ pub enum SourceConfig {
         format: Option<String>,
         #[serde(default)]
         trigger: Trigger,
+        /// Largest frame accepted, in pixels (at most 16384): a larger one is refused before its
+        /// pixels are allocated, counted as a bad frame and named in a warning.
+        #[serde(default = "default_max_side")]
+        max_width: u32,
+        #[serde(default = "default_max_side")]
+        max_height: u32,
+        /// Bad frames (empty, undecodable, too large) in a row after which the source is
+        /// reported lost (`camera_lost`); a good frame reports it back.
+        #[serde(default = "default_max_bad_frames")]
+        max_bad_frames: u32,
     },
     /// Polls an HTTP snapshot URL for a JPEG/PNG.
     Http {
         url: String,
         #[serde(default = "default_fps")]
         fps: f32,
-        /// Request timeout in milliseconds.
+        /// Time for one whole snapshot — connect, request, headers and body — in milliseconds;
+        /// a camera that has not delivered by then is lost.
         #[serde(default = "default_http_timeout")]
         timeout_ms: u64,
         #[serde(default)]
         trigger: Trigger,
+        /// Largest frame accepted, in pixels (at most 16384): a larger one is refused before its
+        /// pixels are allocated, counted as a bad frame and named in a warning.
+        #[serde(default = "default_max_side")]
+        max_width: u32,
+        #[serde(default = "default_max_side")]
+        max_height: u32,
+        /// Bad frames (empty, undecodable, too large) in a row after which the source is
+        /// reported lost (`camera_lost`); a good frame reports it back.
+        #[serde(default = "default_max_bad_frames")]
+        max_bad_frames: u32,
     },
 }
 
@@ -81,6 +112,34 @@ impl SourceConfig {
             SourceConfig::Replay { trigger, .. }
             | SourceConfig::Camera { trigger, .. }
             | SourceConfig::Http { trigger, .. } => *trigger,
+        }
+    }
+
+    /// Frame size and bad-frame limits (`max_width`, `max_height`, `max_bad_frames`).
+    pub fn limits(&self) -> crate::source::SourceLimits {
+        match self {
+            SourceConfig::Replay {
+                max_width,
+                max_height,
+                max_bad_frames,
+                ..
+            }
+            | SourceConfig::Camera {
+                max_width,
+                max_height,
+                max_bad_frames,
+                ..
+            }
+            | SourceConfig::Http {
+                max_width,
+                max_height,
+                max_bad_frames,
+                ..
+            } => crate::source::SourceLimits {
+                max_width: *max_width,
+                max_height: *max_height,
+                max_bad_frames: *max_bad_frames,
+            },
         }
     }
 
@@ -109,6 +168,12 @@ fn default_fps() -> f32 {
 }
 fn default_http_timeout() -> u64 {
     2000
+}
+fn default_max_side() -> u32 {
+    crate::source::SourceLimits::default().max_width
+}
+fn default_max_bad_frames() -> u32 {
+    crate::source::SourceLimits::default().max_bad_frames
 }
 fn yes() -> bool {
     true
@@ -255,25 +320,30 @@ impl Config {
     /// Parses and checks a config text; `origin` names the file in errors. Relative paths are
     /// resolved against `base` (the config file's folder).
     pub fn parse(text: &str, origin: &str, base: &Path) -> anyhow::Result<Config> {
-        let mut c: Config = toml::from_str(text).map_err(|e| {
-            let span = e
-                .span()
-                .map(|s| line_of(text, s.start))
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            bad_input(format!("config {origin}{span}: {}", e.message().trim()))
-        })?;
+        let mut c: Config = toml::from_str(text)
+            .map_err(|e| bad_input(format!("config {origin}{}", parse_error(text, &e))))?;
         c.check(origin)?;
         c.resolve(base);
         Ok(c)
     }
 
-    /// Reads and checks a config file.
+    /// Reads and checks a config file, and that the files it names are there (a replay folder
+    /// that does not exist is a typo, not a camera that went away).
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad_input(format!("config {}: cannot read: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, &path.display().to_string(), base)
+        let origin = path.display().to_string();
+        let c = Config::parse(&text, &origin, base)?;
+        if let SourceConfig::Replay { path: dir, .. } = &c.source {
+            if !dir.is_dir() {
+                return Err(bad_input(format!(
+                    "config {origin}: source.path: {} is not a folder",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(c)
     }
 
     fn check(&self, origin: &str) -> anyhow::Result<()> {
@@ -299,8 +369,11 @@ impl Config {
         if let Err(m) = PublishOk::parse(&self.mqtt.publish_ok) {
             return err("mqtt.publish_ok", m);
         }
-        if self.mqtt.keep_alive_s < 1 {
-            return err("mqtt.keep_alive_s", "must be at least 1".into());
+        if !(1..=u16::MAX as u64).contains(&self.mqtt.keep_alive_s) {
+            return err(
+                "mqtt.keep_alive_s",
+                format!("{} must be within 1..65535", self.mqtt.keep_alive_s),
+            );
         }
         if !matches!(self.spool.fsync.as_str(), "always" | "batch") {
             return err(
@@ -317,16 +390,59 @@ impl Config {
         if let Err(m) = self.verdict.validate() {
             return Err(bad_input(format!("config {origin}: {m}")));
         }
-        if self.stats.interval_s == 0 {
-            return err("stats.interval_s", "must be at least 1".into());
+        if !(1..=86_400).contains(&self.stats.interval_s) {
+            return err(
+                "stats.interval_s",
+                format!("{} must be within 1..86400", self.stats.interval_s),
+            );
         }
         let fps = self.source.fps();
-        if !(0.0..=1000.0).contains(&fps) {
-            return err("source.fps", format!("{fps} must be within 0..1000"));
+        if !(fps == 0.0 || (MIN_FPS..=MAX_FPS).contains(&fps)) {
+            return err(
+                "source.fps",
+                format!(
+                    "{fps:?} must be 0 (as fast as inference allows) or within {MIN_FPS}..{MAX_FPS}"
+                ),
+            );
         }
-        if let SourceConfig::Http { url, .. } = &self.source {
-            if !url.starts_with("http://") {
-                return err("source.url", format!("{url:?} must be an http:// URL"));
+        let limits = self.source.limits();
+        let side = crate::model::preprocess::MAX_IMAGE_SIDE;
+        for (k, v) in [
+            ("source.max_width", limits.max_width),
+            ("source.max_height", limits.max_height),
+        ] {
+            if !(1..=side).contains(&v) {
+                return err(k, format!("{v} must be within 1..{side}"));
+            }
+        }
+        if limits.max_bad_frames == 0 {
+            return err("source.max_bad_frames", "must be at least 1".into());
+        }
+        match &self.source {
+            SourceConfig::Http {
+                url, timeout_ms, ..
+            } => {
+                if !url.starts_with("http://") {
+                    return err("source.url", format!("{url:?} must be an http:// URL"));
+                }
+                if !(1..=600_000).contains(timeout_ms) {
+                    return err(
+                        "source.timeout_ms",
+                        format!("{timeout_ms} must be within 1..600000"),
+                    );
+                }
+            }
+            SourceConfig::Camera { width, height, .. } => {
+                for (k, v) in [("source.width", width), ("source.height", height)] {
+                    if let Some(v) = v.filter(|v| !(1..=side).contains(v)) {
+                        return err(k, format!("{v} must be within 1..{side}"));
+                    }
+                }
+            }
+            SourceConfig::Replay { path, .. } => {
+                if path.as_os_str().is_empty() {
+                    return err("source.path", "must name a folder".into());
+                }
             }
         }
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
@@ -378,6 +494,113 @@ impl Config {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Slowest and fastest `source.fps` besides 0: below 0.01 (one frame in 100 s) a value is a
+/// typo, and the frame period would overflow well before 1e-30.
+const MIN_FPS: f32 = 0.01;
+const MAX_FPS: f32 = 1000.0;
+
+/// The key a line of the file sets, with its table (`source.fps`), if it sets one.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        } else if i + 1 == line {
+            let (k, _) = t.split_once('=').filter(|_| !t.starts_with('#'))?;
+            let k = k.trim().trim_matches('"');
+            return Some(if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            });
+        }
+        if i + 1 >= line {
+            break;
+        }
+    }
+    None
+}
+
+/// ` (line N): key: message` for a TOML or type error. toml points at the value when it can,
+/// but at the whole table inside `[source]` (a tagged enum); then the key is the one line of
+/// that table whose removal makes the error go away (or turn into "missing field" for it).
+fn parse_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    let Some(span) = e.span() else {
+        return format!(": {msg}");
+    };
+    let (first, last) = (
+        line_of(text, span.start),
+        line_of(text, span.end.saturating_sub(1)),
+    );
+    let keyed: Vec<(usize, String)> = (first..=last.max(first))
+        .filter_map(|l| key_on_line(text, l).map(|k| (l, k)))
+        .collect();
+    let culprit = if keyed.len() <= 1 || first == last {
+        keyed.into_iter().next()
+    } else {
+        // The kind of value the message complains about ("invalid type: string …").
+        let wrong = msg
+            .strip_prefix("invalid type: ")
+            .and_then(|m| m.split_whitespace().next());
+        let without = |skip: usize| -> String {
+            text.lines()
+                .enumerate()
+                .filter(|(i, _)| i + 1 != skip)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect()
+        };
+        let mut fixed = None;
+        let mut missing = vec![];
+        for (l, k) in keyed {
+            let t = without(l);
+            if toml::from_str::<toml::Table>(&t).is_err() {
+                continue;
+            }
+            let leaf = k.rsplit('.').next().unwrap_or(&k).to_string();
+            match toml::from_str::<Config>(&t) {
+                Ok(_) => {
+                    fixed = Some((l, k));
+                    break;
+                }
+                Err(e2) if e2.message().contains(&format!("missing field `{leaf}`")) => {
+                    missing.push((l, k))
+                }
+                Err(_) => {}
+            }
+        }
+        fixed.or_else(|| {
+            let matches_type = |(l, _): &(usize, String)| {
+                let value = text.lines().nth(l - 1).and_then(|x| x.split_once('='));
+                let value = value.map(|(_, v)| v.trim()).unwrap_or("");
+                match wrong {
+                    Some("string") => value.starts_with('"') || value.starts_with('\''),
+                    Some("integer") | Some("floating") => {
+                        value.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
+                    }
+                    Some("boolean") => value == "true" || value == "false",
+                    Some("sequence") => value.starts_with('['),
+                    _ => true,
+                }
+            };
+            let typed: Vec<_> = missing
+                .iter()
+                .filter(|c| matches_type(c))
+                .cloned()
+                .collect();
+            typed
+                .into_iter()
+                .next()
+                .or_else(|| missing.into_iter().next())
+        })
+    };
+    match culprit {
+        Some((l, k)) => format!(" (line {l}): {k}: {msg}"),
+        None => format!(" (line {first}): {msg}"),
+    }
 }
 
 #[cfg(test)]
@@ -437,6 +660,70 @@ path = "spool.redb"
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        for (from, to, key) in [
+            ("fps = 10", "fps = 1e-30", "source.fps"),
+            ("fps = 10", "fps = 0.001", "source.fps"),
+            ("fps = 10", "fps = nan", "source.fps"),
+            ("fps = 10", "fps = 10\nmax_width = 0", "source.max_width"),
+            (
+                "fps = 10",
+                "fps = 10\nmax_height = 100000",
+                "source.max_height",
+            ),
+            (
+                "fps = 10",
+                "fps = 10\nmax_bad_frames = 0",
+                "source.max_bad_frames",
+            ),
+            (
+                "[spool]",
+                "[stats]\ninterval_s = 0\n[spool]",
+                "stats.interval_s",
+            ),
+            (
+                "1883\"",
+                "1883\"\nkeep_alive_s = 70000",
+                "mqtt.keep_alive_s",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        assert!(parse(&GOOD.replace("fps = 10", "fps = 0")).is_ok());
+        assert!(parse(&GOOD.replace("fps = 10", "fps = 0.01")).is_ok());
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_its_line() {
+        // Inside [source] (a tagged enum) toml only knows the table; the key is found.
+        let e = parse(&GOOD.replace("fps = 10", "fps = \"5\"")).unwrap_err();
+        assert!(e.contains("source.fps") && e.contains("line 6"), "{e}");
+        let e = parse(&GOOD.replace("path = \"samples\"", "path = 5")).unwrap_err();
+        assert!(e.contains("source.path"), "{e}");
+        // In a plain table toml points at the value.
+        let e =
+            parse(&GOOD.replace("[spool]", "[stats]\ninterval_s = \"x\"\n[spool]")).unwrap_err();
+        assert!(e.contains("stats.interval_s"), "{e}");
+        let e = parse(&GOOD.replace("fps = 10", "fps = 10\nmax_width = \"big\"")).unwrap_err();
+        assert!(e.contains("source.max_width"), "{e}");
+    }
+
+    #[test]
+    fn the_source_limits_default_to_4096_and_3_bad_frames() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.source.limits(), crate::source::SourceLimits::default());
+        assert_eq!(
+            (
+                c.source.limits().max_width,
+                c.source.limits().max_bad_frames
+            ),
+            (4096, 3)
+        );
     }
 
     #[test]

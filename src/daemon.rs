@@ -68,10 +68,15 @@ pub fn check(cfg: &Config) -> Result<Explainer> {
 }
 
 fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
+    let limits = cfg.source.limits();
     Ok(match &cfg.source {
-        SourceConfig::Replay { path, fps, looping, .. } => (Box::new(Replay::new(path.clone(), *looping)), *fps),
+        SourceConfig::Replay { path, fps, looping, .. } => (Box::new(Replay::new(path.clone(), *looping).with_limits(limits)), *fps),
         SourceConfig::Http { url, fps, timeout_ms, .. } => (
-            Box::new(HttpSnapshot::new(url, Duration::from_millis(*timeout_ms)).map_err(|e| bad_input(format!("source.url: {e}")))?),
+            Box::new(
+                HttpSnapshot::new(url, Duration::from_millis(*timeout_ms))
+                    .map_err(|e| bad_input(format!("source.url: {e}")))?
+                    .with_limits(limits),
+            ),
             *fps,
         ),
         #[cfg(feature = "camera")]
@@ -81,7 +86,7 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
                 Some(f) => f.parse().map_err(|e| bad_input(format!("source.format: {e}")))?,
             };
             let (w, h) = (width.unwrap_or(640), height.unwrap_or(480));
-            (Box::new(crate::camera::V4l2Camera::new(device, w, h, *fps, format)), *fps)
+            (Box::new(crate::camera::V4l2Camera::new(device, w, h, *fps, format).with_limits(limits)), *fps)
         }
         #[cfg(not(feature = "camera"))]
         SourceConfig::Camera { device, .. } => {

@@ -92,9 +92,22 @@ pub fn map_png(map: &Tensor) -> Result<Vec<u8>> {
     Ok(buf.into_inner())
 }
 
-/// Decodes an 8-bit grayscale PNG map back to 0..1 values `[H, W]`.
+/// Largest map side [`map_from_png`] accepts: maps are at feature resolution (7 to 64 cells a
+/// side for the shipped models), so anything near this is not a CAM map.
+pub const MAX_MAP_SIDE: u32 = 1024;
+
+/// Decodes an 8-bit grayscale PNG map back to 0..1 values `[H, W]`. A PNG declaring more than
+/// [`MAX_MAP_SIDE`] a side is refused before its pixels are allocated (a 48 KB PNG can declare
+/// 50 M pixels).
 pub fn map_from_png(bytes: &[u8]) -> Result<Tensor> {
-    let img = image::load_from_memory_with_format(bytes, ImageFormat::Png)?.into_luma8();
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_MAP_SIDE);
+    limits.max_image_height = Some(MAX_MAP_SIDE);
+    // The decoded pixels (up to 16-bit RGBA) plus slack.
+    limits.max_alloc = Some(MAX_MAP_SIDE as u64 * MAX_MAP_SIDE as u64 * 8 + (1 << 20));
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png);
+    reader.limits(limits);
+    let img = reader.decode()?.into_luma8();
     let (w, h) = img.dimensions();
     Ok(Tensor::new(
         vec![h as usize, w as usize],
@@ -126,10 +139,26 @@ pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The evidence picture of a verdict: the frame with the map overlaid, at most 320 px a side,
-/// as JPEG.
+/// Longest side of the evidence picture.
+pub const EVIDENCE_SIDE: u32 = 320;
+
+/// The evidence picture of a verdict: the frame with the map overlaid, at most
+/// [`EVIDENCE_SIDE`] px a side, as JPEG. The frame is shrunk first and the map laid over the
+/// thumbnail (the crop scaled alike), so a large frame costs one thumbnail, never a second
+/// full-resolution copy.
 pub fn evidence_jpeg(frame: &RgbImage, map: &Tensor, crop: Crop) -> Result<Vec<u8>> {
-    jpeg(&thumbnail(&overlay(frame, map, crop, 0.45), 320), 80)
+    let small = thumbnail(frame, EVIDENCE_SIDE);
+    let (sx, sy) = (
+        small.width() as f32 / frame.width().max(1) as f32,
+        small.height() as f32 / frame.height().max(1) as f32,
+    );
+    let crop = Crop {
+        x: crop.x * sx,
+        y: crop.y * sy,
+        w: crop.w * sx,
+        h: crop.h * sy,
+    };
+    jpeg(&overlay(&small, map, crop, 0.45), 80)
 }
 
 /// A thumbnail no larger than `max_side` on either side.
@@ -222,6 +251,48 @@ mod tests {
             overlay(&frame, &map, crop, 0.0).get_pixel(2, 2),
             &Rgb([10, 20, 30])
         );
+    }
+
+    #[test]
+    fn evidence_is_a_thumbnail_of_the_frame_with_the_map_on_its_crop() {
+        let frame = RgbImage::from_pixel(1000, 600, Rgb([10, 20, 30]));
+        let map = Tensor::new(vec![1, 1], vec![1.0]);
+        // The map covers the right half only.
+        let crop = Crop {
+            x: 500.0,
+            y: 0.0,
+            w: 500.0,
+            h: 600.0,
+        };
+        let jpg = evidence_jpeg(&frame, &map, crop).unwrap();
+        let back = image::load_from_memory_with_format(&jpg, ImageFormat::Jpeg)
+            .unwrap()
+            .into_rgb8();
+        assert_eq!(back.dimensions(), (320, 192));
+        // Left: the frame; right: blended towards jet(1) = dark red, as at full resolution.
+        let want = overlay(&frame, &map, crop, 0.45);
+        for (x, y) in [(40, 96), (280, 96)] {
+            let full = want.get_pixel(x * 1000 / 320, y * 600 / 192).0;
+            let got = back.get_pixel(x, y).0;
+            for (a, b) in got.iter().zip(full) {
+                assert!(
+                    (*a as i32 - b as i32).abs() <= 6,
+                    "({x},{y}): {got:?} vs {full:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_map_png_declaring_too_many_pixels_is_refused() {
+        let big = image::GrayImage::new(MAX_MAP_SIDE + 1, 2);
+        let mut png = Cursor::new(Vec::new());
+        big.write_to(&mut png, ImageFormat::Png).unwrap();
+        assert!(map_from_png(png.get_ref()).is_err());
+        let ok = image::GrayImage::new(MAX_MAP_SIDE, 2);
+        let mut png = Cursor::new(Vec::new());
+        ok.write_to(&mut png, ImageFormat::Png).unwrap();
+        assert_eq!(map_from_png(png.get_ref()).unwrap().shape(), &[2, 1024]);
     }
 
     #[test]

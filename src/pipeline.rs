@@ -194,13 +194,19 @@ pub fn spool_full_alert(device: &str, topic: String, dropped: u64) -> Message {
     }
 }
 
-/// Runs a source until `stop`: paces to `fps`, reports lost/recovered with backoff.
+/// Runs a source until `stop`: paces to `fps`, reports lost/recovered with backoff. A frame that
+/// does not decode (empty, garbage, larger than the source's limits) is skipped and counted;
+/// `max_bad_frames` of them in a row mean the camera is broken, and it is reported lost like one
+/// that does not answer.
 pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32) {
-    let period = if fps > 0.0 {
-        Duration::from_secs_f64(1.0 / fps as f64)
+    // Config::check keeps fps at 0 or within 0.01..=1000; a bad value still must not panic here.
+    let period = if fps.is_finite() && fps > 0.0 {
+        Duration::try_from_secs_f64(1.0 / fps as f64).unwrap_or(Duration::from_secs(100))
     } else {
         Duration::ZERO
     };
+    let max_bad = src.limits().max_bad_frames.max(1);
+    let mut bad_in_a_row: u32 = 0;
     let mut backoff = Backoff::new(Duration::from_secs(2));
     let mut next_due = Instant::now();
     while !shared.stopping() {
@@ -211,8 +217,9 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
             continue;
         }
         next_due = now + period;
-        match src.next_frame() {
+        let lost = match src.next_frame() {
             Ok(f) => {
+                bad_in_a_row = 0;
                 if !shared.camera_ok.swap(true, Ordering::SeqCst) {
                     tracing::info!("source {} recovered", src.describe());
                     shared.alert(
@@ -230,33 +237,38 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
                     .unwrap_or_else(|e| e.into_inner())
                     .frames += 1;
                 shared.slot.put(f);
+                None
             }
             Err(SourceError::BadFrame(m)) => {
-                tracing::warn!("{m}");
+                tracing::warn!("bad frame: {m}");
                 shared
                     .stats
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .bad_frames += 1;
+                bad_in_a_row = bad_in_a_row.saturating_add(1);
+                (bad_in_a_row >= max_bad)
+                    .then(|| format!("{bad_in_a_row} bad frames in a row, the last: {m}"))
             }
-            Err(SourceError::Lost(m)) => {
-                if shared.camera_ok.swap(false, Ordering::SeqCst) {
-                    tracing::warn!("source lost: {m}");
-                    shared.alert(
-                        "camera_lost",
-                        "critical",
-                        &m,
-                        json!({"source": src.describe()}),
-                    );
-                    shared.status_notify.notify_one();
-                }
-                let d = backoff.next_delay();
-                let until = Instant::now() + d;
-                while Instant::now() < until && !shared.stopping() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                next_due = Instant::now();
+            Err(SourceError::Lost(m)) => Some(m),
+        };
+        if let Some(m) = lost {
+            if shared.camera_ok.swap(false, Ordering::SeqCst) {
+                tracing::warn!("source lost: {m}");
+                shared.alert(
+                    "camera_lost",
+                    "critical",
+                    &m,
+                    json!({"source": src.describe()}),
+                );
+                shared.status_notify.notify_one();
             }
+            let d = backoff.next_delay();
+            let until = Instant::now() + d;
+            while Instant::now() < until && !shared.stopping() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            next_due = Instant::now();
         }
     }
 }

@@ -9,7 +9,33 @@ use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
 
-use crate::model::preprocess::decode_image;
+use crate::model::preprocess::decode_image_within;
+
+/// What a source accepts: the largest frame, and how many unusable frames in a row make it lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Undecodable, empty or oversized frames in a row after which the source counts as lost.
+    pub max_bad_frames: u32,
+}
+
+impl Default for SourceLimits {
+    fn default() -> SourceLimits {
+        SourceLimits {
+            max_width: 4096,
+            max_height: 4096,
+            max_bad_frames: 3,
+        }
+    }
+}
+
+impl SourceLimits {
+    /// Decodes a frame within these limits (refused before the pixels are allocated).
+    pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage, String> {
+        decode_image_within(bytes, self.max_width, self.max_height)
+    }
+}
 
 /// One captured frame.
 pub struct Frame {
@@ -35,6 +61,8 @@ pub enum SourceError {
 pub trait FrameSource: Send {
     fn next_frame(&mut self) -> Result<Frame, SourceError>;
     fn describe(&self) -> String;
+    /// The frame size and bad-frame limits this source applies.
+    fn limits(&self) -> SourceLimits;
 }
 
 /// Replays the images of a folder in name order, looping if asked.
@@ -43,6 +71,7 @@ pub struct Replay {
     files: Vec<PathBuf>,
     next: usize,
     looping: bool,
+    limits: SourceLimits,
 }
 
 impl Replay {
@@ -52,7 +81,13 @@ impl Replay {
             files: vec![],
             next: 0,
             looping,
+            limits: SourceLimits::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: SourceLimits) -> Replay {
+        self.limits = limits;
+        self
     }
 }
 
@@ -87,7 +122,9 @@ impl FrameSource for Replay {
                 SourceError::Lost(format!("folder {}: {e}", self.dir.display()))
             }
         })?;
-        let image = decode_image(&bytes)
+        let image = self
+            .limits
+            .decode(&bytes)
             .map_err(|e| SourceError::BadFrame(format!("image {}: {e}", path.display())))?;
         Ok(Frame {
             image,
@@ -104,16 +141,26 @@ impl FrameSource for Replay {
     fn describe(&self) -> String {
         format!("replay {}", self.dir.display())
     }
+
+    fn limits(&self) -> SourceLimits {
+        self.limits
+    }
 }
 
-/// Polls a JPEG/PNG snapshot URL (plain HTTP/1.1, as snapshot cameras serve it).
+/// Polls a JPEG/PNG snapshot URL (plain HTTP/1.1, as snapshot cameras serve it). One snapshot
+/// — connect, request, headers and body — must complete within `timeout`, however slowly the
+/// camera trickles bytes.
 pub struct HttpSnapshot {
     url: String,
     host: String,
     port: u16,
     path: String,
     timeout: Duration,
+    limits: SourceLimits,
 }
+
+/// Largest HTTP response read.
+const MAX_RESPONSE: usize = 32 * 1024 * 1024;
 
 impl HttpSnapshot {
     pub fn new(url: &str, timeout: Duration) -> Result<HttpSnapshot, String> {
@@ -141,19 +188,37 @@ impl HttpSnapshot {
             port,
             path: path.into(),
             timeout,
+            limits: SourceLimits::default(),
         })
     }
 
+    pub fn with_limits(mut self, limits: SourceLimits) -> HttpSnapshot {
+        self.limits = limits;
+        self
+    }
+
     fn fetch(&self) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + self.timeout;
+        // What is left of the snapshot's time; every socket wait is bounded by it.
+        let left = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!(
+                        "no complete snapshot within {} ms",
+                        self.timeout.as_millis()
+                    )
+                })
+        };
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| format!("resolving {}: {e}", self.host))?
             .next()
             .ok_or_else(|| format!("no address for {}", self.host))?;
-        let mut s = TcpStream::connect_timeout(&addr, self.timeout)
-            .map_err(|e| format!("connecting: {e}"))?;
-        s.set_read_timeout(Some(self.timeout)).ok();
-        s.set_write_timeout(Some(self.timeout)).ok();
+        let mut s =
+            TcpStream::connect_timeout(&addr, left()?).map_err(|e| format!("connecting: {e}"))?;
+        s.set_write_timeout(Some(left()?)).ok();
         write!(
             s,
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: image/*\r\n\r\n",
@@ -161,26 +226,55 @@ impl HttpSnapshot {
         )
         .map_err(|e| format!("sending request: {e}"))?;
         let mut buf = Vec::new();
-        s.take(32 * 1024 * 1024)
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("reading response: {e}"))?;
-        let end = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("malformed HTTP response")?;
-        let head = String::from_utf8_lossy(&buf[..end]);
-        let status = head.split_whitespace().nth(1).unwrap_or("");
-        if status != "200" {
-            return Err(format!("HTTP status {status}"));
+        let mut chunk = [0u8; 64 * 1024];
+        // (end of the head, body length) once the head is in.
+        let mut head: Option<(usize, Option<usize>)> = None;
+        loop {
+            if let Some((end, Some(n))) = head {
+                if buf.len() >= end + 4 + n {
+                    break;
+                }
+            }
+            s.set_read_timeout(Some(left()?)).ok();
+            let got = match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    left()?;
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading response: {e}")),
+            };
+            buf.extend_from_slice(&chunk[..got]);
+            if buf.len() > MAX_RESPONSE {
+                return Err(format!("response larger than {} MiB", MAX_RESPONSE >> 20));
+            }
+            if head.is_none() {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let text = String::from_utf8_lossy(&buf[..end]);
+                    let status = text.split_whitespace().nth(1).unwrap_or("");
+                    if status != "200" {
+                        return Err(format!("HTTP status {status}"));
+                    }
+                    let len = text.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.trim()
+                            .eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())
+                            .flatten()
+                    });
+                    head = Some((end, len));
+                }
+            }
         }
+        let (end, len) = head.ok_or("malformed HTTP response")?;
         let body = &buf[end + 4..];
-        let len = head
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Content-Length:")
-                    .or_else(|| l.strip_prefix("content-length:"))
-            })
-            .and_then(|v| v.trim().parse::<usize>().ok());
         Ok(match len {
             Some(n) if n <= body.len() => body[..n].to_vec(),
             Some(_) => return Err("truncated HTTP body".into()),
@@ -195,7 +289,9 @@ impl FrameSource for HttpSnapshot {
         let bytes = self
             .fetch()
             .map_err(|e| SourceError::Lost(format!("camera {}: {e}", self.url)))?;
-        let image = decode_image(&bytes)
+        let image = self
+            .limits
+            .decode(&bytes)
             .map_err(|e| SourceError::BadFrame(format!("camera {}: {e}", self.url)))?;
         Ok(Frame {
             image,
@@ -208,6 +304,10 @@ impl FrameSource for HttpSnapshot {
 
     fn describe(&self) -> String {
         format!("http {}", self.url)
+    }
+
+    fn limits(&self) -> SourceLimits {
+        self.limits
     }
 }
 
@@ -299,6 +399,96 @@ mod tests {
         assert!(red[0] >= 250 && red[1] <= 5 && red[2] <= 5, "{red:?}");
         assert!(yuyv_to_rgb(&buf, 4, 2).unwrap_err().contains("short"));
         assert!(yuyv_to_rgb(&buf, 3, 1).is_err());
+    }
+
+    /// A server on 127.0.0.1 that answers every connection with `head` and then `body`, one
+    /// byte every `gap`.
+    fn server(head: &'static str, body: Vec<u8>, gap: Duration) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/snap.png", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let (Ok(mut s), body) = (s, body.clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut req = [0u8; 512];
+                    let _ = s.read(&mut req);
+                    let _ = s.write_all(head.as_bytes());
+                    for b in body {
+                        if s.write_all(&[b]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(gap);
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_trickling_camera_is_lost_within_its_timeout() {
+        let url = server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+            vec![0; 1000],
+            Duration::from_millis(50),
+        );
+        let mut cam = HttpSnapshot::new(&url, Duration::from_millis(400)).unwrap();
+        let t0 = Instant::now();
+        let e = cam.next_frame().err().expect("no frame from a trickle");
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(
+            matches!(&e, SourceError::Lost(m) if m.contains("within 400 ms")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_garbage_and_oversized_snapshots_are_bad_frames() {
+        let big = {
+            let img = image::GrayImage::new(64, 8);
+            let mut c = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut c, image::ImageFormat::Png).unwrap();
+            c.into_inner()
+        };
+        let small = SourceLimits {
+            max_width: 32,
+            max_height: 32,
+            max_bad_frames: 3,
+        };
+        for (head, body, what) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                vec![],
+                "empty",
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", b"garbage".repeat(50), "garbage"),
+            ("HTTP/1.1 200 OK\r\n\r\n", big.clone(), "too large"),
+        ] {
+            let url = server(head, body, Duration::ZERO);
+            let mut cam = HttpSnapshot::new(&url, Duration::from_secs(2))
+                .unwrap()
+                .with_limits(small);
+            match cam.next_frame() {
+                Err(SourceError::BadFrame(m)) => {
+                    assert!(m.contains("snap.png"), "{what}: {m}");
+                    if what == "too large" {
+                        assert!(m.contains("32x32"), "{m}");
+                    }
+                }
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: a frame"),
+            }
+        }
+        // Within the limits the same PNG is a frame, whether or not the length is announced.
+        let url = server("HTTP/1.1 200 OK\r\n\r\n", big, Duration::ZERO);
+        let mut cam = HttpSnapshot::new(&url, Duration::from_secs(2)).unwrap();
+        assert_eq!(cam.next_frame().ok().unwrap().image.dimensions(), (64, 8));
     }
 
     #[test]

@@ -505,3 +505,95 @@ bo:short
         &["--verdicts"],
     );
 }
+
+/// The example config with `edit` applied, written to `dir/name` with the model path fixed.
+fn example_config(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/inspectd.toml"))
+        .unwrap()
+        .replace("../models", root.join("models").to_str().unwrap());
+    let p = dir.join(name);
+    std::fs::write(&p, edit(text)).unwrap();
+    p
+}
+
+#[test]
+fn check_config_refuses_out_of_range_and_mistyped_values_naming_the_key() {
+    let dir = tmpdir("ranges");
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples");
+    for (name, from, to, key) in [
+        ("tiny-fps.toml", "fps = 5", "fps = 1e-30", "source.fps"),
+        ("string-fps.toml", "fps = 5", "fps = \"5\"", "source.fps"),
+        ("huge-fps.toml", "fps = 5", "fps = 1e6", "source.fps"),
+        (
+            "zero-width.toml",
+            "fps = 5",
+            "fps = 5\nmax_width = 0",
+            "source.max_width",
+        ),
+        (
+            "zero-bad.toml",
+            "fps = 5",
+            "fps = 5\nmax_bad_frames = 0",
+            "source.max_bad_frames",
+        ),
+        (
+            "no-folder.toml",
+            samples.to_str().unwrap(),
+            "/nonexistent/frames",
+            "source.path",
+        ),
+    ] {
+        let cfg = example_config(&dir, name, |t| t.replacen(from, to, 1));
+        let out = run(&["check-config", s(&cfg)]);
+        assert_bad_input(&out, &[name, key]);
+    }
+    // An HTTP camera without time to answer is refused too.
+    let cfg = example_config(&dir, "http.toml", |t| {
+        t.replace(
+            "kind = \"replay\"",
+            "kind = \"http\"\nurl = \"http://127.0.0.1:9/snap.jpg\"\ntimeout_ms = 0",
+        )
+        .replace("loop = true\n", "")
+        .lines()
+        .filter(|l| !l.starts_with("path = ") || !l.contains("samples"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+    });
+    assert_bad_input(&run(&["check-config", s(&cfg)]), &["source.timeout_ms"]);
+}
+
+#[test]
+fn rust_log_turns_on_debug_lines_and_a_pipe_gets_no_colours() {
+    let dir = tmpdir("logs");
+    // A daemon that cannot reach its broker still logs, and stops on its own with `timeout`.
+    let spool = dir.join("spool.redb");
+    let cfg = example_config(&dir, "log.toml", |t| {
+        t.replace("/var/lib/inspectd/spool.redb", spool.to_str().unwrap())
+            .replace("listen = \"127.0.0.1:9898\"", "listen = \"\"")
+    });
+    let logs = |var: &str| {
+        let out = Command::new("timeout")
+            .args(["-s", "INT", "3"])
+            .arg(env!("CARGO_BIN_EXE_inspectd"))
+            .args(["run", "--config", s(&cfg)])
+            .env_remove("RUST_LOG")
+            .env_remove("INSPECTD_LOG")
+            .env(var, "debug")
+            .output()
+            .expect("run inspectd");
+        out.stderr
+    };
+    for var in ["RUST_LOG", "INSPECTD_LOG"] {
+        let err = logs(var);
+        let text = String::from_utf8_lossy(&err);
+        assert!(
+            text.contains("DEBUG"),
+            "{var}=debug: no debug line in {text}"
+        );
+        assert!(
+            !err.contains(&0x1b),
+            "{var}: ANSI escapes on a pipe: {text}"
+        );
+    }
+}

@@ -347,6 +347,111 @@ fn http_camera(frame: Vec<u8>, up: Arc<AtomicBool>) -> u16 {
     port
 }
 
+/// An HTTP `[source]` table from its keys (besides `kind`), every other key at its default.
+fn http_source(keys: &str) -> inspectd::config::SourceConfig {
+    toml::from_str(&format!("kind = \"http\"\n{keys}")).unwrap()
+}
+
+/// What [`misbehaving_camera`] answers.
+const GOOD: u8 = 0;
+const EMPTY: u8 = 1;
+const GARBAGE: u8 = 2;
+const TRICKLE: u8 = 3;
+
+/// A snapshot camera that serves `frame` in mode GOOD, and otherwise a 200 with an empty body, a
+/// body of garbage, or a body announced at 100 kB and sent one byte a second.
+fn misbehaving_camera(frame: Vec<u8>, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {
+    // Below the ephemeral range: a port another test's broker picked with free_port() (bound,
+    // released, bound again by rumqttd) must never become this camera's — an observer once
+    // talked MQTT to the camera.
+    let listener = (20_000 + std::process::id() as u16 % 5000..30_000)
+        .find_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let (frame, mode) = (frame.clone(), mode.load(Ordering::SeqCst));
+            std::thread::spawn(move || {
+                let mut req = [0u8; 1024];
+                let _ = s.read(&mut req);
+                let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+                let body: &[u8] = match mode {
+                    GOOD => &frame,
+                    EMPTY => b"",
+                    GARBAGE => &garbage,
+                    _ => &[],
+                };
+                let len = if mode == TRICKLE { 100_000 } else { body.len() };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                );
+                if s.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                if mode == TRICKLE {
+                    for _ in 0..len {
+                        if s.write_all(b"x").is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                } else {
+                    let _ = s.write_all(body);
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Empty, garbage and trickled snapshots are a broken camera: each is reported lost within 5 s
+/// with the default source settings, and a good frame brings it back.
+#[test]
+fn an_http_camera_serving_empty_garbage_or_trickled_bodies_is_reported_lost() {
+    let dir = common::tmp("e2e", "http-bad");
+    let frame = std::fs::read(root().join("models/samples/dent/cast_metal_dent.png")).unwrap();
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(GOOD));
+    let cam = misbehaving_camera(frame, mode.clone());
+    let (host, port) = broker();
+    let mut cfg = config("e2e-http-bad", &host, port, "", &dir.join("spool.redb"));
+    cfg.source = http_source(&format!("url = \"http://127.0.0.1:{cam}/snapshot.png\""));
+    let rt = inspectd::cli::runtime().unwrap();
+    rt.block_on(async {
+        let daemon = Daemon::start(cfg);
+        let got = collect(
+            &host,
+            port,
+            "inspect/e2e-http-bad/verdict",
+            Duration::from_secs(30),
+            vec![],
+            |g| g.contains_key("verdict"),
+        )
+        .await;
+        assert!(got.contains_key("verdict"), "no verdict from a good camera");
+        for (bad, what) in [
+            (EMPTY, "empty"),
+            (GARBAGE, "garbage"),
+            (TRICKLE, "1 byte/s"),
+        ] {
+            mode.store(bad, Ordering::SeqCst);
+            let (alert, after) = await_lost(&host, port, "e2e-http-bad").await;
+            eprintln!("{what}: camera_lost after {after:?}");
+            assert!(
+                after < Duration::from_secs(5),
+                "{what}: lost after {after:?}"
+            );
+            assert!(
+                alert["message"].as_str().unwrap().contains("snapshot.png"),
+                "{what}: {alert}"
+            );
+            mode.store(GOOD, Ordering::SeqCst);
+            await_recovered(&host, port, "e2e-http-bad").await;
+        }
+        daemon.stop().await;
+    });
+}
+
 #[test]
 fn an_http_camera_going_down_raises_an_alert_and_recovers() {
     let (host, port) = broker();
@@ -355,12 +460,9 @@ fn an_http_camera_going_down_raises_an_alert_and_recovers() {
     let up = Arc::new(AtomicBool::new(true));
     let cam = http_camera(frame, up.clone());
     let mut cfg = config("e2e-http", &host, port, "", &dir.join("spool.redb"));
-    cfg.source = inspectd::config::SourceConfig::Http {
-        url: format!("http://127.0.0.1:{cam}/snapshot.png"),
-        fps: 10.0,
-        timeout_ms: 500,
-        trigger: Default::default(),
-    };
+    cfg.source = http_source(&format!(
+        "url = \"http://127.0.0.1:{cam}/snapshot.png\"\nfps = 10\ntimeout_ms = 500"
+    ));
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
@@ -588,4 +690,131 @@ fn a_missing_v4l2_camera_is_reported_lost() {
         );
         assert!(after < Duration::from_secs(3), "lost after {after:?}");
     });
+}
+
+/// The peak resident memory of a process (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+/// Runs the daemon binary on a folder holding one `w`×`h` gray PNG until `done` says so (or
+/// 40 s pass); returns its peak RSS in MB, whether it was still running, and its stderr.
+fn daemon_binary_on_one_frame(
+    tag: &str,
+    w: u32,
+    h: u32,
+    done: impl Fn(&std::collections::BTreeMap<String, Vec<serde_json::Value>>) -> bool,
+) -> (
+    f64,
+    bool,
+    String,
+    std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+) {
+    let (host, port) = broker();
+    let dir = common::tmp("mem", tag);
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let png = frames.join(format!("big_{w}x{h}.png"));
+    {
+        // A constant gray compresses about 1000:1.
+        let f = std::io::BufWriter::new(std::fs::File::create(&png).unwrap());
+        let enc = image::codecs::png::PngEncoder::new_with_quality(
+            f,
+            image::codecs::png::CompressionType::Best,
+            image::codecs::png::FilterType::Up,
+        );
+        if tag == "huge" {
+            let img = image::GrayImage::from_pixel(w, h, image::Luma([128]));
+            image::ImageEncoder::write_image(enc, &img, w, h, image::ExtendedColorType::L8)
+                .unwrap();
+        } else {
+            // The dent sample blown up: a defect, so the evidence picture is made too.
+            let dent = image::open(root().join("models/samples/dent/cast_metal_dent.png"))
+                .unwrap()
+                .into_rgb8();
+            let img = image::imageops::resize(&dent, w, h, image::imageops::FilterType::Nearest);
+            image::ImageEncoder::write_image(enc, &img, w, h, image::ExtendedColorType::Rgb8)
+                .unwrap();
+        }
+    }
+    let device = format!("e2e-mem-{tag}");
+    let text = replay_config(
+        &device,
+        5,
+        &format!("url = \"mqtt://{host}:{port}\""),
+        &dir.join("spool.redb"),
+        "",
+    )
+    .replace(
+        root().join("models/samples").to_str().unwrap(),
+        frames.to_str().unwrap(),
+    );
+    let cfg = dir.join("inspectd.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_inspectd"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let rt = inspectd::cli::runtime().unwrap();
+    let got = rt.block_on(collect(
+        &host,
+        port,
+        &format!("inspect/{device}/#"),
+        Duration::from_secs(40),
+        vec![],
+        done,
+    ));
+    let peak = peak_rss_mb(child.id());
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    (peak, alive, std::fs::read_to_string(&log).unwrap(), got)
+}
+
+/// A 14000×14000 frame (a ~200 KB PNG) is refused before it is decoded: named in a warning,
+/// counted, reported lost after `max_bad_frames` of them, and the daemon stays small and up.
+#[test]
+fn a_huge_frame_is_refused_before_it_is_decoded() {
+    let (peak, alive, log, got) = daemon_binary_on_one_frame("huge", 14000, 14000, |g| {
+        g.get("alert")
+            .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
+    });
+    eprintln!("14000x14000: peak RSS {peak:.0} MB");
+    assert!(alive, "the daemon died: {log}");
+    assert!(peak < 300.0, "peak RSS {peak:.0} MB");
+    assert!(
+        log.contains("big_14000x14000.png") && log.contains("4096x4096"),
+        "no warning naming the frame: {log}"
+    );
+    assert!(got.contains_key("alert"), "no camera_lost: {got:?}");
+}
+
+/// A 4000×3000 frame is within the limits: it gets a verdict and its evidence picture, and
+/// memory stays bounded.
+#[test]
+fn a_large_frame_within_limits_gets_a_verdict_with_bounded_memory() {
+    let (peak, alive, log, got) = daemon_binary_on_one_frame("large", 4000, 3000, |g| {
+        g.contains_key("verdict") && g.contains_key("evidence")
+    });
+    eprintln!("4000x3000: peak RSS {peak:.0} MB");
+    assert!(alive, "the daemon died: {log}");
+    let v = &got
+        .get("verdict")
+        .unwrap_or_else(|| panic!("no verdict: {log}"))[0];
+    assert_eq!(
+        (v["verdict"].as_str(), v["frame"]["width"].as_u64()),
+        (Some("defect"), Some(4000)),
+        "{v}"
+    );
+    assert!(got.contains_key("evidence"), "no evidence: {log}");
+    assert!(peak < 300.0, "peak RSS {peak:.0} MB");
 }

@@ -1159,3 +1159,93 @@ fn with_a_users_file_every_page_needs_a_login_and_the_name_is_recorded() {
         task.await.unwrap().unwrap();
     });
 }
+
+/// The peak resident memory of a process (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+/// The status of a GET whose body may be binary.
+fn status_of(addr: &str, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[9..12]).parse().unwrap()
+}
+
+/// A verdict whose map is a valid PNG of under 64 KiB declaring 7000×7000 pixels (a 196 MB
+/// decode, four times that as floats): eight renders of it at once are refused before decoding
+/// and the supervisor stays small.
+#[test]
+fn eight_renders_of_an_oversized_map_stay_small() {
+    use base64::Engine as _;
+    let (_broker, host, port) = test_broker();
+    let dir = tmp("sup", "bigmap");
+    let (sup, web) = supervisor(&host, port, &dir.join("db.sqlite"), "bigmap");
+    let side = 7000;
+    let mut png = Vec::new();
+    let img = image::GrayImage::from_pixel(side, side, image::Luma([200]));
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new_with_quality(
+            &mut png,
+            image::codecs::png::CompressionType::Best,
+            image::codecs::png::FilterType::Up,
+        ),
+        &img,
+        side,
+        side,
+        image::ExtendedColorType::L8,
+    )
+    .unwrap();
+    drop(img);
+    assert!(png.len() < 64 * 1024, "map PNG of {} bytes", png.len());
+    let device = "bigmap-1";
+    let mut v: Value = serde_json::from_slice(&verdict(device, 1, "defect", "dent")).unwrap();
+    v["cam"] = json!({"png": base64::engine::general_purpose::STANDARD.encode(&png), "w": side, "h": side});
+    let c = mqtt(&host, port, "bigmap");
+    c.publish(
+        format!("{}/{device}/verdict", prefix("bigmap")),
+        QoS::AtLeastOnce,
+        false,
+        v.to_string(),
+    )
+    .unwrap();
+    let path = format!("/heatmap/{device}/1");
+    wait_for(Duration::from_secs(20), "the verdict stored", || {
+        (get_text(&web, &format!("/verdict/{device}/1")).0 == 200).then_some(())
+    });
+    let before = peak_rss_mb(sup.0.id());
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8).map(|_| s.spawn(|| status_of(&web, &path))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let peak = peak_rss_mb(sup.0.id());
+    eprintln!(
+        "8 renders of a {side}x{side} map: peak RSS {before:.0} MB before, {peak:.0} MB after"
+    );
+    assert!(codes.iter().all(|&c| c == 422), "{codes:?}");
+    assert!(peak < 300.0, "peak RSS {peak:.0} MB");
+    // A map of a sane size still renders.
+    let ok = inspectd::heatmap::map_png(&inspectd::tensor::Tensor::new(vec![8, 8], vec![0.5; 64]))
+        .unwrap();
+    v["seq"] = json!(2);
+    v["cam"] =
+        json!({"png": base64::engine::general_purpose::STANDARD.encode(&ok), "w": 8, "h": 8});
+    c.publish(
+        format!("{}/{device}/verdict", prefix("bigmap")),
+        QoS::AtLeastOnce,
+        false,
+        v.to_string(),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "a sane map rendered", || {
+        (status_of(&web, &format!("/heatmap/{device}/2")) == 200).then_some(())
+    });
+}

@@ -38,19 +38,36 @@ pub const MAX_IMAGE_ALLOC: u64 = 192 * 1024 * 1024;
 /// the size the header declares is checked against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_ALLOC`]
 /// before the decoder allocates the pixel buffer.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
+    decode_image_within(bytes, MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)
+}
+
+/// [`decode_image`] with a tighter bound on the frame size (the daemon's `source.max_width` and
+/// `source.max_height`): a header declaring more is refused before anything is allocated. The
+/// allocation limit follows (8 bytes a pixel, room for 16-bit RGBA), capped at
+/// [`MAX_IMAGE_ALLOC`].
+pub fn decode_image_within(
+    bytes: &[u8],
+    max_width: u32,
+    max_height: u32,
+) -> Result<RgbImage, String> {
+    let (max_width, max_height) = (
+        max_width.min(MAX_IMAGE_SIDE),
+        max_height.min(MAX_IMAGE_SIDE),
+    );
+    let max_alloc = (max_width as u64 * max_height as u64 * 8).clamp(1 << 20, MAX_IMAGE_ALLOC);
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    limits.max_image_width = Some(max_width);
+    limits.max_image_height = Some(max_height);
+    limits.max_alloc = Some(max_alloc);
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot decode: {e}"))?;
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => format!(
-            "cannot decode: the image is larger than the {MAX_IMAGE_SIDE} px per side or \
+            "cannot decode: the image is larger than the {max_width}x{max_height} px or \
              {} MiB limit ({e})",
-            MAX_IMAGE_ALLOC >> 20
+            max_alloc >> 20
         ),
         e => format!("cannot decode: {e}"),
     })?;

@@ -635,6 +635,14 @@ async fn verdict_page(
     Ok(layout(&format!("{device} #{seq}"), "", &body, open))
 }
 
+/// Heatmaps rendered at once. Each render is bounded (the map decode refuses more than
+/// [`crate::heatmap::MAX_MAP_SIDE`] a side, the output is 192×192), so this caps the memory
+/// renders take together, and keeps them from taking every blocking thread.
+const MAX_RENDERS: usize = 2;
+static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RENDERS);
+/// How long a render waits for its turn before the answer is 503.
+const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Renders a CAM map (8-bit grayscale PNG at feature resolution) as a jet-coloured PNG.
 pub fn render_heatmap(map_png: &[u8], side: usize) -> anyhow::Result<Vec<u8>> {
     let map = crate::heatmap::map_from_png(map_png)?;
@@ -668,15 +676,30 @@ async fn heatmap_of(hub: &Arc<Hub>, device: String, seq: i64) -> Result<Response
     let Some(map) = map else {
         return Err(not_found(format!("verdict {device} #{seq}: no map stored")));
     };
-    let png = tokio::task::spawn_blocking(move || render_heatmap(&map, 192))
+    // Renders queue for a permit rather than fail: a page shows a dozen pictures at once and a
+    // 503 would leave holes in it, while a queued request holds only its map (≤ 64 KiB) and a
+    // render takes milliseconds. Only a request stuck behind a jam for RENDER_WAIT gets a 503.
+    let permit = tokio::time::timeout(RENDER_WAIT, RENDERS.acquire())
         .await
-        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
+        .map_err(|_| {
             WebError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("verdict {device} #{seq}: map: {e:#}"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("verdict {device} #{seq}: too many heatmaps being rendered, try again"),
             )
-        })?;
+        })?
+        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let png = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        render_heatmap(&map, 192)
+    })
+    .await
+    .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        WebError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("verdict {device} #{seq}: map: {e:#}"),
+        )
+    })?;
     Ok(image_response("image/png", png))
 }
 
