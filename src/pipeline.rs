@@ -125,6 +125,8 @@ pub struct Shared {
     /// Pending `reload_model` requests, oldest first.
     pub reload: Mutex<VecDeque<ReloadReq>>,
     pub spool_dropped_alerted: AtomicU64,
+    /// The running model variant and the timings it was chosen on (status, `/metrics`).
+    pub variant: RwLock<Option<crate::model::variant::Selection>>,
 }
 
 pub const MAX_TRIGGERS: usize = 64;

@@ -81,6 +81,7 @@ listen = ""
                 }
             }
         })),
+        ..Default::default()
     };
 
     let rt = inspectd::cli::runtime().unwrap();
