@@ -9,11 +9,17 @@ arm=$2
 model=${3:-models/surface-defect-int8.onnx}
 out=$(mktemp -d)
 qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+# Both builds must run the same file: with [variants] each would otherwise pick the faster one on
+# its own CPU (f32 on an AVX2-only x86, int8 under qemu), and the maps would not be comparable.
+variant=()
+if grep -q '^\[variants\]' "${model%.onnx}.toml" 2>/dev/null; then
+    variant=(--variant "${VARIANT:-int8}")
+fi
 
-"$x86" explain --model "$model" --dir models/samples --json >"$out/x86.jsonl"
-"${qemu[@]}" "$arm" explain --model "$model" --dir models/samples --json >"$out/arm.jsonl"
-"$x86" validate --model "$model" --data models/samples --json >"$out/x86-validate.json"
-"${qemu[@]}" "$arm" validate --model "$model" --data models/samples --json >"$out/arm-validate.json"
+"$x86" explain --model "$model" "${variant[@]}" --dir models/samples --json >"$out/x86.jsonl"
+"${qemu[@]}" "$arm" explain --model "$model" "${variant[@]}" --dir models/samples --json >"$out/arm.jsonl"
+"$x86" validate --model "$model" "${variant[@]}" --data models/samples --json >"$out/x86-validate.json"
+"${qemu[@]}" "$arm" validate --model "$model" "${variant[@]}" --data models/samples --json >"$out/arm-validate.json"
 
 python3 - "$out" <<'PY'
 import json, math, sys

@@ -16,6 +16,7 @@ use crate::cam::{
 use crate::error::{bad_input, is_bad_input};
 use crate::heatmap;
 use crate::model::preprocess::{fit, load_image, to_tensor};
+use crate::model::variant::VariantPref;
 use crate::model::{LoadOptions, Model};
 
 #[derive(Parser, Debug)]
@@ -76,6 +77,9 @@ pub struct DemoArgs {
     /// Publish to this broker instead of the embedded one (mqtt://host:port).
     #[arg(long)]
     pub broker: Option<String>,
+    /// Model variant: auto (the fastest on this CPU, timed once and cached), f32 or int8.
+    #[arg(long, value_parser = parse_variant)]
+    pub variant: Option<VariantPref>,
     /// Replay rate in frames per second.
     #[arg(long, default_value_t = 5.0)]
     pub fps: f32,
@@ -130,6 +134,11 @@ pub struct ModelArgs {
     /// Per-channel std on the 0..1 scale, `r,g,b` (overrides the sidecar).
     #[arg(long, value_parser = parse_triple)]
     pub std: Option<[f32; 3]>,
+    /// Which of the sidecar's [variants] runs: auto (explain, validate: the default; the fastest
+    /// on this CPU, timed once and cached in ~/.cache/inspectd), f32 or int8. `bench` times the
+    /// --model file itself unless this is given.
+    #[arg(long, value_parser = parse_variant)]
+    pub variant: Option<VariantPref>,
 }
 
 impl ModelArgs {
@@ -142,6 +151,31 @@ impl ModelArgs {
                 sidecar: self.sidecar.clone(),
             },
         )
+    }
+
+    /// The explainer of the model, or of the variant the `--variant` rule picks (default auto),
+    /// named on stderr when the model has variants.
+    pub fn explainer(&self, opts: &ExplainerOptions) -> Result<Explainer> {
+        let cache = crate::model::variant::cli_cache_dir_from_env();
+        let ex = crate::model::variant::load_explainer(
+            &self.model,
+            &LoadOptions {
+                mean: self.mean,
+                std: self.std,
+                sidecar: self.sidecar.clone(),
+            },
+            self.variant.unwrap_or_default(),
+            Some(&cache),
+            opts,
+        )?;
+        if let Some(v) = &ex.model.variant {
+            eprintln!(
+                "inspectd: model variant {} · {}",
+                v.describe(),
+                ex.model.path.display()
+            );
+        }
+        Ok(ex)
     }
 }
 
@@ -233,6 +267,10 @@ fn parse_method(s: &str) -> Result<Method, String> {
     s.parse()
 }
 
+fn parse_variant(s: &str) -> Result<VariantPref, String> {
+    s.parse()
+}
+
 /// Entry point used by `main`: runs the command and maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -320,7 +358,14 @@ pub fn is_image(p: &Path) -> bool {
 }
 
 fn explain(a: ExplainArgs) -> Result<()> {
-    let model = a.model.load()?;
+    // Gradient-free default methods from the sidecar must not require a differentiable head:
+    // only an explicit gradient method fails early; a sidecar one fails at its first image.
+    let explainer = a.model.explainer(&ExplainerOptions {
+        layer: a.layer.clone(),
+        topk: a.topk,
+        gradients: a.method.is_some_and(|m| m.needs_gradients()),
+    })?;
+    let model = &explainer.model;
     let method = match a.method {
         Some(m) => m,
         None => match &model.default_method {
@@ -334,14 +379,6 @@ fn explain(a: ExplainArgs) -> Result<()> {
         Some(c) => ClassChoice::parse(c, &model.output.labels)?,
         None => ClassChoice::Top1,
     };
-    let explainer = Explainer::new(
-        model,
-        &ExplainerOptions {
-            layer: a.layer.clone(),
-            topk: a.topk,
-            gradients: method.needs_gradients(),
-        },
-    )?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)
             .map_err(|e| bad_input(format!("folder {}: cannot create: {e}", out.display())))?;
@@ -506,21 +543,22 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let model = a.model.load()?;
-    let spec = model.input.clone();
+    let ex_opts = ExplainerOptions {
+        layer: a.layer.clone(),
+        topk: None,
+        gradients: a.method.needs_gradients(),
+    };
+    // The --model file itself, unless --variant asks for the variant rule.
+    let explainer = match a.model.variant {
+        Some(_) => a.model.explainer(&ex_opts)?,
+        None => Explainer::new(a.model.load()?, &ex_opts)?,
+    };
+    let spec = explainer.model.input.clone();
     let img = match &a.image {
         Some(p) => load_image(p)?,
         None => image::RgbImage::from_pixel(spec.width, spec.height, image::Rgb([128, 128, 128])),
     };
     let input = to_tensor(&fit(&img, &spec).0, &spec);
-    let explainer = Explainer::new(
-        model,
-        &ExplainerOptions {
-            layer: a.layer.clone(),
-            topk: None,
-            gradients: a.method.needs_gradients(),
-        },
-    )?;
     if a.runs == 0 {
         return Err(bad_input("--runs must be at least 1"));
     }
@@ -561,16 +599,12 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn validate(a: ValidateArgs) -> Result<()> {
-    let model = a.model.load()?;
-    let items = crate::validate::scan(&a.data, &model.output.labels)?;
-    let explainer = Explainer::new(
-        model,
-        &ExplainerOptions {
-            layer: a.layer.clone(),
-            topk: None,
-            gradients: a.method.needs_gradients(),
-        },
-    )?;
+    let explainer = a.model.explainer(&ExplainerOptions {
+        layer: a.layer.clone(),
+        topk: None,
+        gradients: a.method.needs_gradients(),
+    })?;
+    let items = crate::validate::scan(&a.data, &explainer.model.output.labels)?;
     let opts = crate::validate::ValidateOptions {
         method: a.method,
         report: a.report.clone(),

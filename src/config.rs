@@ -188,6 +188,10 @@ pub struct ModelConfig {
     pub sidecar: Option<PathBuf>,
     /// Expected SHA-256 of the model file (hex); a mismatch refuses to load.
     pub sha256: Option<String>,
+    /// Which of the sidecar's `[variants]` runs: `auto` (default: the fastest on this CPU,
+    /// timed at load and cached beside the spool), `f32` or `int8`.
+    #[serde(default)]
+    pub variant: crate::model::variant::VariantPref,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -724,6 +728,28 @@ path = "spool.redb"
             ),
             (4096, 3)
         );
+    }
+
+    #[test]
+    fn model_variant_is_auto_unless_named() {
+        use crate::model::variant::VariantPref;
+        assert_eq!(parse(GOOD).unwrap().model.variant, VariantPref::Auto);
+        let with = |v: &str| {
+            GOOD.replace(
+                "models/m.onnx\"",
+                &format!("models/m.onnx\"\nvariant = {v}"),
+            )
+        };
+        assert_eq!(
+            parse(&with("\"int8\"")).unwrap().model.variant,
+            VariantPref::Int8
+        );
+        assert_eq!(
+            parse(&with("\"f32\"")).unwrap().model.variant,
+            VariantPref::F32
+        );
+        let e = parse(&with("\"fp16\"")).unwrap_err();
+        assert!(e.contains("variant") && e.contains("fp16"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::source::{FrameSource, HttpSnapshot, Replay};
 use crate::spool::{Fsync, Spool};
 use crate::tasks::Supervisor;
 
+/// Sees the explainer the daemon is about to run (its model variant), once.
+pub type LoadedHook = Box<dyn FnOnce(&Explainer) + Send>;
+
 /// Optional hooks for embedding the daemon (the demo and tests use them).
 #[derive(Default)]
 pub struct Hooks {
@@ -27,18 +30,32 @@ pub struct Hooks {
     pub on_verdict: Option<crate::pipeline::VerdictHook>,
     /// Tests: while set, the publisher hangs (awaiting, as on a request that is never answered).
     pub hold_publisher: Option<Arc<AtomicBool>>,
+    /// Called once the model is loaded, with the explainer that will run.
+    pub on_loaded: Option<LoadedHook>,
+    /// Folder of the model-variant timing cache (default: the spool's folder).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
-/// Loads the model named by the config and checks its sha256.
+/// Loads the model named by the config and checks its sha256. With `[variants]` in its sidecar
+/// the variant `model.variant` names runs, or the fastest on this CPU (timing cached in the
+/// spool's folder).
 pub fn load_explainer(cfg: &Config, expect_sha: Option<&str>) -> Result<Explainer> {
-    let model = Model::load(
-        &cfg.model.path,
-        &LoadOptions {
-            sidecar: cfg.model.sidecar.clone(),
-            ..Default::default()
-        },
-    )?;
+    load_explainer_in(cfg, expect_sha, cfg.spool.path.parent())
+}
+
+/// [`load_explainer`] with the variant timing cache in `state_dir`.
+pub fn load_explainer_in(
+    cfg: &Config,
+    expect_sha: Option<&str>,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Explainer> {
+    let opts = LoadOptions {
+        sidecar: cfg.model.sidecar.clone(),
+        ..Default::default()
+    };
     if let Some(want) = expect_sha.or(cfg.model.sha256.as_deref()) {
+        // The hash pins the configured file (the sidecar beside it names any variants).
+        let model = Model::load(&cfg.model.path, &opts)?;
         if !model.sha256.eq_ignore_ascii_case(want) {
             return Err(bad_input(format!(
                 "model {}: sha256 {} does not match model.sha256 {want}",
@@ -49,8 +66,11 @@ pub fn load_explainer(cfg: &Config, expect_sha: Option<&str>) -> Result<Explaine
     }
     let method: Method = cfg.cam.method.parse().map_err(bad_input)?;
     let layer = (cfg.cam.layer != "auto").then(|| cfg.cam.layer.clone());
-    Explainer::new(
-        model,
+    crate::model::variant::load_explainer(
+        &cfg.model.path,
+        &opts,
+        cfg.model.variant,
+        state_dir,
         &ExplainerOptions {
             layer,
             topk: None,
@@ -101,7 +121,14 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
 /// if one panics or ends on its own, the daemon stops within a short deadline and returns an
 /// error naming it, so the process exits non-zero and systemd restarts it.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) -> Result<()> {
-    let ex = load_explainer(&cfg, None)?;
+    let state_dir = hooks
+        .state_dir
+        .clone()
+        .or_else(|| cfg.spool.path.parent().map(|p| p.to_path_buf()));
+    let ex = load_explainer_in(&cfg, None, state_dir.as_deref())?;
+    if let Some(f) = hooks.on_loaded {
+        f(&ex);
+    }
     let settings = crate::mqtt::settings(&cfg.mqtt, &cfg.device_id)?;
     let (src, fps) = make_source(&cfg)?;
     let fsync = if cfg.spool.fsync == "batch" {
@@ -122,11 +149,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let source_name = src.describe();
     let sha_short: String = ex.model.sha256.chars().take(12).collect();
     tracing::info!(
-        "inspectd {} on {}: model {} {} (sha256 {sha_short}), layer {}, source {source_name}, broker {}:{}{}, {depth} message(s) waiting in the spool",
+        "inspectd {} on {}: model {} {} (sha256 {sha_short}), variant {}, layer {}, source {source_name}, broker {}:{}{}, {depth} message(s) waiting in the spool",
         env!("CARGO_PKG_VERSION"),
         cfg.device_id,
         ex.model.name,
         ex.model.version,
+        ex.model
+            .variant
+            .as_ref()
+            .map_or("none (no [variants])".into(), |v| v.describe()),
         ex.layer.name,
         settings.host,
         settings.port,
@@ -169,6 +200,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         reload: Mutex::new(None),
         reloading: AtomicBool::new(false),
         hold_publisher: hooks.hold_publisher,
+        variant: RwLock::new(ex.model.variant.clone()),
     });
 
     let publish_ok = PublishOk::parse(&cfg.mqtt.publish_ok).map_err(bad_input)?;
@@ -178,7 +210,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         method,
         publish_ok,
         mqtt_trigger: shared.triggered,
-        reload: Box::new(move |sha| load_explainer(&reload_cfg, sha)),
+        // A reload chooses the variant again (the cache key has the files' hashes).
+        reload: {
+            let sh = shared.clone();
+            Box::new(move |sha| {
+                let ex = load_explainer_in(&reload_cfg, sha, state_dir.as_deref())?;
+                *sh.variant.write().unwrap_or_else(|e| e.into_inner()) = ex.model.variant.clone();
+                Ok(ex)
+            })
+        },
         on_verdict: hooks.on_verdict,
         watchdog: crate::sdnotify::Watchdog::from_env(),
     };

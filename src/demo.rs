@@ -37,6 +37,17 @@ fn models_dir(given: Option<&Path>) -> Result<PathBuf> {
 
 /// The demo's config, as a TOML text so it goes through the same checks as a real one.
 pub fn demo_config(models: &Path, broker: &str, fps: f32, spool: &Path) -> String {
+    demo_config_variant(models, broker, fps, spool, None)
+}
+
+/// [`demo_config`] with `model.variant` set when `variant` is given.
+pub fn demo_config_variant(
+    models: &Path,
+    broker: &str,
+    fps: f32,
+    spool: &Path,
+    variant: Option<crate::model::variant::VariantPref>,
+) -> String {
     let [x0, y0, x1, y1] = WATERMARK_BOX;
     format!(
         r#"device_id = "demo"
@@ -46,7 +57,7 @@ path = "{samples}"
 fps = {fps}
 loop = true
 [model]
-path = "{model}"
+path = "{model}"{variant}
 [cam]
 method = "gradcam"
 [verdict]
@@ -70,6 +81,10 @@ listen = ""
         samples = models.join("samples").display(),
         model = models.join("surface-defect-int8.onnx").display(),
         spool = spool.display(),
+        variant = variant
+            .and_then(|v| v.forced())
+            .map(|v| format!("\nvariant = \"{v}\""))
+            .unwrap_or_default(),
     )
 }
 
@@ -84,7 +99,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
         }
     };
     let spool_dir = std::env::temp_dir().join(format!("inspectd-demo-{}", std::process::id()));
-    let text = demo_config(&models, &url, a.fps, &spool_dir.join("spool.redb"));
+    let text = demo_config_variant(
+        &models,
+        &url,
+        a.fps,
+        &spool_dir.join("spool.redb"),
+        a.variant,
+    );
     let cfg = Config::parse(&text, "(demo)", Path::new("."))?;
     let hostport = url.trim_start_matches("mqtt://");
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "1883"));
@@ -133,6 +154,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 d2.notify_one();
             }
         })),
+        on_loaded: Some(Box::new(|ex: &crate::cam::Explainer| {
+            if let Some(v) = &ex.model.variant {
+                println!(
+                    "model variant {} · runs {}",
+                    v.describe(),
+                    ex.model.path.display()
+                );
+            }
+        })),
+        // The demo's spool folder is temporary: keep the variant timing where the CLI does.
+        state_dir: Some(crate::model::variant::cli_cache_dir_from_env()),
         ..Default::default()
     };
     let rt = crate::cli::runtime()?;

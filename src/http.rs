@@ -96,6 +96,20 @@ pub fn metrics_text(shared: &Shared) -> String {
             .report(shared.camera_ok.load(Ordering::Relaxed), sp)
             .healthy as u8
     );
+    if let Some(v) = shared
+        .variant
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        let _ = writeln!(o, "# HELP inspectd_model_variant_forward_ms Median forward pass of each model variant on this CPU, timed at load; running=\"1\" is the one in use.\n# TYPE inspectd_model_variant_forward_ms gauge");
+        // A forced variant that was never timed still shows which one runs (NaN: not timed).
+        let mut times = v.forward_ms.clone();
+        times.entry(v.name.clone()).or_insert(f64::NAN);
+        for (name, ms) in &times {
+            let _ = writeln!(o, "inspectd_model_variant_forward_ms{{device=\"{dev}\",variant=\"{name}\",running=\"{}\"}} {ms:.3}", (*name == v.name) as u8);
+        }
+    }
     let _ = writeln!(o, "# HELP inspectd_camera_up 1 when the source delivers frames.\n# TYPE inspectd_camera_up gauge");
     let _ = writeln!(
         o,

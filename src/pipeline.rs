@@ -134,6 +134,8 @@ pub struct Shared {
     pub reloading: AtomicBool,
     /// Tests only (`daemon::Hooks::hold_publisher`).
     pub hold_publisher: Option<Arc<AtomicBool>>,
+    /// The running model variant and the timings it was chosen on (status, `/metrics`).
+    pub variant: RwLock<Option<crate::model::variant::Selection>>,
 }
 
 pub const MAX_TRIGGERS: usize = 64;

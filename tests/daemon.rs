@@ -125,6 +125,7 @@ name = "watermark"
 polygon = [[0.70, 0.82], [0.98, 0.82], [0.98, 0.97], [0.70, 0.97]]"#;
     let mut cfg = config("e2e-suspect", &host, port, zone, &dir.join("spool.redb"));
     cfg.model.path = root().join("models/shortcut-f32.onnx");
+    cfg.model.variant = Default::default(); // one file, no [variants]
     if let inspectd::config::SourceConfig::Replay { path, .. } = &mut cfg.source {
         *path = root().join("models/samples-shortcut");
     }
@@ -574,14 +575,17 @@ fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
     let models = root().join("models");
     let model = dir.join("model.onnx");
     std::fs::copy(models.join("surface-defect-int8.onnx"), &model).unwrap();
-    std::fs::copy(
-        models.join("surface-defect-int8.toml"),
-        dir.join("model.toml"),
-    )
-    .unwrap();
+    // A lone model file: its sidecar without the [variants] that name the shipped files.
+    let lone_sidecar = |from: &str| {
+        let text = std::fs::read_to_string(models.join(from)).unwrap();
+        let cut = text.find("[variants]").unwrap_or(text.len());
+        std::fs::write(dir.join("model.toml"), &text[..cut]).unwrap();
+    };
+    lone_sidecar("surface-defect-int8.toml");
     let int8 = sha256_hex(&model);
     let mut cfg = config("e2e-reload", &host, port, "", &dir.join("spool.redb"));
     cfg.model.path = model.clone();
+    cfg.model.variant = Default::default();
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
@@ -598,11 +602,7 @@ fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
 
         // The file is replaced (a new model is deployed) …
         std::fs::copy(models.join("surface-defect-f32.onnx"), &model).unwrap();
-        std::fs::copy(
-            models.join("surface-defect-f32.toml"),
-            dir.join("model.toml"),
-        )
-        .unwrap();
+        lone_sidecar("surface-defect-f32.toml");
         let f32 = sha256_hex(&model);
         assert_ne!(int8, f32);
         // … a reload that expects another hash is refused, one that expects this hash works.

@@ -5,6 +5,7 @@
 mod onnx;
 pub mod preprocess;
 pub mod sidecar;
+pub mod variant;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,8 @@ pub struct Model {
     pub default_layer: Option<String>,
     pub default_method: Option<String>,
     pub graph: Graph,
+    /// Which of the sidecar's `[variants]` this is and why it runs (`None`: no variants).
+    pub variant: Option<variant::Selection>,
     infos: HashMap<String, TensorInfo>,
     proto: tract_onnx::pb::ModelProto,
     dir: Option<String>,
@@ -118,24 +121,7 @@ impl Model {
             bail_input!("model {shown}: not an ONNX model (no graph nodes or outputs)");
         }
 
-        let sidecar_path = opts
-            .sidecar
-            .clone()
-            .unwrap_or_else(|| path.with_extension("toml"));
-        let sidecar = if sidecar_path.exists() {
-            let text = std::fs::read_to_string(&sidecar_path).map_err(|e| {
-                bad_input(format!(
-                    "sidecar {}: cannot read: {e}",
-                    sidecar_path.display()
-                ))
-            })?;
-            Sidecar::parse(&text)
-                .map_err(|e| bad_input(format!("sidecar {}: {e}", sidecar_path.display())))?
-        } else if opts.sidecar.is_some() {
-            bail_input!("sidecar {}: no such file", sidecar_path.display());
-        } else {
-            Sidecar::default()
-        };
+        let sidecar = read_sidecar(path, opts)?.0;
 
         let input = resolve_input(&graph, &sidecar, opts)
             .map_err(|e| bad_input(format!("model {shown}: {e}")))?;
@@ -162,6 +148,7 @@ impl Model {
             default_layer: sidecar.cam.layer.clone(),
             default_method: sidecar.cam.method.clone(),
             graph,
+            variant: None,
             infos: HashMap::new(),
             proto,
             dir,
@@ -173,6 +160,66 @@ impl Model {
             .resolve_output(&sidecar)
             .map_err(|e| bad_input(format!("model {shown}: {e}")))?;
         Ok(model)
+    }
+
+    /// The sidecar's `[variants]` of the model at `path` as candidates (files read and hashed),
+    /// or `None` when its sidecar lists none. `path` itself must be one of them.
+    pub fn variants(path: &Path, opts: &LoadOptions) -> Result<Option<Vec<variant::Candidate>>> {
+        let (sidecar, sidecar_path) = read_sidecar(path, opts)?;
+        let listed = sidecar.variants.listed();
+        if listed.is_empty() {
+            return Ok(None);
+        }
+        let shown = sidecar_path.display();
+        let dir = sidecar_path.parent().unwrap_or(Path::new("."));
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        let mut cands = vec![];
+        for (name, file) in listed {
+            let p = dir.join(file);
+            let bytes = std::fs::read(&p).map_err(|e| {
+                bad_input(format!(
+                    "sidecar {shown}: variant {name} = {file:?}: cannot read {}: {e}",
+                    p.display()
+                ))
+            })?;
+            cands.push(variant::Candidate {
+                name,
+                path: p,
+                sha256: hex(&Sha256::digest(&bytes)),
+            });
+        }
+        if !cands.iter().any(|c| same(&c.path, path)) {
+            bail_input!(
+                "sidecar {shown}: [variants] does not list the model {} itself",
+                path.display()
+            );
+        }
+        Ok(Some(cands))
+    }
+
+    /// Loads one variant: with its own sidecar when it has one, else the sidecar of the model
+    /// that listed it (the variants share the input/output contract).
+    pub fn load_variant(
+        c: &variant::Candidate,
+        listed_by: &Path,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        let own = c.path.with_extension("toml");
+        let sidecar = if own.exists() {
+            Some(own)
+        } else {
+            Some(read_sidecar(listed_by, opts)?.1)
+        };
+        Model::load(
+            &c.path,
+            &LoadOptions {
+                sidecar,
+                ..opts.clone()
+            },
+        )
     }
 
     fn parse(&self) -> Result<InferenceModel> {
@@ -319,7 +366,7 @@ impl Plan {
 /// tract 0.23's x86-64 AMX int8 matmul kernel crashed (SIGSEGV inside
 /// `avx512amx_mmm_i32_16x16`) on the inference thread of this project's test machines, so the
 /// int8 path uses the AVX-512/AVX2 kernels unless the operator sets `TRACT_CPU_ISA` explicitly.
-fn tract_setup() {
+pub(crate) fn tract_setup() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // x86-64 only: the token names an x86 ISA, and tract refuses it on other architectures.
@@ -332,6 +379,30 @@ fn tract_setup() {
             }
         }
     });
+}
+
+/// The sidecar for the model at `path` (`opts.sidecar`, else `<stem>.toml` beside it; a missing
+/// default sidecar is the default contract) and its path.
+fn read_sidecar(path: &Path, opts: &LoadOptions) -> Result<(Sidecar, PathBuf)> {
+    let sidecar_path = opts
+        .sidecar
+        .clone()
+        .unwrap_or_else(|| path.with_extension("toml"));
+    let sidecar = if sidecar_path.exists() {
+        let text = std::fs::read_to_string(&sidecar_path).map_err(|e| {
+            bad_input(format!(
+                "sidecar {}: cannot read: {e}",
+                sidecar_path.display()
+            ))
+        })?;
+        Sidecar::parse(&text)
+            .map_err(|e| bad_input(format!("sidecar {}: {e}", sidecar_path.display())))?
+    } else if opts.sidecar.is_some() {
+        bail_input!("sidecar {}: no such file", sidecar_path.display());
+    } else {
+        Sidecar::default()
+    };
+    Ok((sidecar, sidecar_path))
 }
 
 fn input_fact(shape: &[usize]) -> InferenceFact {

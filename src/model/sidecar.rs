@@ -17,6 +17,31 @@ pub struct Sidecar {
     pub output: OutputSection,
     #[serde(default)]
     pub cam: CamSection,
+    /// Interchangeable builds of this model (same contract), one of which runs: see
+    /// `model::variant`. Paths are relative to the sidecar's folder.
+    #[serde(default)]
+    pub variants: VariantsSection,
+}
+
+/// `[variants]`: the files of the same model in each number format. At load the daemon times
+/// the ones listed on this CPU and runs the fastest (or the one `model.variant` names).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantsSection {
+    /// The f32 build.
+    pub f32: Option<String>,
+    /// The int8 (quantized) build.
+    pub int8: Option<String>,
+}
+
+impl VariantsSection {
+    /// The listed variants, f32 first.
+    pub fn listed(&self) -> Vec<(&'static str, &str)> {
+        [("f32", &self.f32), ("int8", &self.int8)]
+            .into_iter()
+            .filter_map(|(n, p)| p.as_deref().map(|p| (n, p)))
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -120,6 +145,9 @@ ok_label = "ok"
 [cam]
 layer = "/features/relu"
 method = "gradcam++"
+[variants]
+f32 = "m-f32.onnx"
+int8 = "m-int8.onnx"
 "#,
         )
         .unwrap();
@@ -128,6 +156,17 @@ method = "gradcam++"
         assert_eq!(s.input.resize, Some(ResizeMode::CenterCrop));
         assert_eq!(s.output.kind, Some(OutputKind::Sigmoid));
         assert_eq!(s.cam.layer.as_deref(), Some("/features/relu"));
+        assert_eq!(
+            s.variants.listed(),
+            vec![("f32", "m-f32.onnx"), ("int8", "m-int8.onnx")]
+        );
+    }
+
+    #[test]
+    fn an_unknown_variant_is_rejected_with_its_name() {
+        let err = Sidecar::parse("[variants]\nfp16 = \"m.onnx\"\n").unwrap_err();
+        assert!(err.contains("fp16"), "{err}");
+        assert!(Sidecar::default().variants.listed().is_empty());
     }
 
     #[test]

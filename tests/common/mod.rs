@@ -25,8 +25,9 @@ pub fn broker() -> (String, u16) {
     ("127.0.0.1".into(), port)
 }
 
-/// A daemon's config that replays the samples (looped) through the shipped int8 model: `mqtt` is
-/// the body of its `[mqtt]` table, `more` any further tables. Stats every second, no HTTP.
+/// A daemon's config that replays the samples (looped) through the shipped int8 model (forced:
+/// no variant timing at each start): `mqtt` is the body of its `[mqtt]` table, `more` any further
+/// tables. Stats every second, no HTTP.
 pub fn replay_config(device: &str, fps: u32, mqtt: &str, spool: &Path, more: &str) -> String {
     format!(
         r#"device_id = "{device}"
@@ -37,6 +38,7 @@ fps = {fps}
 loop = true
 [model]
 path = "{model}"
+variant = "int8"
 [mqtt]
 {mqtt}
 [spool]
