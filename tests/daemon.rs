@@ -605,15 +605,28 @@ fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
         lone_sidecar("surface-defect-f32.toml");
         let f32 = sha256_hex(&model);
         assert_ne!(int8, f32);
-        // … a reload that expects another hash is refused, one that expects this hash works.
+        // … a reload that expects another hash is refused, one that expects this hash works,
+        // and a second one sent while it runs is answered busy (one reload at a time).
+        let wrong = collect(
+            &host,
+            port,
+            "inspect/e2e-reload/#",
+            Duration::from_secs(60),
+            vec![(
+                "inspect/e2e-reload/cmd/reload_model".to_string(),
+                format!(r#"{{"id":"wrong","sha256":"{int8}"}}"#).into_bytes(),
+            )],
+            |g| g.get("cmd_result").is_some_and(|r| !r.is_empty()),
+        )
+        .await;
         let send = vec![
             (
                 "inspect/e2e-reload/cmd/reload_model".to_string(),
-                format!(r#"{{"id":"wrong","sha256":"{int8}"}}"#).into_bytes(),
+                format!(r#"{{"id":"right","sha256":"{f32}"}}"#).into_bytes(),
             ),
             (
                 "inspect/e2e-reload/cmd/reload_model".to_string(),
-                format!(r#"{{"id":"right","sha256":"{f32}"}}"#).into_bytes(),
+                format!(r#"{{"id":"again","sha256":"{f32}"}}"#).into_bytes(),
             ),
         ];
         let got = collect(
@@ -627,11 +640,14 @@ fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
                     .is_some_and(|v| v.iter().any(|x| x["model"]["sha256"] == f32.as_str()))
                     && g.get("status")
                         .is_some_and(|s| s.iter().any(|x| x["model"]["sha256"] == f32.as_str()))
+                    && g.get("cmd_result")
+                        .is_some_and(|r| r.iter().filter(|x| x["id"] != "wrong").count() >= 2)
             },
         )
         .await;
         daemon.stop().await;
-        let results = &got["cmd_result"];
+        let mut results = wrong["cmd_result"].clone();
+        results.extend(got["cmd_result"].iter().cloned());
         let by_id = |id: &str| {
             results
                 .iter()
@@ -647,6 +663,11 @@ fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
             "{results:?}"
         );
         assert_eq!(by_id("right")["ok"], true, "{results:?}");
+        assert_eq!(by_id("again")["ok"], false, "{results:?}");
+        assert!(
+            by_id("again")["error"].as_str().unwrap().contains("busy"),
+            "{results:?}"
+        );
         assert!(got["status"]
             .iter()
             .any(|s| s["model"]["sha256"] == f32.as_str()));

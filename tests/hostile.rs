@@ -1,6 +1,6 @@
 //! Hostile traffic on the command topics: whatever a client allowed to publish commands sends
 //! (names cut inside a UTF-8 character, right-to-left overrides, 5000-byte levels, `..`, junk
-//! and 1 MiB payloads, retained commands), the daemon answers each with an error `cmd_result`
+//! and 1 MiB payloads, a 1.5 MiB retained command), the daemon answers each with an error `cmd_result`
 //! and its verdicts keep arriving with contiguous `seq`. A panic in the publisher used to stop
 //! every verdict while the process looked healthy.
 
@@ -81,13 +81,13 @@ fn hostile_command_topics_get_error_answers_and_verdicts_keep_flowing() {
         ));
         // A stale retained pause, there before the daemon subscribes (a broker hands a retained
         // message to a new subscription with the retain flag; to existing ones without).
+        // Over 1 MiB: the client's old packet limit closed the connection on it and the broker
+        // handed it over again on every subscribe (a reconnect loop, no verdicts).
+        let mut big = b"{\"pad\":\"".to_vec();
+        big.resize(1_500_000, b'x');
+        big.extend_from_slice(b"\"}");
         client
-            .publish(
-                format!("{p}/cmd/pause"),
-                QoS::AtLeastOnce,
-                true,
-                b"{}".to_vec(),
-            )
+            .publish(format!("{p}/cmd/pause"), QoS::AtLeastOnce, true, big)
             .await
             .unwrap();
         let expected = send.len() + 1;

@@ -458,12 +458,13 @@ async fn handle_command(
     cmd_result(shared, &name, id, result).await;
 }
 
-/// Hands spool entries to the client until the window is full.
-async fn fill(client: &AsyncClient, shared: &Shared, infl: &mut Inflight, last: &mut u64) {
+/// Hands spool entries to the client until the window is full; returns how many.
+async fn fill(client: &AsyncClient, shared: &Shared, infl: &mut Inflight, last: &mut u64) -> usize {
     let room = WINDOW.saturating_sub(infl.len());
     if room == 0 {
-        return;
+        return 0;
     }
+    let mut n = 0;
     for (id, m) in shared.spool.after(*last, room).await {
         if client
             .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
@@ -473,7 +474,9 @@ async fn fill(client: &AsyncClient, shared: &Shared, infl: &mut Inflight, last: 
         }
         infl.requested(id);
         *last = id;
+        n += 1;
     }
+    n
 }
 
 /// Runs the MQTT connection until `shutdown` resolves, then says goodbye within `deadline`.
@@ -548,10 +551,17 @@ pub async fn run(
                         fill(&client, &shared, &mut infl, &mut last).await;
                     }
                     Ok(Event::Incoming(Packet::PubAck(a))) => {
+                        let acked = Instant::now();
                         if let Some(id) = infl.acked(a.pkid) {
                             shared.spool.remove(id).await;
                         }
-                        fill(&client, &shared, &mut infl, &mut last).await;
+                        // PUBACK → the next spooled message handed to the client: how long a
+                        // backlog waits on the spool per message (stats `latency_ms.ack_to_publish`).
+                        if fill(&client, &shared, &mut infl, &mut last).await > 0 {
+                            let ms = acked.elapsed().as_secs_f64() * 1e3;
+                            shared.stats.lock().unwrap_or_else(|e| e.into_inner())
+                                .latency.entry("ack_to_publish").or_default().push(ms);
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         handle_command(&shared, &mut budget, &p.topic, &p.payload, p.retain).await
@@ -585,7 +595,9 @@ pub async fn run(
                         break;
                     }
                 },
-                _ = shared.spool.stored(), if connected.is_some() => fill(&client, &shared, &mut infl, &mut last).await,
+                _ = shared.spool.stored(), if connected.is_some() => {
+                    fill(&client, &shared, &mut infl, &mut last).await;
+                }
                 _ = shared.status_notify.notified(), if connected.is_some() => {
                     let state = if shared.stopping() { "stopping" } else { "online" };
                     if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
