@@ -274,7 +274,10 @@ fn parse_variant(s: &str) -> Result<VariantPref, String> {
 /// Entry point used by `main`: runs the command and maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A daemon says that it started, what it runs and what goes wrong: `info` by default. The
+    // one-shot commands print their results and keep the log to warnings.
+    let daemon = matches!(cli.command, Command::Run(_) | Command::Supervise(_));
+    init_logging(if daemon { "info" } else { "warn" });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -288,14 +291,16 @@ pub fn main() -> ExitCode {
 /// `INSPECTD_LOG`, which wins when both are set (it names this program only, so it can override
 /// a `RUST_LOG` set for a whole environment). Colours only when stderr is a terminal: journald
 /// and pipes get plain text.
-fn init_logging() {
+fn init_logging(default_level: &str) {
     use std::io::IsTerminal;
     // The embedded broker logs every probe and disconnect as an error: keep it quiet by default.
     let filter = ["INSPECTD_LOG", "RUST_LOG"]
         .iter()
         .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
         .find_map(|v| tracing_subscriber::EnvFilter::try_from_env(v).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(format!("{default_level},rumqttd=off"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -117,6 +117,18 @@ impl SpoolHandle {
         rx.recv_async().await.unwrap_or_default()
     }
 
+    /// Asks for up to `limit` messages with id > `after` without waiting: the answer comes on the
+    /// returned receiver. `None` when the request channel is full (ask again later).
+    pub fn try_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Option<flume::Receiver<Vec<(u64, Message)>>> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx.try_send(Req::After(after, limit, tx)).ok()?;
+        Some(rx)
+    }
+
     /// Makes everything stored durable; waits at most `deadline` for the owner.
     pub fn flush(&self, deadline: Duration) -> Result<(), String> {
         let (tx, rx) = flume::bounded(1);

@@ -3,6 +3,7 @@
 //! rumqttc types stay in this module.
 
 pub mod commands;
+pub mod feed;
 pub mod state;
 
 use std::sync::atomic::Ordering;
@@ -22,6 +23,7 @@ use crate::pipeline::{Shared, TriggerReq, MAX_TRIGGERS};
 use crate::source::Backoff;
 use crate::spool::{Message, Priority};
 use commands::Command;
+use feed::{Feed, READ_AHEAD};
 use state::Inflight;
 
 /// Spool entries in flight at once on a connection.
@@ -458,25 +460,50 @@ async fn handle_command(
     cmd_result(shared, &name, id, result).await;
 }
 
-/// Hands spool entries to the client until the window is full; returns how many.
-async fn fill(client: &AsyncClient, shared: &Shared, infl: &mut Inflight, last: &mut u64) -> usize {
-    let room = WINDOW.saturating_sub(infl.len());
-    if room == 0 {
-        return 0;
-    }
+/// A read of the spool under way (its answer arrives as a select branch).
+type Fetch = Option<flume::Receiver<Vec<(u64, Message)>>>;
+
+/// Hands entries read ahead to the client until the window is full, then asks the spool for
+/// more if the feed wants it (without waiting). Returns how many were handed over.
+fn pump(
+    client: &AsyncClient,
+    shared: &Shared,
+    feed: &mut Feed,
+    fetch: &mut Fetch,
+    infl: &mut Inflight,
+) -> usize {
     let mut n = 0;
-    for (id, m) in shared.spool.after(*last, room).await {
+    while infl.len() < WINDOW {
+        let Some((id, m)) = feed.pop() else { break };
         if client
             .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
             .is_err()
         {
+            // The client's queue is full: read this entry again later.
+            feed.rewind(id);
+            *fetch = None;
             break;
         }
         infl.requested(id);
-        *last = id;
         n += 1;
     }
+    if fetch.is_none() {
+        if let Some((after, limit)) = feed.want() {
+            if let Some(rx) = shared.spool.try_after(after, limit) {
+                feed.asked(limit);
+                *fetch = Some(rx);
+            }
+        }
+    }
     n
+}
+
+/// The answer to a spool read, or never without one.
+async fn fetched(fetch: Fetch) -> Vec<(u64, Message)> {
+    match fetch {
+        Some(rx) => rx.recv_async().await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs the MQTT connection until `shutdown` resolves, then says goodbye within `deadline`.
@@ -526,7 +553,8 @@ pub async fn run(
         // bookkeeping of the next one; the spool resends everything unacknowledged in order.
         let (client, mut el) = AsyncClient::new(opts.clone(), 256);
         let mut infl = Inflight::new();
-        let mut last = 0u64;
+        let mut feed = Feed::new();
+        let mut fetch: Fetch = None;
         let mut connected: Option<Instant> = None;
         let mut stats_tick = tokio::time::interval(stats_every);
         let mut last_stats = (Instant::now(), verdict_total(&shared));
@@ -548,7 +576,7 @@ pub async fn run(
                             infl.requested_untracked();
                         }
                         let _ = client.try_subscribe(shared.topic("cmd/+"), QoS::AtLeastOnce);
-                        fill(&client, &shared, &mut infl, &mut last).await;
+                        pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
                     }
                     Ok(Event::Incoming(Packet::PubAck(a))) => {
                         let acked = Instant::now();
@@ -556,8 +584,8 @@ pub async fn run(
                             shared.spool.remove(id).await;
                         }
                         // PUBACK → the next spooled message handed to the client: how long a
-                        // backlog waits on the spool per message (stats `latency_ms.ack_to_publish`).
-                        if fill(&client, &shared, &mut infl, &mut last).await > 0 {
+                        // backlog waits per message (stats `latency_ms.ack_to_publish`).
+                        if pump(&client, &shared, &mut feed, &mut fetch, &mut infl) > 0 {
                             let ms = acked.elapsed().as_secs_f64() * 1e3;
                             shared.stats.lock().unwrap_or_else(|e| e.into_inner())
                                 .latency.entry("ack_to_publish").or_default().push(ms);
@@ -595,8 +623,14 @@ pub async fn run(
                         break;
                     }
                 },
+                batch = fetched(fetch.clone()), if fetch.is_some() => {
+                    fetch = None;
+                    feed.arrived(batch);
+                    pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
+                }
                 _ = shared.spool.stored(), if connected.is_some() => {
-                    fill(&client, &shared, &mut infl, &mut last).await;
+                    feed.stored();
+                    pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
                 }
                 _ = shared.status_notify.notified(), if connected.is_some() => {
                     let state = if shared.stopping() { "stopping" } else { "online" };
@@ -606,6 +640,10 @@ pub async fn run(
                 }
                 _ = beat.tick() => {
                     crate::tasks::fault_point("publisher");
+                    if connected.is_some() {
+                        // Retries a read the spool's full channel refused.
+                        pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
+                    }
                     if let Some(hold) = &shared.hold_publisher {
                         while hold.load(Ordering::Relaxed) {
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -630,7 +668,7 @@ pub async fn run(
                 }
                 _ = shutdown.changed() => {
                     if connected.is_some() {
-                        goodbye(&shared, &client, &mut el, &mut infl, &mut last, deadline).await;
+                        goodbye(&shared, &client, &mut el, &mut infl, &mut feed, deadline).await;
                     }
                     return;
                 }
@@ -656,7 +694,7 @@ async fn goodbye(
     client: &AsyncClient,
     el: &mut rumqttc::EventLoop,
     infl: &mut Inflight,
-    last: &mut u64,
+    feed: &mut Feed,
     deadline: Duration,
 ) {
     let until = tokio::time::Instant::now() + deadline;
@@ -667,14 +705,34 @@ async fn goodbye(
         status_payload(shared, "stopping"),
     );
     infl.requested_untracked();
-    fill(client, shared, infl, last).await;
-    while !shared.spool.is_empty() {
+    loop {
+        if infl.is_empty() && feed.is_empty() {
+            // A round trip to the spool thread: every delete sent before it is done, so an
+            // empty answer means everything was acknowledged.
+            let after = feed.fetched();
+            let batch = shared.spool.after(after, READ_AHEAD).await;
+            if batch.is_empty() {
+                break;
+            }
+            feed.asked(READ_AHEAD);
+            feed.arrived(batch);
+        }
+        while infl.len() < WINDOW {
+            let Some((id, m)) = feed.pop() else { break };
+            if client
+                .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
+                .is_err()
+            {
+                feed.rewind(id);
+                break;
+            }
+            infl.requested(id);
+        }
         match tokio::time::timeout_at(until, el.poll()).await {
             Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
                 if let Some(id) = infl.acked(a.pkid) {
                     shared.spool.remove(id).await;
                 }
-                fill(client, shared, infl, last).await;
             }
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                 infl.outgoing(pkid);
