@@ -699,6 +699,9 @@ fn a_missing_v4l2_camera_is_reported_lost() {
         fps: 10.0,
         format: Some("yuyv".into()),
         trigger: Default::default(),
+        max_width: 4096,
+        max_height: 4096,
+        max_bad_frames: 3,
     };
     let rt = inspectd::cli::runtime().unwrap();
     rt.block_on(async {
