@@ -209,7 +209,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let setup = InferenceSetup {
         method,
         publish_ok,
-        mqtt_trigger: shared.triggered,
         // A reload chooses the variant again (the cache key has the files' hashes).
         reload: {
             let sh = shared.clone();

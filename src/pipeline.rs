@@ -288,7 +288,6 @@ pub type VerdictHook = Box<dyn Fn(&serde_json::Value, f64) + Send>;
 pub struct InferenceSetup {
     pub method: Method,
     pub publish_ok: PublishOk,
-    pub mqtt_trigger: bool,
     /// Builds a fresh explainer (for `reload_model`), given an expected sha256.
     pub reload: ReloadFn,
     /// Called after each verdict (the demo prints a line).
@@ -338,7 +337,7 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
                 }
             }
         }
-        let part_id = if setup.mqtt_trigger {
+        let part_id = if shared.triggered {
             let q = shared.triggers.lock().unwrap_or_else(|e| e.into_inner());
             let (mut q, _) = shared
                 .trigger_ready

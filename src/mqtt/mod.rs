@@ -472,21 +472,11 @@ fn pump(
     fetch: &mut Fetch,
     infl: &mut Inflight,
 ) -> usize {
-    let mut n = 0;
-    while infl.len() < WINDOW {
-        let Some((id, m)) = feed.pop() else { break };
-        if client
-            .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
-            .is_err()
-        {
-            // The client's queue is full: read this entry again later.
-            feed.rewind(id);
-            *fetch = None;
-            break;
-        }
-        infl.requested(id);
-        n += 1;
-    }
+    let Some(n) = hand_over(client, feed, infl) else {
+        // The client's queue was full: the feed rewound, forget the read under way.
+        *fetch = None;
+        return 0;
+    };
     if fetch.is_none() {
         if let Some((after, limit)) = feed.want() {
             if let Some(rx) = shared.spool.try_after(after, limit) {
@@ -496,6 +486,25 @@ fn pump(
         }
     }
     n
+}
+
+/// Hands entries read ahead to the client while the window has room; returns how many, or
+/// `None` when the client's queue was full (the feed is rewound to read that entry again).
+fn hand_over(client: &AsyncClient, feed: &mut Feed, infl: &mut Inflight) -> Option<usize> {
+    let mut n = 0;
+    while infl.len() < WINDOW {
+        let Some((id, m)) = feed.pop() else { break };
+        if client
+            .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
+            .is_err()
+        {
+            feed.rewind(id);
+            return None;
+        }
+        infl.requested(id);
+        n += 1;
+    }
+    Some(n)
 }
 
 /// The answer to a spool read, or never without one.
@@ -717,17 +726,7 @@ async fn goodbye(
             feed.asked(READ_AHEAD);
             feed.arrived(batch);
         }
-        while infl.len() < WINDOW {
-            let Some((id, m)) = feed.pop() else { break };
-            if client
-                .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
-                .is_err()
-            {
-                feed.rewind(id);
-                break;
-            }
-            infl.requested(id);
-        }
+        hand_over(client, feed, infl);
         match tokio::time::timeout_at(until, el.poll()).await {
             Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
                 if let Some(id) = infl.acked(a.pkid) {
