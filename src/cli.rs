@@ -71,9 +71,13 @@ pub struct CheckConfigArgs {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Stop after this many verdicts (default: run until Ctrl-C).
+    /// Stop after this many verdicts from each device (default: run until Ctrl-C).
     #[arg(long)]
     pub frames: Option<u64>,
+    /// Run only the shipped model (leave out the `demo-shortcut` device, whose model looks at
+    /// the watermark and whose defects come out suspect).
+    #[arg(long)]
+    pub no_shortcut: bool,
     /// Publish to this broker instead of the embedded one (mqtt://host:port).
     #[arg(long)]
     pub broker: Option<String>,

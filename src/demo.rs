@@ -1,9 +1,12 @@
-//! `inspectd demo`: the daemon on embedded defaults — an in-process broker, the shipped int8
-//! model, a replay of `models/samples` — printing one line per verdict. Nothing to install.
+//! `inspectd demo`: the daemon on embedded defaults — an in-process broker and two devices
+//! publishing to it: `demo` runs the shipped int8 model on a replay of `models/samples`, and
+//! `demo-shortcut` runs the shortcut model (trained to look at the camera's watermark) on
+//! `models/samples-shortcut`, so that suspect verdicts show up next to trusted ones. One line per
+//! verdict, prefixed by the device. Nothing to install.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +18,32 @@ use crate::error::bad_input;
 
 /// The normalized box where the demo camera burns in its watermark (see models/MODEL_CARD.md).
 pub const WATERMARK_BOX: [f32; 4] = [0.70, 0.82, 0.98, 0.97];
+
+/// One device of the demo: its id, model file and sample folder (inside the models folder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DemoDevice {
+    pub id: &'static str,
+    pub model: &'static str,
+    pub samples: &'static str,
+    /// What a first-time user should expect from it.
+    pub note: &'static str,
+}
+
+/// The shipped model on honest samples: ok and defect verdicts.
+pub const SHIPPED: DemoDevice = DemoDevice {
+    id: "demo",
+    model: "surface-defect-int8.onnx",
+    samples: "samples",
+    note: "the shipped model",
+};
+
+/// The shortcut model (right for the wrong reason): its defect verdicts come out suspect.
+pub const SHORTCUT: DemoDevice = DemoDevice {
+    id: "demo-shortcut",
+    model: "shortcut-f32.onnx",
+    samples: "samples-shortcut",
+    note: "a model trained to look at the watermark: its defects should be suspect",
+};
 
 fn models_dir(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = given {
@@ -29,13 +58,13 @@ fn models_dir(given: Option<&Path>) -> Result<PathBuf> {
     candidates
         .into_iter()
         .flatten()
-        .find(|p| p.join("surface-defect-int8.onnx").exists())
+        .find(|p| p.join(SHIPPED.model).exists())
         .ok_or_else(|| {
             bad_input("no models folder with surface-defect-int8.onnx found (use --models DIR)")
         })
 }
 
-/// The demo's config, as a TOML text so it goes through the same checks as a real one.
+/// The shipped device's config, as a TOML text so it goes through the same checks as a real one.
 pub fn demo_config(models: &Path, broker: &str, fps: f32, spool: &Path) -> String {
     demo_config_variant(models, broker, fps, spool, None)
 }
@@ -48,9 +77,24 @@ pub fn demo_config_variant(
     spool: &Path,
     variant: Option<crate::model::variant::VariantPref>,
 ) -> String {
+    device_config(SHIPPED, models, broker, fps, spool, variant)
+}
+
+/// The config of one demo device. Both use the shipped suspect rules (models/MODEL_CARD.md,
+/// "Suspect rules") with the watermark as an ignore zone. `variant` applies to a model with
+/// `[variants]` in its sidecar (the shipped one); the shortcut model is one f32 file.
+pub fn device_config(
+    dev: DemoDevice,
+    models: &Path,
+    broker: &str,
+    fps: f32,
+    spool: &Path,
+    variant: Option<crate::model::variant::VariantPref>,
+) -> String {
     let [x0, y0, x1, y1] = WATERMARK_BOX;
+    let variant = if dev == SHIPPED { variant } else { None };
     format!(
-        r#"device_id = "demo"
+        r#"device_id = "{id}"
 [source]
 kind = "replay"
 path = "{samples}"
@@ -63,7 +107,8 @@ method = "gradcam"
 [verdict]
 defect_threshold = 0.5
 suspect_band = [0.0, 0.6]
-max_ignore_fraction = 0.3
+max_ignore_fraction = 0.1
+max_spread = 0.15
 [[verdict.ignore_zones]]
 name = "watermark"
 polygon = [[{x0}, {y0}], [{x1}, {y0}], [{x1}, {y1}], [{x0}, {y1}]]
@@ -78,14 +123,41 @@ interval_s = 5
 [http]
 listen = ""
 "#,
-        samples = models.join("samples").display(),
-        model = models.join("surface-defect-int8.onnx").display(),
+        id = dev.id,
+        samples = models.join(dev.samples).display(),
+        model = models.join(dev.model).display(),
         spool = spool.display(),
         variant = variant
             .and_then(|v| v.forced())
             .map(|v| format!("\nvariant = \"{v}\""))
             .unwrap_or_default(),
     )
+}
+
+/// The devices to run: the shipped one, and the shortcut one unless `--no-shortcut` or its
+/// files are missing (an older package); the second value says why it is left out.
+fn devices(models: &Path, no_shortcut: bool) -> (Vec<DemoDevice>, Option<String>) {
+    if no_shortcut {
+        return (vec![SHIPPED], None);
+    }
+    let missing: Vec<PathBuf> = [SHORTCUT.model, SHORTCUT.samples]
+        .iter()
+        .map(|f| models.join(f))
+        .filter(|p| !p.exists())
+        .collect();
+    if missing.is_empty() {
+        (vec![SHIPPED, SHORTCUT], None)
+    } else {
+        let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        (
+            vec![SHIPPED],
+            Some(format!(
+                "device {} left out: {} not found",
+                SHORTCUT.id,
+                names.join(", ")
+            )),
+        )
+    }
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -99,90 +171,141 @@ pub fn run(a: DemoArgs) -> Result<()> {
         }
     };
     let spool_dir = std::env::temp_dir().join(format!("inspectd-demo-{}", std::process::id()));
-    let text = demo_config_variant(
-        &models,
-        &url,
-        a.fps,
-        &spool_dir.join("spool.redb"),
-        a.variant,
-    );
-    let cfg = Config::parse(&text, "(demo)", Path::new("."))?;
+    let (devs, left_out) = devices(&models, a.no_shortcut);
+    let mut cfgs = vec![];
+    for d in &devs {
+        let text = device_config(
+            *d,
+            &models,
+            &url,
+            a.fps,
+            &spool_dir.join(format!("{}.redb", d.id)),
+            a.variant,
+        );
+        cfgs.push(Config::parse(&text, "(demo)", Path::new("."))?);
+    }
     let hostport = url.trim_start_matches("mqtt://");
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "1883"));
-    println!(
-        "inspectd demo · model {} · samples {} · broker {url}",
-        cfg.model.path.display(),
-        models.join("samples").display()
-    );
+    println!("inspectd demo · broker {url}");
+    for (d, cfg) in devs.iter().zip(&cfgs) {
+        println!(
+            "  {:<13}  model {} · samples {} · {}",
+            d.id,
+            cfg.model.path.display(),
+            models.join(d.samples).display(),
+            d.note
+        );
+    }
+    if let Some(why) = &left_out {
+        println!("  ({why})");
+    }
     println!("watch the messages:  mosquitto_sub -h {host} -p {port} -t 'inspect/#' -v");
+    if let Some(n) = a.frames {
+        println!("stops after {n} verdicts from each device");
+    }
     println!(
-        "{:>5}  {:<24} {:<8} {:<8} {:>6}  {:>8}  reasons",
-        "seq", "frame", "verdict", "label", "conf", "total ms"
+        "{:<13}  {:>5}  {:<24} {:<8} {:<8} {:>6}  {:>8}  reasons",
+        "device", "seq", "frame", "verdict", "label", "conf", "total ms"
     );
 
-    let count = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let (c2, d2, limit) = (count.clone(), done.clone(), a.frames);
-    let timing = Arc::new(Mutex::new(Timing::default()));
-    let t2 = timing.clone();
-    let hooks = crate::daemon::Hooks {
-        on_verdict: Some(Box::new(move |v: &serde_json::Value, spool_ms: f64| {
-            let reasons: Vec<&str> = v["reasons"]
-                .as_array()
-                .map(|r| r.iter().filter_map(|x| x["text"].as_str()).collect())
-                .unwrap_or_default();
-            println!(
-                "{:>5}  {:<24} {:<8} {:<8} {:>6.3}  {:>8.1}  {}",
-                v["seq"].as_u64().unwrap_or(0),
-                v["frame"]["origin"]
-                    .as_str()
-                    .unwrap_or("")
-                    .chars()
-                    .take(24)
-                    .collect::<String>(),
-                v["verdict"].as_str().unwrap_or(""),
-                v["label"].as_str().unwrap_or(""),
-                v["confidence"].as_f64().unwrap_or(0.0),
-                v["latency_ms"]["total"].as_f64().unwrap_or(0.0),
-                reasons.join("; ")
-            );
-            t2.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(&v["latency_ms"], spool_ms);
-            let n = c2.fetch_add(1, Ordering::SeqCst) + 1;
-            if limit.is_some_and(|l| n >= l) {
-                d2.notify_one();
-            }
-        })),
-        on_loaded: Some(Box::new(|ex: &crate::cam::Explainer| {
-            if let Some(v) = &ex.model.variant {
-                println!(
-                    "model variant {} · runs {}",
-                    v.describe(),
-                    ex.model.path.display()
-                );
-            }
-        })),
-        // The demo's spool folder is temporary: keep the variant timing where the CLI does.
-        state_dir: Some(crate::model::variant::cli_cache_dir_from_env()),
-        ..Default::default()
-    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let finished = Arc::new(AtomicUsize::new(0));
+    let ndev = devs.len();
+    let mut timings = vec![];
+    let mut runs = vec![];
+    for (d, cfg) in devs.iter().zip(cfgs) {
+        let id = d.id;
+        let count = Arc::new(AtomicU64::new(0));
+        let timing = Arc::new(Mutex::new(Timing::default()));
+        timings.push((id, timing.clone()));
+        let (stop, fin, limit) = (stop_tx.clone(), finished.clone(), a.frames);
+        let hooks = crate::daemon::Hooks {
+            on_verdict: Some(Box::new(move |v: &serde_json::Value, spool_ms: f64| {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                if limit.is_some_and(|l| n > l) {
+                    return; // this device has shown its frames; the other one is still going
+                }
+                print_line(id, v);
+                timing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add(v, spool_ms);
+                if limit == Some(n) && fin.fetch_add(1, Ordering::SeqCst) + 1 == ndev {
+                    let _ = stop.send(true);
+                }
+            })),
+            on_loaded: Some(Box::new(move |ex: &crate::cam::Explainer| {
+                if let Some(v) = &ex.model.variant {
+                    println!(
+                        "{id}: model variant {} · runs {}",
+                        v.describe(),
+                        ex.model.path.display()
+                    );
+                }
+            })),
+            // The demo's spool folder is temporary: keep the variant timing where the CLI does.
+            state_dir: Some(crate::model::variant::cli_cache_dir_from_env()),
+            ..Default::default()
+        };
+        let mut rx = stop_rx.clone();
+        let stop = stop_tx.clone();
+        runs.push(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let r = crate::daemon::run(cfg, shutdown, hooks).await;
+            // One device failing (a model that does not load) ends the demo.
+            let _ = stop.send(true);
+            r
+        });
+    }
     let rt = crate::cli::runtime()?;
-    let res = rt.block_on(crate::daemon::run(
-        cfg,
-        async move {
-            tokio::select! {
-                _ = crate::daemon::signals() => {}
-                _ = done.notified() => {}
-            }
-        },
-        hooks,
-    ));
+    let results = rt.block_on(async move {
+        let signal_stop = stop_tx.clone();
+        tokio::spawn(async move {
+            crate::daemon::signals().await;
+            let _ = signal_stop.send(true);
+        });
+        let tasks: Vec<_> = runs.into_iter().map(tokio::spawn).collect();
+        let mut results = vec![];
+        for t in tasks {
+            results.push(t.await.map_err(anyhow::Error::from).and_then(|r| r));
+        }
+        results
+    });
     let _ = std::fs::remove_dir_all(&spool_dir);
-    res?;
-    let timing = timing.lock().unwrap_or_else(|e| e.into_inner());
-    println!("{}", timing.summary());
+    for r in results {
+        r?;
+    }
+    for (id, timing) in &timings {
+        let timing = timing.lock().unwrap_or_else(|e| e.into_inner());
+        println!("{id}: {}", timing.summary());
+    }
     Ok(())
+}
+
+fn print_line(device: &str, v: &serde_json::Value) {
+    let reasons: Vec<&str> = v["reasons"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["text"].as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "{:<13}  {:>5}  {:<24} {:<8} {:<8} {:>6.3}  {:>8.1}  {}",
+        device,
+        v["seq"].as_u64().unwrap_or(0),
+        v["frame"]["origin"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(24)
+            .collect::<String>(),
+        v["verdict"].as_str().unwrap_or(""),
+        v["label"].as_str().unwrap_or(""),
+        v["confidence"].as_f64().unwrap_or(0.0),
+        v["latency_ms"]["total"].as_f64().unwrap_or(0.0),
+        reasons.join("; ")
+    );
 }
 
 /// Per-stage latencies of the verdicts the demo printed, for its closing summary.
@@ -191,6 +314,8 @@ struct Timing {
     first: Option<Instant>,
     last: Option<Instant>,
     stages: BTreeMap<String, Vec<f64>>,
+    /// Verdicts by kind (ok, defect, suspect).
+    kinds: BTreeMap<String, usize>,
 }
 
 const STAGES: [&str; 6] = ["decode", "preprocess", "forward", "cam", "verdict", "total"];
@@ -205,7 +330,12 @@ const SHOWN: [&str; 7] = [
 ];
 
 impl Timing {
-    fn add(&mut self, latency: &serde_json::Value, spool_ms: f64) {
+    fn add(&mut self, verdict: &serde_json::Value, spool_ms: f64) {
+        let latency = &verdict["latency_ms"];
+        *self
+            .kinds
+            .entry(verdict["verdict"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
         let now = Instant::now();
         self.first.get_or_insert(now);
         self.last = Some(now);
@@ -243,7 +373,7 @@ impl Timing {
         v[v.len() / 2]
     }
 
-    /// "N verdicts, F fps; median ms: …; total / (forward + cam) = R×".
+    /// "N verdicts (ok a, defect b, suspect c), F fps; median ms: …; total / (forward + cam) = R×".
     fn summary(&self) -> String {
         let n = self.stages.get("total").map_or(0, Vec::len);
         let secs = match (self.first, self.last) {
@@ -259,10 +389,50 @@ impl Timing {
             .iter()
             .map(|s| format!("{s} {:.2}", self.median(s)))
             .collect();
+        let kinds: Vec<String> = ["ok", "defect", "suspect"]
+            .iter()
+            .map(|k| format!("{k} {}", self.kinds.get(*k).copied().unwrap_or(0)))
+            .collect();
         format!(
-            "{n} verdicts, {fps}; median ms: {}; frame cost / (forward + cam), median per frame = {:.2}x",
+            "{n} verdicts ({}), {fps}; median ms: {}; frame cost / (forward + cam), median per frame = {:.2}x",
+            kinds.join(", "),
             stages.join(", "),
             self.median("ratio")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_devices_parse_with_the_shipped_rules_and_the_watermark_zone() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let (devs, why) = devices(&models, false);
+        assert_eq!(devs, vec![SHIPPED, SHORTCUT], "{why:?}");
+        for d in devs {
+            let text = device_config(
+                d,
+                &models,
+                "mqtt://127.0.0.1:1883",
+                5.0,
+                Path::new("/tmp/x.redb"),
+                None,
+            );
+            let cfg = Config::parse(&text, "(demo)", Path::new(".")).unwrap();
+            assert_eq!(cfg.device_id, d.id);
+            let r = &cfg.verdict;
+            let shipped = crate::verdict::Rules::default();
+            assert_eq!(
+                (r.max_ignore_fraction, r.max_spread),
+                (shipped.max_ignore_fraction, shipped.max_spread)
+            );
+            assert_eq!(r.ignore_zones[0].name, "watermark");
+        }
+        assert_eq!(devices(&models, true).0, vec![SHIPPED]);
+        let (devs, why) = devices(Path::new("/nonexistent"), false);
+        assert_eq!(devs, vec![SHIPPED]);
+        assert!(why.unwrap().contains("demo-shortcut"));
     }
 }
