@@ -329,7 +329,7 @@ async fn await_recovered(host: &str, port: u16, device: &str) {
 /// A snapshot camera on 127.0.0.1: serves `frame` on every GET while `up`, and closes its
 /// listening socket (connection refused, like an unplugged camera) while not.
 fn http_camera(frame: Vec<u8>, up: Arc<AtomicBool>) -> u16 {
-    let port = inspectd::broker::free_port().unwrap();
+    let port = common::free_port();
     std::thread::spawn(move || {
         let mut listener: Option<TcpListener> = None;
         loop {

@@ -70,7 +70,7 @@ fn run_until_exit(cfg: &Path, fault: &str, http_port: u16) -> (i32, f64, String)
 fn killing_any_task_ends_the_process_non_zero_and_a_restart_continues_seq() {
     let (host, port) = broker();
     let dir = common::tmp("supervised", "tasks");
-    let http_port = inspectd::broker::free_port().unwrap();
+    let http_port = common::free_port();
     let device = "supervised";
     let text = replay_config(
         device,
@@ -200,7 +200,7 @@ fn healthz_turns_unhealthy_within_2_s_when_inference_or_the_publisher_stalls() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (host, port) = broker();
     let dir = common::tmp("supervised", "healthz");
-    let http_port = inspectd::broker::free_port().unwrap();
+    let http_port = common::free_port();
     let text = replay_config(
         "healthz",
         20,

@@ -30,7 +30,7 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    inspectd::broker::free_port().unwrap()
+    common::free_port()
 }
 
 /// The topic prefix of one test: tests sharing a broker (`INSPECTD_TEST_BROKER`) stay apart.

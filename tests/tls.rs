@@ -110,8 +110,8 @@ impl Drop for Mosquitto {
 /// Starts Mosquitto with a TLS listener (client certificates required; `extra` settings for
 /// it) and a plaintext one for the observer.
 fn mosquitto(dir: &Path, extra: &str) -> (Mosquitto, u16, u16) {
-    let tls_port = inspectd::broker::free_port().unwrap();
-    let plain_port = inspectd::broker::free_port().unwrap();
+    let tls_port = common::free_port();
+    let plain_port = common::free_port();
     let conf = format!(
         "per_listener_settings true\nuser root\n\
          listener {tls_port} 127.0.0.1\nrequire_certificate true\n\

@@ -12,6 +12,23 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
+/// A port for a server a test starts, taken from this process's own block below the ephemeral
+/// range. A port found by binding port 0 and letting go of it could be handed to another
+/// test's `bind(":0")` (a camera, a proxy) before the server took it: an observer then talked
+/// MQTT to an HTTP camera. Test binaries run one at a time; within one, a counter keeps the
+/// tests' ports apart, and a port still bound by anything else is skipped.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 200) as u16 * 40;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::SeqCst) % 400;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 /// A broker address: the one named by the environment, or a fresh embedded one.
 pub fn broker() -> (String, u16) {
     if let Ok(addr) = std::env::var("INSPECTD_TEST_BROKER") {
@@ -20,7 +37,7 @@ pub fn broker() -> (String, u16) {
             .expect("INSPECTD_TEST_BROKER is host:port");
         return (h.to_string(), p.parse().unwrap());
     }
-    let port = inspectd::broker::free_port().unwrap();
+    let port = free_port();
     inspectd::broker::spawn(([127, 0, 0, 1], port).into()).unwrap();
     ("127.0.0.1".into(), port)
 }
