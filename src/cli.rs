@@ -303,7 +303,9 @@ fn init_logging(default_level: &str) {
         .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
         .find_map(|v| tracing_subscriber::EnvFilter::try_from_env(v).ok())
         .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new(format!("{default_level},rumqttd=off"))
+            tracing_subscriber::EnvFilter::new(format!(
+                "{default_level},rumqttd=off,tract_linalg=warn"
+            ))
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
