@@ -156,6 +156,18 @@ pub enum Reason {
     Diffuse { spread: f32, max: f32 },
 }
 
+/// A fraction as a percentage beside its limit: whole percents, or one decimal where whole ones
+/// would read the same as the limit ("15% (max 15%)" said of 15.3%, which an operator reads as a
+/// false alarm).
+fn pct(x: f32, limit: f32) -> String {
+    let (a, b) = (x * 100.0, limit * 100.0);
+    if format!("{a:.0}") == format!("{b:.0}") {
+        format!("{a:.1}%")
+    } else {
+        format!("{a:.0}%")
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -169,8 +181,8 @@ impl std::fmt::Display for Reason {
             Reason::OutsideRoi { fraction, min } => {
                 write!(
                     f,
-                    "only {:.0}% of the evidence inside the ROI (min {:.0}%)",
-                    fraction * 100.0,
+                    "only {} of the evidence inside the ROI (min {:.0}%)",
+                    pct(*fraction, *min),
                     min * 100.0
                 )
             }
@@ -181,16 +193,16 @@ impl std::fmt::Display for Reason {
             } => {
                 write!(
                     f,
-                    "{:.0}% of the evidence on ignore zone {zone:?} (max {:.0}%)",
-                    fraction * 100.0,
+                    "{} of the evidence on ignore zone {zone:?} (max {:.0}%)",
+                    pct(*fraction, *max),
                     max * 100.0
                 )
             }
             Reason::Diffuse { spread, max } => {
                 write!(
                     f,
-                    "diffuse map: {:.0}% of cells above half the peak (max {:.0}%)",
-                    spread * 100.0,
+                    "diffuse map: {} of cells above half the peak (max {:.0}%)",
+                    pct(*spread, *max),
                     max * 100.0
                 )
             }
@@ -574,5 +586,22 @@ mod tests {
     fn mass_fraction_of_half_a_frame() {
         let m = vec![1.0; 16];
         assert!((mass_fraction(&m, 4, 4, &square(0.0, 0.0, 0.5, 1.0)) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_value_just_over_its_limit_is_not_printed_equal_to_it() {
+        let r = Reason::Diffuse {
+            spread: 0.153,
+            max: 0.15,
+        };
+        assert_eq!(
+            r.to_string(),
+            "diffuse map: 15.3% of cells above half the peak (max 15%)"
+        );
+        let r = Reason::Diffuse {
+            spread: 0.26,
+            max: 0.15,
+        };
+        assert!(r.to_string().starts_with("diffuse map: 26% "), "{r}");
     }
 }
