@@ -115,9 +115,14 @@ pub async fn collect(
     mut done: impl FnMut(&BTreeMap<String, Vec<serde_json::Value>>) -> bool,
 ) -> BTreeMap<String, Vec<serde_json::Value>> {
     // Client ids must be unique per broker: tests run concurrently.
+    // Unique per call too: a test that collects twice in a row on one filter reconnected with
+    // the id of the observer it had just dropped, and the broker, still closing that one, reset
+    // the new connection ("observer lost the broker").
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = format!(
-        "observer-{}-{}",
+        "observer-{}-{}-{}",
         std::process::id(),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
         filter.replace(['/', '#'], "")
     );
     let mut opts = MqttOptions::new(id, host, port);
