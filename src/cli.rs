@@ -10,14 +10,14 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::cam::{
+use inspectd_cam::error::{bad_input, is_bad_input};
+use inspectd_cam::heatmap;
+use inspectd_cam::model::preprocess::{fit, load_image, to_tensor};
+use inspectd_cam::model::variant::VariantPref;
+use inspectd_cam::model::{LoadOptions, Model};
+use inspectd_cam::{
     layer_candidates, resolve_layer, ClassChoice, Explainer, ExplainerOptions, Method,
 };
-use crate::error::{bad_input, is_bad_input};
-use crate::heatmap;
-use crate::model::preprocess::{fit, load_image, to_tensor};
-use crate::model::variant::VariantPref;
-use crate::model::{LoadOptions, Model};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,12 +45,10 @@ pub enum Command {
     /// Check a daemon config (keys, model, source, broker URL) and exit 0, or 2 naming the fault.
     CheckConfig(CheckConfigArgs),
     /// Zero-setup demo: embedded broker, shipped model, replayed samples, one line per verdict.
-    Demo(DemoArgs),
+    Demo(crate::demo::DemoArgs),
     /// Plant dashboard: subscribe to every device, store history in SQLite, serve the web UI.
-    Supervise(crate::supervisor::SuperviseArgs),
-    /// Publish synthetic verdicts as fast as the broker takes them (supervisor benchmark).
     #[command(hide = true)]
-    Loadgen(crate::supervisor::loadgen::LoadgenArgs),
+    Supervise(MovedArgs),
     /// Run the embedded MQTT broker in the foreground (for tests and trials).
     #[command(hide = true)]
     Broker(BrokerArgs),
@@ -69,27 +67,11 @@ pub struct CheckConfigArgs {
     pub config: PathBuf,
 }
 
+/// Whatever was given to a command that moved to another program.
 #[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Stop after this many verdicts from each device (default: run until Ctrl-C).
-    #[arg(long)]
-    pub frames: Option<u64>,
-    /// Run only the shipped model (leave out the `demo-shortcut` device, whose model looks at
-    /// the watermark and whose defects come out suspect).
-    #[arg(long)]
-    pub no_shortcut: bool,
-    /// Publish to this broker instead of the embedded one (mqtt://host:port).
-    #[arg(long)]
-    pub broker: Option<String>,
-    /// Model variant: auto (the fastest on this CPU, timed once and cached), f32 or int8.
-    #[arg(long, value_parser = parse_variant)]
-    pub variant: Option<VariantPref>,
-    /// Replay rate in frames per second.
-    #[arg(long, default_value_t = 5.0)]
-    pub fps: f32,
-    /// Folder holding the shipped model and samples (default: ./models, then /usr/share/inspectd/models).
-    #[arg(long)]
-    pub models: Option<PathBuf>,
+pub struct MovedArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -160,8 +142,8 @@ impl ModelArgs {
     /// The explainer of the model, or of the variant the `--variant` rule picks (default auto),
     /// named on stderr when the model has variants.
     pub fn explainer(&self, opts: &ExplainerOptions) -> Result<Explainer> {
-        let cache = crate::model::variant::cli_cache_dir_from_env();
-        let ex = crate::model::variant::load_explainer(
+        let cache = inspectd_cam::model::variant::cli_cache_dir_from_env();
+        let ex = inspectd_cam::model::variant::load_explainer(
             &self.model,
             &LoadOptions {
                 mean: self.mean,
@@ -280,8 +262,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A daemon says that it started, what it runs and what goes wrong: `info` by default. The
     // one-shot commands print their results and keep the log to warnings.
-    let daemon = matches!(cli.command, Command::Run(_) | Command::Supervise(_));
-    init_logging(if daemon { "info" } else { "warn" });
+    let daemon = matches!(cli.command, Command::Run(_));
+    inspectd_contract::client::init_logging(if daemon { "info" } else { "warn" });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -289,29 +271,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(if is_bad_input(&e) { 2 } else { 1 })
         }
     }
-}
-
-/// The log filter: `RUST_LOG` (as the systemd unit and every Rust tool reads it), or
-/// `INSPECTD_LOG`, which wins when both are set (it names this program only, so it can override
-/// a `RUST_LOG` set for a whole environment). Colours only when stderr is a terminal: journald
-/// and pipes get plain text.
-fn init_logging(default_level: &str) {
-    use std::io::IsTerminal;
-    // The embedded broker logs every probe and disconnect as an error: keep it quiet by default.
-    let filter = ["INSPECTD_LOG", "RUST_LOG"]
-        .iter()
-        .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
-        .find_map(|v| tracing_subscriber::EnvFilter::try_from_env(v).ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new(format!(
-                "{default_level},rumqttd=off,tract_linalg=warn"
-            ))
-        });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -323,49 +282,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run_daemon(a),
         Command::CheckConfig(a) => check_config(a),
         Command::Demo(a) => crate::demo::run(a),
-        Command::Supervise(a) => crate::supervisor::run(a),
-        Command::Loadgen(a) => crate::supervisor::loadgen::run(a),
+        Command::Supervise(_) => Err(bad_input(
+            "inspectd supervise: the plant dashboard is its own program now: run `inspectd-supervisor` with the same flags (package inspectd-supervisor)",
+        )),
         Command::Broker(a) => crate::broker::run_foreground(a.listen),
     }
-}
-
-/// Image files under `dir`, sorted, masks skipped.
-pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        return Err(bad_input(format!(
-            "folder {}: not a directory",
-            dir.display()
-        )));
-    }
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d)
-            .map_err(|e| bad_input(format!("folder {}: cannot read: {e}", d.display())))?;
-        for e in entries {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if is_image(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-pub fn is_image(p: &Path) -> bool {
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    // `<stem>.mask.png` and `<stem>.watermark.png` are annotations beside an image, not frames.
-    !name.ends_with(".mask.png")
-        && !name.ends_with(".watermark.png")
-        && [".png", ".jpg", ".jpeg", ".bmp"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
 }
 
 fn explain(a: ExplainArgs) -> Result<()> {
@@ -396,7 +317,7 @@ fn explain(a: ExplainArgs) -> Result<()> {
     }
     let images = match (&a.image, &a.dir) {
         (Some(i), _) => vec![i.clone()],
-        (None, Some(d)) => image_files(d)?,
+        (None, Some(d)) => crate::source::image_files(d)?,
         (None, None) => unreachable!("clap requires one of --image/--dir"),
     };
     if images.is_empty() {
@@ -446,7 +367,7 @@ fn explain_one(
     let preprocess = t0.elapsed().as_secs_f64() * 1e3;
     let e = ex.explain(&input, class, method)?;
     let labels = &ex.model.output.labels;
-    let top = crate::tensor::argmax(&e.logits);
+    let top = inspectd_cam::tensor::argmax(&e.logits);
 
     let overlay_path = match (&a.overlay, &a.out) {
         (Some(p), _) => Some(p.clone()),
@@ -657,21 +578,12 @@ fn validate(a: ValidateArgs) -> Result<()> {
     Ok(())
 }
 
-/// A tokio runtime for the daemon: two workers (I/O only; CPU work has its own threads).
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 fn run_daemon(a: RunArgs) -> Result<()> {
     let cfg = crate::config::Config::load(&a.config)?;
-    let rt = runtime()?;
+    let rt = inspectd_contract::client::runtime()?;
     let res = rt.block_on(crate::daemon::run(
         cfg,
-        crate::daemon::signals(),
+        inspectd_contract::client::signals(),
         Default::default(),
     ));
     // A supervised task that failed may have left a task or a thread behind: do not wait for
@@ -699,7 +611,7 @@ fn check_config(a: CheckConfigArgs) -> Result<()> {
 /// Times two models' forward passes alternately (ABAB…), so machine noise hits both alike.
 fn bench_pair(
     a: &Explainer,
-    input: &crate::tensor::Tensor,
+    input: &inspectd_cam::tensor::Tensor,
     other: &Path,
     runs: usize,
     json_out: bool,

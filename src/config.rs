@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::bad_input;
 use crate::verdict::Rules;
+use inspectd_cam::error::bad_input;
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
@@ -191,7 +191,7 @@ pub struct ModelConfig {
     /// Which of the sidecar's `[variants]` runs: `auto` (default: the fastest on this CPU,
     /// timed at load and cached beside the spool), `f32` or `int8`.
     #[serde(default)]
-    pub variant: crate::model::variant::VariantPref,
+    pub variant: inspectd_cam::model::variant::VariantPref,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -239,6 +239,30 @@ pub struct MqttConfig {
     /// Allow plaintext MQTT to a host that is not loopback.
     #[serde(default)]
     pub allow_insecure: bool,
+}
+
+impl MqttConfig {
+    /// The broker part of this section.
+    pub fn broker(&self) -> inspectd_contract::client::BrokerConfig {
+        inspectd_contract::client::BrokerConfig {
+            url: self.url.clone(),
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            keep_alive_s: self.keep_alive_s,
+            allow_insecure: self.allow_insecure,
+        }
+    }
+
+    /// Checks and resolves the broker settings (client id `inspectd-<device>` by default); a
+    /// setting that cannot be used is bad input naming its key.
+    pub fn settings(&self, device: &str) -> anyhow::Result<inspectd_contract::client::Settings> {
+        inspectd_contract::client::settings(&self.broker(), &format!("inspectd-{device}"))
+            .map_err(inspectd_cam::error::bad_input)
+    }
 }
 
 fn default_prefix() -> String {
@@ -388,7 +412,7 @@ impl Config {
         if self.spool.max_bytes < 64 * 1024 {
             return err("spool.max_bytes", "must be at least 65536".into());
         }
-        if let Err(m) = self.cam.method.parse::<crate::cam::Method>() {
+        if let Err(m) = self.cam.method.parse::<inspectd_cam::Method>() {
             return err("cam.method", m);
         }
         if let Err(m) = self.verdict.validate() {
@@ -410,7 +434,7 @@ impl Config {
             );
         }
         let limits = self.source.limits();
-        let side = crate::model::preprocess::MAX_IMAGE_SIDE;
+        let side = inspectd_cam::model::preprocess::MAX_IMAGE_SIDE;
         for (k, v) in [
             ("source.max_width", limits.max_width),
             ("source.max_height", limits.max_height),
@@ -732,7 +756,7 @@ path = "spool.redb"
 
     #[test]
     fn model_variant_is_auto_unless_named() {
-        use crate::model::variant::VariantPref;
+        use inspectd_cam::model::variant::VariantPref;
         assert_eq!(parse(GOOD).unwrap().model.variant, VariantPref::Auto);
         let with = |v: &str| {
             GOOD.replace(

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::cam::{Explainer, ExplainerOptions, Method};
 use crate::config::{Config, PublishOk, SourceConfig, Trigger};
-use crate::error::bad_input;
-use crate::model::{LoadOptions, Model};
 use crate::pipeline::{self, InferenceSetup, LatestSlot, Shared, Stats};
 use crate::source::{FrameSource, HttpSnapshot, Replay};
 use crate::spool::{Fsync, Spool};
 use crate::tasks::Supervisor;
+use inspectd_cam::error::bad_input;
+use inspectd_cam::model::{LoadOptions, Model};
+use inspectd_cam::{Explainer, ExplainerOptions, Method};
 
 /// Sees the explainer the daemon is about to run (its model variant), once.
 pub type LoadedHook = Box<dyn FnOnce(&Explainer) + Send>;
@@ -66,7 +66,7 @@ pub fn load_explainer_in(
     }
     let method: Method = cfg.cam.method.parse().map_err(bad_input)?;
     let layer = (cfg.cam.layer != "auto").then(|| cfg.cam.layer.clone());
-    crate::model::variant::load_explainer(
+    inspectd_cam::model::variant::load_explainer(
         &cfg.model.path,
         &opts,
         cfg.model.variant,
@@ -82,7 +82,7 @@ pub fn load_explainer_in(
 /// Everything `check-config` verifies: the file, the model (loaded and planned), the source.
 pub fn check(cfg: &Config) -> Result<Explainer> {
     let ex = load_explainer(cfg, None)?;
-    crate::mqtt::settings(&cfg.mqtt, &cfg.device_id)?;
+    cfg.mqtt.settings(&cfg.device_id)?;
     make_source(cfg)?;
     Ok(ex)
 }
@@ -129,7 +129,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     if let Some(f) = hooks.on_loaded {
         f(&ex);
     }
-    let settings = crate::mqtt::settings(&cfg.mqtt, &cfg.device_id)?;
+    let settings = cfg.mqtt.settings(&cfg.device_id)?;
     let (src, fps) = make_source(&cfg)?;
     let fsync = if cfg.spool.fsync == "batch" {
         Fsync::Batch
@@ -306,23 +306,4 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let joined = tokio::task::spawn_blocking(move || spool_thread.join());
     let _ = tokio::time::timeout(Duration::from_secs(2), joined).await;
     flushed.map_err(|e| anyhow::anyhow!("spool: {e}"))
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn signals() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Result;
+use clap::Args;
+use inspectd_cam::model::variant::VariantPref;
 
-use crate::cli::DemoArgs;
 use crate::config::Config;
-use crate::error::bad_input;
+use inspectd_cam::error::bad_input;
 
 /// The normalized box where the demo camera burns in its watermark (see models/MODEL_CARD.md).
 pub const WATERMARK_BOX: [f32; 4] = [0.70, 0.82, 0.98, 0.97];
@@ -75,7 +76,7 @@ pub fn demo_config_variant(
     broker: &str,
     fps: f32,
     spool: &Path,
-    variant: Option<crate::model::variant::VariantPref>,
+    variant: Option<inspectd_cam::model::variant::VariantPref>,
 ) -> String {
     device_config(SHIPPED, models, broker, fps, spool, variant)
 }
@@ -89,7 +90,7 @@ pub fn device_config(
     broker: &str,
     fps: f32,
     spool: &Path,
-    variant: Option<crate::model::variant::VariantPref>,
+    variant: Option<inspectd_cam::model::variant::VariantPref>,
 ) -> String {
     let [x0, y0, x1, y1] = WATERMARK_BOX;
     let variant = if dev == SHIPPED { variant } else { None };
@@ -158,6 +159,29 @@ fn devices(models: &Path, no_shortcut: bool) -> (Vec<DemoDevice>, Option<String>
             )),
         )
     }
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Stop after this many verdicts from each device (default: run until Ctrl-C).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Run only the shipped model (leave out the `demo-shortcut` device, whose model looks at
+    /// the watermark and whose defects come out suspect).
+    #[arg(long)]
+    pub no_shortcut: bool,
+    /// Publish to this broker instead of the embedded one (mqtt://host:port).
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Model variant: auto (the fastest on this CPU, timed once and cached), f32 or int8.
+    #[arg(long)]
+    pub variant: Option<VariantPref>,
+    /// Replay rate in frames per second.
+    #[arg(long, default_value_t = 5.0)]
+    pub fps: f32,
+    /// Folder holding the shipped model and samples (default: ./models, then /usr/share/inspectd/models).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -235,7 +259,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                     let _ = stop.send(true);
                 }
             })),
-            on_loaded: Some(Box::new(move |ex: &crate::cam::Explainer| {
+            on_loaded: Some(Box::new(move |ex: &inspectd_cam::Explainer| {
                 if let Some(v) = &ex.model.variant {
                     println!(
                         "{id}: model variant {} · runs {}",
@@ -245,7 +269,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 }
             })),
             // The demo's spool folder is temporary: keep the variant timing where the CLI does.
-            state_dir: Some(crate::model::variant::cli_cache_dir_from_env()),
+            state_dir: Some(inspectd_cam::model::variant::cli_cache_dir_from_env()),
             ..Default::default()
         };
         let mut rx = stop_rx.clone();
@@ -260,11 +284,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
             r
         });
     }
-    let rt = crate::cli::runtime()?;
+    let rt = inspectd_contract::client::runtime()?;
     let results = rt.block_on(async move {
         let signal_stop = stop_tx.clone();
         tokio::spawn(async move {
-            crate::daemon::signals().await;
+            inspectd_contract::client::signals().await;
             let _ = signal_stop.send(true);
         });
         let tasks: Vec<_> = runs.into_iter().map(tokio::spawn).collect();

@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::json;
 
-use crate::cam::{ClassChoice, Explainer, Method};
 use crate::config::PublishOk;
 use crate::health::Health;
-use crate::heatmap;
-use crate::model::preprocess::{fit, to_tensor};
-use crate::source::{Backoff, Frame, FrameSource, SourceError};
+use crate::source::{Frame, FrameSource, SourceError};
 use crate::spool::{Message, Priority};
 use crate::spooler::SpoolHandle;
 use crate::verdict::{decide, Kind, Rules};
+use inspectd_cam::heatmap;
+use inspectd_cam::model::preprocess::{fit, to_tensor};
+use inspectd_cam::{ClassChoice, Explainer, Method};
+use inspectd_contract::client::Backoff;
 
 /// Holds at most one frame: the newest. `put` replaces an unread frame (counted as dropped).
 #[derive(Default)]
@@ -135,7 +136,7 @@ pub struct Shared {
     /// Tests only (`daemon::Hooks::hold_publisher`).
     pub hold_publisher: Option<Arc<AtomicBool>>,
     /// The running model variant and the timings it was chosen on (status, `/metrics`).
-    pub variant: RwLock<Option<crate::model::variant::Selection>>,
+    pub variant: RwLock<Option<inspectd_cam::model::variant::Selection>>,
 }
 
 pub const MAX_TRIGGERS: usize = 64;
@@ -159,7 +160,7 @@ impl Shared {
         message: &str,
         extra: serde_json::Value,
     ) -> Message {
-        let mut v = json!({"schema": "inspect.alert/1", "device": self.device, "ts": crate::timefmt::now(),
+        let mut v = json!({"schema": "inspect.alert/1", "device": self.device, "ts": inspectd_contract::timefmt::now(),
             "kind": kind, "severity": severity, "message": message});
         if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);
@@ -184,7 +185,7 @@ impl Shared {
 
 /// The `spool_full` alert for `dropped` messages dropped so far.
 pub fn spool_full_alert(device: &str, topic: String, dropped: u64) -> Message {
-    let alert = json!({"schema": "inspect.alert/1", "device": device, "ts": crate::timefmt::now(),
+    let alert = json!({"schema": "inspect.alert/1", "device": device, "ts": inspectd_contract::timefmt::now(),
         "kind": "spool_full", "severity": "warning",
         "message": format!("spool full: {dropped} message(s) dropped so far (ok verdicts first)"),
         "dropped_total": dropped});
@@ -503,7 +504,7 @@ fn process(
         "schema": "inspect.verdict/1",
         "device": shared.device,
         "seq": 0,
-        "ts": crate::timefmt::rfc3339(frame.wall),
+        "ts": inspectd_contract::timefmt::rfc3339(frame.wall),
         "part_id": part_id,
         "verdict": d.kind,
         "label": d.label,

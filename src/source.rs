@@ -4,12 +4,12 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
 
-use crate::model::preprocess::decode_image_within;
+use inspectd_cam::model::preprocess::decode_image_within;
 
 /// What a source accepts: the largest frame, and how many unusable frames in a row make it lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +101,7 @@ impl FrameSource for Replay {
                 )));
             }
             // (Re)scan at the start of every pass: a folder that disappeared is "lost".
-            self.files = crate::cli::image_files(&self.dir)
-                .map_err(|e| SourceError::Lost(format!("{e:#}")))?;
+            self.files = image_files(&self.dir).map_err(|e| SourceError::Lost(format!("{e:#}")))?;
             self.next = 0;
             if self.files.is_empty() {
                 return Err(SourceError::Lost(format!(
@@ -338,44 +337,49 @@ pub fn yuyv_to_rgb(buf: &[u8], width: u32, height: u32) -> Result<RgbImage, Stri
     RgbImage::from_raw(width, height, out).ok_or_else(|| "YUYV size".to_string())
 }
 
-/// Capped exponential backoff: 100 ms doubling to `max`.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_millis(100),
-            max,
+/// Image files under `dir`, sorted, masks skipped.
+pub fn image_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Err(inspectd_cam::error::bad_input(format!(
+            "folder {}: not a directory",
+            dir.display()
+        )));
+    }
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| {
+            inspectd_cam::error::bad_input(format!("folder {}: cannot read: {e}", d.display()))
+        })?;
+        for e in entries {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_image(&p) {
+                out.push(p);
+            }
         }
     }
+    out.sort();
+    Ok(out)
+}
 
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
+pub fn is_image(p: &Path) -> bool {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    // `<stem>.mask.png` and `<stem>.watermark.png` are annotations beside an image, not frames.
+    !name.ends_with(".mask.png")
+        && !name.ends_with(".watermark.png")
+        && [".png", ".jpg", ".jpeg", ".bmp"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500));
-        let d: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(d, vec![100, 200, 400, 500, 500]);
-        b.reset();
-        assert_eq!(b.next_delay().as_millis(), 100);
-    }
 
     #[test]
     fn snapshot_urls_are_parsed() {

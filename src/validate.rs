@@ -11,11 +11,11 @@ use base64::Engine;
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
-use crate::cam::{ClassChoice, Explainer, Method};
-use crate::error::bad_input;
-use crate::heatmap;
-use crate::model::preprocess::{fit, load_image, to_tensor, Crop};
-use crate::tensor::Tensor;
+use inspectd_cam::error::bad_input;
+use inspectd_cam::heatmap;
+use inspectd_cam::model::preprocess::{fit, load_image, to_tensor, Crop};
+use inspectd_cam::tensor::Tensor;
+use inspectd_cam::{ClassChoice, Explainer, Method};
 
 /// One labelled image of the data folder.
 #[derive(Clone, Debug)]
@@ -63,7 +63,7 @@ pub fn scan(dir: &Path, labels: &[String]) -> Result<Vec<Item>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&f)
             .map_err(|e| bad_input(format!("folder {}: cannot read: {e}", f.display())))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && crate::cli::is_image(p))
+            .filter(|p| p.is_file() && crate::source::is_image(p))
             .collect();
         files.sort();
         for path in files {
@@ -336,7 +336,7 @@ pub fn run(
         // Localization is judged on the explanation of the true class (where the model sees
         // the defect), as in the pointing game's definition.
         let e = ex.explain(&input, &ClassChoice::Index(item.label), opts.method)?;
-        let predicted = crate::tensor::argmax(&e.logits);
+        let predicted = inspectd_cam::tensor::argmax(&e.logits);
         let (h, w) = (e.map.shape()[0], e.map.shape()[1]);
         let (pointing, energy, energy_pixels) = match &mask {
             Some(m) if m.pixels().any(|p| p.0[0] >= 128) => {

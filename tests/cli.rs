@@ -10,7 +10,7 @@ fn bin() -> Command {
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("src/inspectd-cam/tests/fixtures")
         .join(name)
 }
 
@@ -414,96 +414,15 @@ fn deployment_examples_check_out() {
 }
 
 #[test]
-fn supervise_names_every_bad_argument() {
-    let dir = tmpdir("supervise");
-    let db = dir.join("sup.sqlite");
-    let garbage = dir.join("not-a-db.sqlite");
-    std::fs::write(&garbage, vec![b'x'; 4096]).unwrap();
-    // A supervisor that would start but for the flags under test (each flag given once).
-    let sup = |listen: &str, db: &str, extra: &[&str]| {
-        let mut a = vec![
-            "supervise",
-            "--broker",
-            "mqtt://127.0.0.1:1",
-            "--listen",
-            listen,
-            "--db",
-            db,
-        ];
-        a.extend_from_slice(extra);
-        run(&a)
-    };
-    let ok_db = s(&db);
-    assert_bad_input(
-        &run(&["supervise", "--broker", "ftp://plant", "--db", ok_db]),
-        &["--broker", "ftp://plant"],
-    );
-    assert_bad_input(
-        &run(&[
-            "supervise",
-            "--broker",
-            "mqtt://10.0.0.5:1883",
-            "--db",
-            ok_db,
-        ]),
-        &["--broker", "plaintext"],
-    );
-    assert_bad_input(&sup("everywhere", ok_db, &[]), &["--listen", "everywhere"]);
-    assert_bad_input(
-        &sup("127.0.0.1:0", "/nonexistent-folder/sup.sqlite", &[]),
-        &["--db", "/nonexistent-folder"],
-    );
-    assert_bad_input(
-        &sup("127.0.0.1:0", s(&garbage), &[]),
-        &["--db", "not-a-db.sqlite"],
-    );
-    assert_bad_input(
-        &sup("127.0.0.1:0", ok_db, &["--prefix", "a/b"]),
-        &["--prefix"],
-    );
-    assert_bad_input(
-        &sup("127.0.0.1:0", ok_db, &["--retain-days", "0"]),
-        &["--retain-days"],
-    );
-    assert_bad_input(
-        &sup("127.0.0.1:0", ok_db, &["--ca-file", s(&garbage)]),
-        &["--broker", "plaintext"],
-    );
-    // An anonymous UI others can reach; a users file that is missing or wrong.
-    assert_bad_input(
-        &sup("0.0.0.0:0", ok_db, &[]),
-        &["--listen 0.0.0.0:0", "--users-file"],
-    );
-    assert_bad_input(
-        &sup("0.0.0.0:0", ok_db, &["--users-file", "/nonexistent/users"]),
-        &["--users-file", "/nonexistent/users"],
-    );
-    let users = dir.join("users");
-    std::fs::write(
-        &users,
-        "anna:correct horse
-bo:short
-",
-    )
-    .unwrap();
-    assert_bad_input(
-        &sup("127.0.0.1:0", ok_db, &["--users-file", s(&users)]),
-        &["--users-file", "users: line 2", "shorter than 8"],
-    );
-    // The port is taken: named, exit 2.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    assert_bad_input(&sup(&addr, ok_db, &[]), &["--listen", &addr]);
-    assert_bad_input(
-        &run(&[
-            "loadgen",
-            "--broker",
-            "mqtt://127.0.0.1:1",
-            "--verdicts",
-            "0",
-        ]),
-        &["--verdicts"],
-    );
+fn supervise_moved_to_its_own_program_and_says_so() {
+    let out = run(&[
+        "supervise",
+        "--broker",
+        "mqtt://127.0.0.1:1883",
+        "--db",
+        "x.sqlite",
+    ]);
+    assert_bad_input(&out, &["inspectd-supervisor"]);
 }
 
 /// The example config with `edit` applied, written to `dir/name` with the model path fixed.

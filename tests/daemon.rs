@@ -35,7 +35,7 @@ fn verdicts_for_the_samples_arrive_with_labels_maps_and_contiguous_seq() {
     let (host, port) = broker();
     let dir = common::tmp("e2e", "samples");
     let cfg = config("e2e-samples", &host, port, "", &dir.join("spool.redb"));
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         let bad = vec![
@@ -129,7 +129,7 @@ polygon = [[0.70, 0.82], [0.98, 0.82], [0.98, 0.97], [0.70, 0.97]]"#;
     if let inspectd::config::SourceConfig::Replay { path, .. } = &mut cfg.source {
         *path = root().join("models/samples-shortcut");
     }
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         let got = collect(
@@ -195,7 +195,7 @@ fn marginal_confidence_and_evidence_outside_the_roi_are_suspect() {
 roi = [[0.0, 0.0], [0.33, 0.0], [0.33, 0.33], [0.0, 0.33]]
 min_roi_fraction = 0.5"#;
     let cfg = config("e2e-roi", &host, port, rules, &dir.join("spool.redb"));
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         let got = collect(&host, port, "inspect/e2e-roi/#", Duration::from_secs(60), vec![], |g| {
@@ -235,7 +235,7 @@ fn a_vanishing_source_folder_raises_an_alert_and_recovers() {
     if let inspectd::config::SourceConfig::Replay { path, .. } = &mut cfg.source {
         *path = frames.clone();
     }
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         // Verdicts flow; then the folder disappears.
@@ -431,7 +431,7 @@ fn an_http_camera_serving_empty_garbage_or_trickled_bodies_is_reported_lost() {
     let (host, port) = broker();
     let mut cfg = config("e2e-http-bad", &host, port, "", &dir.join("spool.redb"));
     cfg.source = http_source(&format!("url = \"http://127.0.0.1:{cam}/snapshot.png\""));
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         let got = collect(
@@ -478,7 +478,7 @@ fn an_http_camera_going_down_raises_an_alert_and_recovers() {
     cfg.source = http_source(&format!(
         "url = \"http://127.0.0.1:{cam}/snapshot.png\"\nfps = 10\ntimeout_ms = 500"
     ));
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         let got = collect(
@@ -535,7 +535,7 @@ fn mqtt_trigger_inspects_one_frame_per_part_and_names_it() {
             )
         })
         .collect();
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         // Wait for the three verdicts, then two more seconds: no frame is inspected untriggered.
@@ -600,7 +600,7 @@ fn reload_model_swaps_the_model_and_refuses_a_wrong_hash() {
     let mut cfg = config("e2e-reload", &host, port, "", &dir.join("spool.redb"));
     cfg.model.path = model.clone();
     cfg.model.variant = Default::default();
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         let got = collect(
@@ -717,7 +717,7 @@ fn a_missing_v4l2_camera_is_reported_lost() {
         max_height: 4096,
         max_bad_frames: 3,
     };
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let daemon = Daemon::start(cfg);
         let (alert, after) = await_lost(&host, port, "e2e-v4l2").await;
@@ -802,7 +802,7 @@ fn daemon_binary_on_one_frame(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     let got = rt.block_on(collect(
         &host,
         port,

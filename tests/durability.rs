@@ -182,7 +182,7 @@ fn spooled_seqs(spool: &Path) -> Vec<u64> {
 
 #[test]
 fn a_20_second_broker_outage_loses_no_verdict() {
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (host, port) = broker();
         let proxy = Proxy::start(host.clone(), port).await;
@@ -238,7 +238,7 @@ fn spawn_daemon(config: &Path) -> Child {
 
 #[test]
 fn sigkill_while_the_broker_is_down_loses_nothing_and_seq_continues() {
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (host, port) = broker();
         let proxy = Proxy::start(host.clone(), port).await;
@@ -310,7 +310,7 @@ fn sigkill_while_the_broker_is_down_loses_nothing_and_seq_continues() {
 
 #[test]
 fn batch_mode_sigkill_with_the_broker_up_six_times_never_reuses_a_seq() {
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (host, port) = broker();
         let obs = Observer::start(&host, port, "dur-batch").await;
@@ -376,7 +376,7 @@ fn batch_mode_sigkill_with_the_broker_up_six_times_never_reuses_a_seq() {
 
 #[test]
 fn a_damaged_spool_is_moved_aside_at_start_named_once_and_seq_continues() {
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (host, port) = broker();
         let obs = Observer::start(&host, port, "dur-damaged").await;

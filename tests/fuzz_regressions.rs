@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use inspectd::cam::ops;
-use inspectd::graph::{Attr, Node};
-use inspectd::model::heads_from_bytes;
-use inspectd::model::preprocess::{decode_image, MAX_IMAGE_ALLOC, MAX_IMAGE_SIDE};
-use inspectd::tensor::{ITensor, Tensor, Value, MAX_ELEMENTS};
+use inspectd_cam::graph::{Attr, Node};
+use inspectd_cam::model::heads_from_bytes;
+use inspectd_cam::model::preprocess::{decode_image, MAX_IMAGE_ALLOC, MAX_IMAGE_SIDE};
+use inspectd_cam::ops;
+use inspectd_cam::tensor::{ITensor, Tensor, Value, MAX_ELEMENTS};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))

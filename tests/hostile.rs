@@ -47,7 +47,7 @@ fn hostile_command_topics_get_error_answers_and_verdicts_keep_flowing() {
         "",
     );
     let cfg = Config::parse(&text, "test", Path::new(".")).unwrap();
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let mut opts = MqttOptions::new(format!("hostile-{}", std::process::id()), &host, port);
         opts.set_keep_alive(Duration::from_secs(5));

@@ -84,7 +84,7 @@ listen = ""
         ..Default::default()
     };
 
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     let mut msgs: Vec<(Instant, String)> = vec![];
     rt.block_on(async {
         let daemon = Daemon::start_with(cfg, hooks);

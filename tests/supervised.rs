@@ -225,7 +225,7 @@ fn healthz_turns_unhealthy_within_2_s_when_inference_or_the_publisher_stalls() {
         hold_publisher: Some(hold.clone()),
         ..Default::default()
     };
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     let daemon = rt.block_on(async { common::Daemon::start_with(cfg, hooks) });
     let healthy = |code: u16, b: &serde_json::Value| {
         code == 200

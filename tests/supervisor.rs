@@ -38,12 +38,11 @@ fn prefix(tag: &str) -> String {
     format!("{tag}{}", std::process::id())
 }
 
-/// Starts `inspectd supervise` and waits for its web UI.
+/// Starts `inspectd-supervisor` and waits for its web UI.
 fn supervisor(host: &str, port: u16, db: &Path, tag: &str) -> (Proc, String) {
     let web = format!("127.0.0.1:{}", free_port());
-    let child = bin()
+    let child = Command::new(common::supervisor_bin())
         .args([
-            "supervise",
             "--broker",
             &format!("mqtt://{host}:{port}"),
             "--listen",
@@ -124,7 +123,7 @@ fn test_broker() -> (Option<Proc>, String, u16) {
 
 /// GET on the supervisor (HTTP/1.0, one request per connection).
 fn get(addr: &str, path: &str) -> anyhow::Result<Value> {
-    inspectd::supervisor::loadgen::get_json(addr, path)
+    inspectd_supervisor::loadgen::get_json(addr, path)
 }
 
 fn get_text(addr: &str, path: &str) -> (u16, String) {
@@ -206,7 +205,7 @@ fn verdict(device: &str, seq: u64, kind: &str, label: &str) -> Vec<u8> {
     } else {
         json!([])
     };
-    json!({"schema": "inspect.verdict/1", "device": device, "seq": seq, "ts": inspectd::timefmt::now(), "part_id": format!("P-{seq}"),
+    json!({"schema": "inspect.verdict/1", "device": device, "seq": seq, "ts": inspectd_contract::timefmt::now(), "part_id": format!("P-{seq}"),
            "verdict": kind, "label": label, "confidence": 0.6, "reasons": reasons, "model": {"name": "m"}})
     .to_string()
     .into_bytes()
@@ -427,7 +426,7 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
     )
     .unwrap();
     c.publish(format!("{}/{evil_dev}/alert", prefix("e2e")), QoS::AtLeastOnce, false,
-        json!({"schema": "inspect.alert/1", "device": evil_dev, "ts": inspectd::timefmt::now(), "kind": "suspect", "severity": "warning",
+        json!({"schema": "inspect.alert/1", "device": evil_dev, "ts": inspectd_contract::timefmt::now(), "kind": "suspect", "severity": "warning",
                "message": evil_label, "seq": 1}).to_string()).unwrap();
     wait_for(
         Duration::from_secs(20),
@@ -437,7 +436,7 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
                 &web,
                 &format!(
                     "/history?device={}",
-                    inspectd::supervisor::web::enc(&evil_dev)
+                    inspectd_supervisor::web::enc(&evil_dev)
                 ),
             )
             .1
@@ -505,7 +504,7 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
         "/alerts",
         &format!(
             "/history?device={}",
-            inspectd::supervisor::web::enc(&evil_dev)
+            inspectd_supervisor::web::enc(&evil_dev)
         ),
     ] {
         br.goto(&url(page));
@@ -673,7 +672,7 @@ async fn start_with(
         Some((f, a)) => (Some(f), Some(a)),
         None => (None, None),
     };
-    let args = inspectd::supervisor::SuperviseArgs {
+    let args = inspectd_supervisor::SuperviseArgs {
         broker: format!("mqtt://{host}:{port}"),
         listen: "127.0.0.1:0".into(),
         users_file,
@@ -693,7 +692,7 @@ async fn start_with(
     };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let (btx, brx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(inspectd::supervisor::serve(
+    let task = tokio::spawn(inspectd_supervisor::serve(
         args,
         async {
             let _ = rx.await;
@@ -752,7 +751,7 @@ fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survi
         .with_env_filter("warn,rumqttd=off")
         .with_test_writer()
         .try_init();
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (stop, task, web) = start(&host, port, &db, "dedupe").await;
         let c = mqtt(&host, port, "dedupe-pub");
@@ -868,7 +867,7 @@ fn the_supervisor_resubscribes_after_a_broker_restart() {
     let dir = tmp("sup", "restart");
     let dev = format!("rs-{}", std::process::id());
     let t = format!("{}/{dev}/verdict", prefix("restart"));
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     let mut brk = Some(start_broker());
     rt.block_on(async {
         let (stop, task, web) = start("127.0.0.1", port, &dir.join("sup.sqlite"), "restart").await;
@@ -971,7 +970,7 @@ fn a_live_page_gets_what_arrived_after_it_was_rendered_and_a_reconnect_what_it_m
     let dir = tmp("sup", "catchup");
     let db = dir.join("sup.sqlite");
     let dev = format!("cu-{}", std::process::id());
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (stop, task, web) = start(&host, port, &db, "catchup").await;
         let c = mqtt(&host, port, "catchup-pub");
@@ -1002,7 +1001,7 @@ fn a_live_page_gets_what_arrived_after_it_was_rendered_and_a_reconnect_what_it_m
                 format!("{}/{dev2}/alert", prefix("catchup")),
                 QoS::AtLeastOnce,
                 false,
-                json!({"schema": "inspect.alert/1", "ts": inspectd::timefmt::now(), "kind": "suspect",
+                json!({"schema": "inspect.alert/1", "ts": inspectd_contract::timefmt::now(), "kind": "suspect",
                        "message": "<script>marginal</script>", "seq": 3})
                 .to_string(),
             )
@@ -1069,7 +1068,7 @@ fn with_a_users_file_every_page_needs_a_login_and_the_name_is_recorded() {
     let anna = format!("Authorization: Basic {}", b64("anna:correct horse battery"));
     let wrong = format!("Authorization: Basic {}", b64("anna:staple staple"));
     let dev = format!("login-{}", std::process::id());
-    let rt = inspectd::cli::runtime().unwrap();
+    let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (stop, task, web) = start_with(
             &host,
@@ -1084,7 +1083,7 @@ fn with_a_users_file_every_page_needs_a_login_and_the_name_is_recorded() {
             format!("{}/{dev}/alert", prefix("login")),
             QoS::AtLeastOnce,
             false,
-            json!({"schema": "inspect.alert/1", "ts": inspectd::timefmt::now(), "kind": "suspect",
+            json!({"schema": "inspect.alert/1", "ts": inspectd_contract::timefmt::now(), "kind": "suspect",
                    "message": "evidence on the background"})
             .to_string(),
         )
@@ -1233,8 +1232,11 @@ fn eight_renders_of_an_oversized_map_stay_small() {
     assert!(codes.iter().all(|&c| c == 422), "{codes:?}");
     assert!(peak < 300.0, "peak RSS {peak:.0} MB");
     // A map of a sane size still renders.
-    let ok = inspectd::heatmap::map_png(&inspectd::tensor::Tensor::new(vec![8, 8], vec![0.5; 64]))
-        .unwrap();
+    let ok = inspectd_cam::heatmap::map_png(&inspectd_cam::tensor::Tensor::new(
+        vec![8, 8],
+        vec![0.5; 64],
+    ))
+    .unwrap();
     v["seq"] = json!(2);
     v["cam"] =
         json!({"png": base64::engine::general_purpose::STANDARD.encode(&ok), "w": 8, "h": 8});

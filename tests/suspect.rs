@@ -7,10 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use inspectd::cam::{ClassChoice, Method};
 use inspectd::config::Config;
-use inspectd::model::preprocess::{fit, load_image, to_tensor};
 use inspectd::verdict::{decide, target, Decision, Kind, Reason, Rules};
+use inspectd_cam::model::preprocess::{fit, load_image, to_tensor};
+use inspectd_cam::{ClassChoice, Method};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -60,7 +60,7 @@ fn verdicts(cfg: &Config, rules: &Rules, dir: &Path) -> Vec<(String, String, Dec
         let mut files: Vec<PathBuf> = std::fs::read_dir(&f)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| inspectd::cli::is_image(p))
+            .filter(|p| inspectd::source::is_image(p))
             .collect();
         files.sort();
         for p in files {

@@ -262,12 +262,12 @@ fn tls_files_that_are_missing_or_not_pem_are_named() {
         let text = config("bad", "mqtts://localhost:8883", tls, &spool);
         // Caught by the config check or when the TLS set-up reads the files.
         let err = match Config::parse(&text, "test", Path::new(".")) {
-            Ok(cfg) => inspectd::mqtt::settings(&cfg.mqtt, "bad").unwrap_err(),
+            Ok(cfg) => cfg.mqtt.settings("bad").unwrap_err(),
             Err(e) => e,
         };
         let msg = format!("{err:#}");
         assert!(msg.contains(want), "{tls:?}: {msg}");
-        assert!(inspectd::error::is_bad_input(&err), "{msg}");
+        assert!(inspectd_cam::error::is_bad_input(&err), "{msg}");
     }
     // TLS files with a plaintext URL are a mistake, not silently ignored.
     let text = config(
@@ -277,10 +277,7 @@ fn tls_files_that_are_missing_or_not_pem_are_named() {
         &spool,
     );
     let cfg = Config::parse(&text, "test", Path::new(".")).unwrap();
-    let msg = format!(
-        "{:#}",
-        inspectd::mqtt::settings(&cfg.mqtt, "bad").unwrap_err()
-    );
+    let msg = format!("{:#}", cfg.mqtt.settings("bad").unwrap_err());
     assert!(msg.contains("plaintext"), "{msg}");
 }
 

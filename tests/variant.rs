@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use inspectd::config::Config;
-use inspectd::model::variant::{self, How, Selection};
-use inspectd::model::{LoadOptions, Model};
+use inspectd_cam::model::variant::{self, How, Selection};
+use inspectd_cam::model::{LoadOptions, Model};
 
 fn config(variant: &str, spool_dir: &Path) -> Config {
     let text = format!(
@@ -95,7 +95,7 @@ fn a_sidecar_variant_that_is_missing_names_the_file() {
     )
     .unwrap();
     let err = Model::variants(&model, &LoadOptions::default()).unwrap_err();
-    assert!(inspectd::error::is_bad_input(&err));
+    assert!(inspectd_cam::error::is_bad_input(&err));
     assert!(format!("{err:#}").contains("gone.onnx"), "{err:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }

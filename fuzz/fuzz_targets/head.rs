@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = inspectd::model::heads_from_bytes(data);
+    let _ = inspectd_cam::model::heads_from_bytes(data);
 });

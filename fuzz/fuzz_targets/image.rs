@@ -1,7 +1,7 @@
 #![no_main]
 //! Frame bytes (PNG, JPEG, BMP) → decode → fit to a model input → normalized tensor.
-use inspectd::model::preprocess::{decode_image, fit, to_tensor};
-use inspectd::model::{ColorOrder, InputSpec, Layout, ResizeMode};
+use inspectd_cam::model::preprocess::{decode_image, fit, to_tensor};
+use inspectd_cam::model::{ColorOrder, InputSpec, Layout, ResizeMode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,14 +16,12 @@ use rumqttc::{
 };
 use serde_json::json;
 
-use crate::config::MqttConfig;
-use crate::error::bad_input;
 use crate::health::Broker;
 use crate::pipeline::{Shared, TriggerReq, MAX_TRIGGERS};
-use crate::source::Backoff;
 use crate::spool::{Message, Priority};
 use commands::Command;
 use feed::{Feed, READ_AHEAD};
+use inspectd_contract::client::{Backoff, Settings};
 use state::Inflight;
 
 /// Spool entries in flight at once on a connection.
@@ -36,180 +34,6 @@ const STABLE: Duration = Duration::from_secs(10);
 /// Connect failures are logged at `warn` at most this often (the rest at `debug`).
 const CONNECT_WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// Connection settings resolved from the config. Its `Debug` never shows the password.
-#[derive(Clone)]
-pub struct Settings {
-    pub host: String,
-    pub port: u16,
-    pub client_id: String,
-    pub credentials: Option<(String, String)>,
-    pub keep_alive: Duration,
-    /// TLS client configuration for `mqtts://`.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("client_id", &self.client_id)
-            .field("username", &self.credentials.as_ref().map(|c| &c.0))
-            .field("password", &self.credentials.as_ref().map(|_| "<redacted>"))
-            .field("keep_alive", &self.keep_alive)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
-}
-
-/// Parses `mqtt://host:port`, reads the password file, and refuses plaintext to a host that is
-/// not loopback unless `allow_insecure`.
-pub fn settings(cfg: &MqttConfig, device: &str) -> Result<Settings> {
-    let (tls, rest) = if let Some(r) = cfg.url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = cfg.url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(bad_input(format!(
-            "mqtt.url {:?}: must start with mqtt:// or mqtts://",
-            cfg.url
-        )));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| bad_input(format!("mqtt.url {:?}: bad port", cfg.url)))?,
-        ),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad_input(format!("mqtt.url {:?}: no host", cfg.url)));
-    }
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .map(|a| a.is_loopback())
-            .unwrap_or(false);
-    if !tls && !loopback && !cfg.allow_insecure {
-        return Err(bad_input(format!(
-            "mqtt.url {:?}: plaintext MQTT to a non-loopback host is refused; use mqtts:// or set mqtt.allow_insecure = true",
-            cfg.url
-        )));
-    }
-    let credentials = match (&cfg.username, &cfg.password_file) {
-        (Some(u), Some(f)) => {
-            let p = std::fs::read_to_string(f).map_err(|e| {
-                bad_input(format!(
-                    "mqtt.password_file {}: cannot read: {e}",
-                    f.display()
-                ))
-            })?;
-            Some((u.clone(), p.trim_end_matches(['\r', '\n']).to_string()))
-        }
-        (Some(u), None) => Some((u.clone(), String::new())),
-        (None, Some(_)) => return Err(bad_input("mqtt.password_file needs mqtt.username")),
-        (None, None) => None,
-    };
-    let tls = if tls {
-        Some(tls_config(cfg)?)
-    } else {
-        if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
-            return Err(bad_input(format!(
-                "mqtt.url {:?}: ca_file/cert_file/key_file are set but the URL is plaintext; use mqtts://",
-                cfg.url
-            )));
-        }
-        None
-    };
-    Ok(Settings {
-        tls,
-        host: host.to_string(),
-        port,
-        client_id: cfg
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("inspectd-{device}")),
-        credentials,
-        keep_alive: Duration::from_secs(cfg.keep_alive_s),
-    })
-}
-
-/// The rustls client configuration: the CA file (or the system's roots), and the client
-/// certificate and key for mutual TLS. Every unreadable or malformed file is named.
-fn tls_config(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let certs = |key: &str, path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| bad_input(format!("mqtt.{key} {}: cannot read: {e}", path.display())))?;
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad_input(format!("mqtt.{key} {}: bad PEM: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(bad_input(format!(
-                "mqtt.{key} {}: no certificate in the file",
-                path.display()
-            )));
-        }
-        Ok(certs)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(path) => {
-            for c in certs("ca_file", path)? {
-                roots.add(c).map_err(|e| {
-                    bad_input(format!("mqtt.ca_file {}: unusable CA: {e}", path.display()))
-                })?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for c in found.certs {
-                let _ = roots.add(c);
-            }
-            if roots.is_empty() {
-                return Err(bad_input(
-                    "mqtt.ca_file: not set and no system CA certificates found; set mqtt.ca_file",
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow::anyhow!("TLS set-up: {e}"))?
-        .with_root_certificates(roots);
-    let config = match (&cfg.cert_file, &cfg.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = certs("cert_file", cert)?;
-            let bytes = std::fs::read(key).map_err(|e| {
-                bad_input(format!("mqtt.key_file {}: cannot read: {e}", key.display()))
-            })?;
-            let pk = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-                bad_input(format!(
-                    "mqtt.key_file {}: no usable private key: {e}",
-                    key.display()
-                ))
-            })?;
-            builder.with_client_auth_cert(chain, pk).map_err(|e| {
-                bad_input(format!(
-                    "mqtt.cert_file {} / key_file {}: {e}",
-                    cert.display(),
-                    key.display()
-                ))
-            })?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        (Some(_), None) => return Err(bad_input("mqtt.cert_file needs mqtt.key_file")),
-        (None, Some(_)) => return Err(bad_input("mqtt.key_file needs mqtt.cert_file")),
-    };
-    Ok(Arc::new(config))
-}
-
 fn status_payload(shared: &Shared, state: &str) -> Vec<u8> {
     let (name, version, sha) = shared
         .model_id
@@ -220,7 +44,7 @@ fn status_payload(shared: &Shared, state: &str) -> Vec<u8> {
         "schema": "inspect.status/1",
         "state": state,
         "device": shared.device,
-        "ts": crate::timefmt::now(),
+        "ts": inspectd_contract::timefmt::now(),
         "version": env!("CARGO_PKG_VERSION"),
         "model": {"name": name, "version": version, "sha256": sha,
                   "variant": shared.variant.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|v| v.to_json())},
@@ -263,7 +87,7 @@ pub fn stats_json(shared: &Shared, fps: f64) -> serde_json::Value {
     json!({
         "schema": "inspect.stats/1",
         "device": shared.device,
-        "ts": crate::timefmt::now(),
+        "ts": inspectd_contract::timefmt::now(),
         "uptime_s": shared.started.elapsed().as_secs_f64(),
         "fps": fps,
         "frames": st.frames,
@@ -300,11 +124,11 @@ async fn cmd_result(
 ) {
     let v = match &result {
         Ok(detail) => {
-            json!({"schema": "inspect.cmd_result/1", "device": shared.device, "ts": crate::timefmt::now(),
+            json!({"schema": "inspect.cmd_result/1", "device": shared.device, "ts": inspectd_contract::timefmt::now(),
                              "command": name, "id": id, "ok": true, "detail": detail})
         }
         Err(e) => {
-            json!({"schema": "inspect.cmd_result/1", "device": shared.device, "ts": crate::timefmt::now(),
+            json!({"schema": "inspect.cmd_result/1", "device": shared.device, "ts": inspectd_contract::timefmt::now(),
                          "command": name, "id": id, "ok": false, "error": e})
         }
     };
@@ -753,71 +577,5 @@ async fn goodbye(
             Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => return,
             Ok(Ok(_)) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn mqtt(url: &str, extra: &str) -> MqttConfig {
-        let text = format!("url = \"{url}\"\n{extra}");
-        toml::from_str(&text).unwrap()
-    }
-
-    #[test]
-    fn password_comes_from_its_file_and_never_shows_in_debug() {
-        let dir = std::env::temp_dir().join(format!("inspectd-mqtt-pw-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pw = dir.join("pw");
-        std::fs::write(&pw, "s3cret-Pa55\n").unwrap();
-        let cfg = mqtt(
-            "mqtt://127.0.0.1:1884",
-            &format!("username = \"box\"\npassword_file = \"{}\"\n", pw.display()),
-        );
-        let s = settings(&cfg, "dev").unwrap();
-        assert_eq!(s.credentials, Some(("box".into(), "s3cret-Pa55".into())));
-        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 1884));
-        assert!(!format!("{s:?}").contains("s3cret"));
-        let missing = mqtt(
-            "mqtt://127.0.0.1",
-            "username = \"box\"\npassword_file = \"/nonexistent/pw\"\n",
-        );
-        let e = format!("{:#}", settings(&missing, "dev").unwrap_err());
-        assert!(e.contains("mqtt.password_file /nonexistent/pw"), "{e}");
-    }
-
-    #[test]
-    fn plaintext_only_on_loopback_unless_allowed() {
-        for url in ["mqtt://10.0.0.5:1883", "mqtt://broker.plant.local"] {
-            let e = format!("{:#}", settings(&mqtt(url, ""), "d").unwrap_err());
-            assert!(
-                e.contains("plaintext MQTT to a non-loopback host is refused"),
-                "{e}"
-            );
-            assert!(settings(&mqtt(url, "allow_insecure = true\n"), "d").is_ok());
-        }
-        for url in [
-            "mqtt://localhost",
-            "mqtt://127.0.0.1:1883",
-            "mqtt://[::1]:1883",
-        ] {
-            assert!(settings(&mqtt(url, ""), "d").is_ok(), "{url}");
-        }
-        // TLS to a remote host is fine, on 8883 by default.
-        let ca = std::env::temp_dir().join(format!("inspectd-mqtt-ca-{}", std::process::id()));
-        std::fs::write(&ca, "junk").unwrap();
-        let e = format!(
-            "{:#}",
-            settings(
-                &mqtt(
-                    "mqtts://10.0.0.5",
-                    &format!("ca_file = \"{}\"\n", ca.display())
-                ),
-                "d"
-            )
-            .unwrap_err()
-        );
-        assert!(e.contains("no certificate in the file"), "{e}");
     }
 }

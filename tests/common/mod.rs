@@ -17,6 +17,18 @@ pub fn root() -> PathBuf {
 /// test's `bind(":0")` (a camera, a proxy) before the server took it: an observer then talked
 /// MQTT to an HTTP camera. Test binaries run one at a time; within one, a counter keeps the
 /// tests' ports apart, and a port still bound by anything else is skipped.
+/// The `inspectd-supervisor` binary beside `inspectd` in the target folder: `cargo test
+/// --workspace` (the README's test command) builds it with its package's tests.
+pub fn supervisor_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_inspectd")).with_file_name("inspectd-supervisor");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p inspectd-supervisor` first)",
+        bin.display()
+    );
+    bin
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);

@@ -24,10 +24,9 @@ use clap::Args;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::config::MqttConfig;
-use crate::error::bad_input;
-use crate::source::Backoff;
 use ingest::{classify, Reject, KINDS};
+use inspectd_cam::error::bad_input;
+use inspectd_contract::client::{Backoff, BrokerConfig};
 use store::{Event, Item, Retention};
 
 #[derive(Args, Debug, Clone)]
@@ -203,7 +202,7 @@ fn flush_acks(client: &AsyncClient, pending: &mut std::collections::VecDeque<rum
 
 /// The MQTT side: one fresh client per connection, a persistent session, manual acks.
 async fn link(
-    s: crate::mqtt::Settings,
+    s: inspectd_contract::client::Settings,
     prefix: String,
     work: mpsc::Sender<Work>,
     mut acks: mpsc::UnboundedReceiver<Ack>,
@@ -384,7 +383,7 @@ fn writer(
         if !items.is_empty() || !tokens.is_empty() {
             let mut backoff = Backoff::new(Duration::from_secs(10));
             let applied = loop {
-                let now = crate::timefmt::now_ms();
+                let now = inspectd_contract::timefmt::now_ms();
                 let r = conn
                     .transaction()
                     .map_err(anyhow::Error::from)
@@ -417,7 +416,7 @@ fn writer(
         }
         if retain_due {
             retain_due = false;
-            match store::enforce(&conn, retention, crate::timefmt::now_ms()) {
+            match store::enforce(&conn, retention, inspectd_contract::timefmt::now_ms()) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("retention: {n} verdicts deleted"),
                 Err(e) => {
@@ -431,7 +430,7 @@ fn writer(
 
 /// Resolved, checked arguments: every bad one is exit 2 with its flag named.
 struct Setup {
-    mqtt: crate::mqtt::Settings,
+    mqtt: inspectd_contract::client::Settings,
     listen: SocketAddr,
     users: Option<access::Users>,
     conn: rusqlite::Connection,
@@ -452,7 +451,7 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
             "--retain-days, --max-verdicts and --stale-after-s must be at least 1",
         ));
     }
-    let cfg = MqttConfig {
+    let cfg = BrokerConfig {
         url: a.broker.clone(),
         client_id: Some(a.client_id.clone()),
         username: a.username.clone(),
@@ -460,12 +459,10 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
         ca_file: a.ca_file.clone(),
         cert_file: a.cert_file.clone(),
         key_file: a.key_file.clone(),
-        prefix: a.prefix.clone(),
-        publish_ok: "all".into(),
         keep_alive_s: 10,
         allow_insecure: a.allow_insecure,
     };
-    let mqtt = crate::mqtt::settings(&cfg, "supervisor")
+    let mqtt = inspectd_contract::client::settings(&cfg, "inspectd-supervisor")
         .map_err(|e| bad_input(format!("--broker: {e:#}")))?;
     let listen: SocketAddr = a.listen.parse().map_err(|_| {
         bad_input(format!(
@@ -499,8 +496,8 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
 
 /// Runs the supervisor until SIGINT/SIGTERM.
 pub fn run(a: SuperviseArgs) -> Result<()> {
-    let rt = crate::cli::runtime()?;
-    rt.block_on(serve(a, crate::daemon::signals(), None))
+    let rt = inspectd_contract::client::runtime()?;
+    rt.block_on(serve(a, inspectd_contract::client::signals(), None))
 }
 
 /// Runs the supervisor until `shutdown`; `bound` receives the web address once it listens.

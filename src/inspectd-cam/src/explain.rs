@@ -1,10 +1,5 @@
-//! Class activation maps without an autodiff framework: tract computes the target activation A
-//! and the logits in one optimized pass; the head module differentiates the small subgraph after
-//! A in Rust to get G = ∂y_c/∂A; the methods module turns (A, G) into a map.
-
-pub mod head;
-pub mod methods;
-pub mod ops;
+//! The explainer: one optimized tract pass for A and the logits, the head's reverse pass for
+//! G, a method for the map.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -13,10 +8,11 @@ use anyhow::{Context, Result};
 
 use crate::error::bad_input;
 use crate::graph::ElemType;
+pub use crate::head::{Head, HeadError};
+use crate::methods;
+pub use crate::methods::Method;
 use crate::model::{ancestors, Model, OutputKind, Plan};
 use crate::tensor::{argmax, Tensor, Value};
-pub use head::{Head, HeadError};
-pub use methods::Method;
 
 /// A tensor that can serve as a CAM target layer.
 #[derive(Clone, Debug)]

@@ -555,6 +555,6 @@ pub fn heads_from_bytes(bytes: &[u8]) -> Result<usize> {
     Ok(feeds
         .iter()
         .take(64)
-        .filter(|t| crate::cam::head::Head::extract(&graph, t, &out.name).is_ok())
+        .filter(|t| crate::head::Head::extract(&graph, t, &out.name).is_ok())
         .count())
 }

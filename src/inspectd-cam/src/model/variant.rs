@@ -370,10 +370,10 @@ pub fn load_explainer(
     opts: &super::LoadOptions,
     pref: VariantPref,
     cache_dir: Option<&Path>,
-    ex_opts: &crate::cam::ExplainerOptions,
-) -> Result<crate::cam::Explainer> {
+    ex_opts: &crate::ExplainerOptions,
+) -> Result<crate::Explainer> {
     use super::Model;
-    use crate::cam::Explainer;
+    use crate::Explainer;
     let Some(cands) = Model::variants(path, opts)? else {
         if let Some(name) = pref.forced() {
             return Err(bad_input(format!(

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use inspectd::cam::methods::normalize;
-use inspectd::cam::{ClassChoice, Explainer, ExplainerOptions, Method};
-use inspectd::model::preprocess::{fit, load_image, to_tensor};
-use inspectd::model::{LoadOptions, Model};
-use inspectd::tensor::pearson;
+use inspectd_cam::methods::normalize;
+use inspectd_cam::model::preprocess::{fit, load_image, to_tensor};
+use inspectd_cam::model::{LoadOptions, Model};
+use inspectd_cam::tensor::pearson;
+use inspectd_cam::{ClassChoice, Explainer, ExplainerOptions, Method};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -17,7 +17,7 @@ fn fixtures() -> PathBuf {
 struct Fixture {
     json: Value,
     explainer: Explainer,
-    input: inspectd::tensor::Tensor,
+    input: inspectd_cam::tensor::Tensor,
 }
 
 fn load(name: &str) -> Fixture {

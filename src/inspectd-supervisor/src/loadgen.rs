@@ -12,7 +12,7 @@ use clap::Args;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 
-use crate::error::bad_input;
+use inspectd_cam::error::bad_input;
 
 #[derive(Args, Debug, Clone)]
 pub struct LoadgenArgs {
@@ -73,7 +73,7 @@ fn payload(device: &str, seq: u64, map_b64: &str) -> Vec<u8> {
     } else {
         json!([])
     };
-    json!({"schema": "inspect.verdict/1", "device": device, "seq": seq, "ts": crate::timefmt::now(),
+    json!({"schema": "inspect.verdict/1", "device": device, "seq": seq, "ts": inspectd_contract::timefmt::now(),
            "part_id": format!("LOAD-{seq}"), "verdict": kind, "label": if kind == "ok" { "ok" } else { "scratch" },
            "confidence": if kind == "suspect" { 0.55 } else { 0.97 },
            "scores": {"ok": 0.03, "scratch": 0.97, "dent": 0.0, "stain": 0.0, "crack": 0.0}, "reasons": reasons,
@@ -89,20 +89,13 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
     if a.verdicts == 0 || a.devices == 0 {
         return Err(bad_input("--verdicts and --devices must be at least 1"));
     }
-    let cfg = crate::config::MqttConfig {
+    let cfg = inspectd_contract::client::BrokerConfig {
         url: a.broker.clone(),
         client_id: Some(format!("inspectd-loadgen-{}", std::process::id())),
-        username: None,
-        password_file: None,
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        prefix: a.prefix.clone(),
-        publish_ok: "all".into(),
         keep_alive_s: 30,
-        allow_insecure: false,
+        ..Default::default()
     };
-    let s = crate::mqtt::settings(&cfg, "loadgen")
+    let s = inspectd_contract::client::settings(&cfg, "inspectd-loadgen")
         .map_err(|e| bad_input(format!("--broker: {e:#}")))?;
     let sup = a.supervisor.as_deref().map(|u| {
         u.trim_start_matches("http://")
@@ -115,17 +108,18 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut map = crate::tensor::Tensor::zeros(&[16, 16]);
+    let mut map = inspectd_cam::tensor::Tensor::zeros(&[16, 16]);
     for (i, v) in map.data_mut().iter_mut().enumerate() {
         let (y, x) = ((i / 16) as f32 - 9.0, (i % 16) as f32 - 5.0);
         *v = (-(x * x + y * y) / 8.0).exp();
     }
-    let map_b64 = base64::engine::general_purpose::STANDARD.encode(crate::heatmap::map_png(&map)?);
+    let map_b64 =
+        base64::engine::general_purpose::STANDARD.encode(inspectd_cam::heatmap::map_png(&map)?);
     let copies = if a.duplicate { 2 } else { 1 };
     let total = a.verdicts * copies;
     // Sequence numbers above anything an earlier run used.
-    let base = crate::timefmt::now_ms() as u64 * 1000;
-    let rt = crate::cli::runtime()?;
+    let base = inspectd_contract::timefmt::now_ms() as u64 * 1000;
+    let rt = inspectd_contract::client::runtime()?;
     let (t0, published) = rt.block_on(async {
         let mut opts = MqttOptions::new(
             cfg.client_id.clone().unwrap_or_default(),

@@ -1095,7 +1095,7 @@ mod tests {
             }),
             vec![4]
         );
-        let t = |s| crate::timefmt::parse_ms(s);
+        let t = |s| inspectd_contract::timefmt::parse_ms(s);
         assert_eq!(
             f(Filter {
                 from_ms: t("2026-11-26T10:00:03Z"),

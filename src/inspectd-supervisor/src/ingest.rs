@@ -266,7 +266,7 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
                 ts_ms: v
                     .get("ts")
                     .and_then(Value::as_str)
-                    .and_then(crate::timefmt::parse_ms),
+                    .and_then(inspectd_contract::timefmt::parse_ms),
                 raw: v.to_string(),
                 device,
             }))
@@ -284,7 +284,7 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             }
             let label = short(&v, "label", &w)?.to_string();
             let ts = short(&v, "ts", &w)?.to_string();
-            let ts_ms = crate::timefmt::parse_ms(&ts).ok_or_else(|| {
+            let ts_ms = inspectd_contract::timefmt::parse_ms(&ts).ok_or_else(|| {
                 drop_(Reject::BadSchema, format!("{w}: ts {ts:?} is not RFC 3339"))
             })?;
             let confidence = v
@@ -516,7 +516,7 @@ mod tests {
         assert!(!v.raw.contains("\"png\""), "{}", v.raw);
         assert_eq!(
             v.ts_ms,
-            crate::timefmt::parse_ms("2026-11-26T10:00:00Z").unwrap()
+            inspectd_contract::timefmt::parse_ms("2026-11-26T10:00:00Z").unwrap()
         );
     }
 

@@ -20,7 +20,7 @@ use super::access::Operator;
 use super::ingest::{Reject, KINDS};
 use super::store::{self, AlertRow, Cursor, Event, Filter, FleetRow, VerdictRow};
 use super::{Hub, Outgoing};
-use crate::timefmt::{now_ms, parse_ms, rfc3339_ms};
+use inspectd_contract::timefmt::{now_ms, parse_ms, rfc3339_ms};
 
 const CSS: &str = include_str!("assets/app.css");
 const JS: &str = include_str!("assets/app.js");
@@ -636,7 +636,7 @@ async fn verdict_page(
 }
 
 /// Heatmaps rendered at once. Each render is bounded (the map decode refuses more than
-/// [`crate::heatmap::MAX_MAP_SIDE`] a side, the output is 192×192), so this caps the memory
+/// [`inspectd_cam::heatmap::MAX_MAP_SIDE`] a side, the output is 192×192), so this caps the memory
 /// renders take together, and keeps them from taking every blocking thread.
 const MAX_RENDERS: usize = 2;
 static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RENDERS);
@@ -645,14 +645,14 @@ const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Renders a CAM map (8-bit grayscale PNG at feature resolution) as a jet-coloured PNG.
 pub fn render_heatmap(map_png: &[u8], side: usize) -> anyhow::Result<Vec<u8>> {
-    let map = crate::heatmap::map_from_png(map_png)?;
+    let map = inspectd_cam::heatmap::map_from_png(map_png)?;
     let (h, w) = (map.shape()[0], map.shape()[1]);
-    let up = crate::heatmap::resize_bilinear(map.data(), h, w, side, side);
+    let up = inspectd_cam::heatmap::resize_bilinear(map.data(), h, w, side, side);
     let mut img = image::RgbImage::new(side as u32, side as u32);
     for (p, v) in img.pixels_mut().zip(up) {
-        *p = image::Rgb(crate::heatmap::jet(v.clamp(0.0, 1.0)));
+        *p = image::Rgb(inspectd_cam::heatmap::jet(v.clamp(0.0, 1.0)));
     }
-    crate::heatmap::png(&img)
+    inspectd_cam::heatmap::png(&img)
 }
 
 fn image_response(content_type: &'static str, bytes: Vec<u8>) -> Response {
@@ -1157,14 +1157,14 @@ mod tests {
 
     #[test]
     fn a_map_renders_as_a_jet_heatmap() {
-        let mut t = crate::tensor::Tensor::zeros(&[4, 4]);
+        let mut t = inspectd_cam::tensor::Tensor::zeros(&[4, 4]);
         t.data_mut()[5] = 1.0;
-        let png = crate::heatmap::map_png(&t).unwrap();
+        let png = inspectd_cam::heatmap::map_png(&t).unwrap();
         let out = render_heatmap(&png, 32).unwrap();
         let img = image::load_from_memory(&out).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (32, 32));
         // Cold corner blue, hot cell (row 1, col 1) red.
-        assert_eq!(img.get_pixel(31, 31).0, crate::heatmap::jet(0.0));
+        assert_eq!(img.get_pixel(31, 31).0, inspectd_cam::heatmap::jet(0.0));
         let hot = img.get_pixel(12, 12).0;
         assert!(hot[0] > hot[2], "{hot:?}");
         assert!(render_heatmap(b"not a png", 32).is_err());
