@@ -1,14 +1,19 @@
 //! An embedded MQTT broker (rumqttd) on loopback, for `inspectd demo`, `inspectd broker` and the
 //! tests. Plants run a real broker (Mosquitto, EMQX, HiveMQ); this one exists so a fresh machine
-//! needs nothing installed.
+//! needs nothing installed. rumqttd brings axum and hyper (its console) along, so it is the
+//! cargo feature `embedded-broker` (default on for development and `cargo run -- demo`; the
+//! `.deb`s leave it out: a box talks to the plant's broker, or to a local Mosquitto).
 
+#[cfg(feature = "embedded-broker")]
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+#[cfg(feature = "embedded-broker")]
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
+#[cfg(feature = "embedded-broker")]
 fn config(listen: SocketAddr) -> Config {
     let mut v4 = HashMap::new();
     v4.insert(
@@ -57,6 +62,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// Starts the broker on its own thread and waits until it accepts connections.
+#[cfg(feature = "embedded-broker")]
 pub fn spawn(listen: SocketAddr) -> Result<()> {
     let cfg = config(listen);
     std::thread::Builder::new()
@@ -72,6 +78,7 @@ pub fn spawn(listen: SocketAddr) -> Result<()> {
 }
 
 /// Runs the broker in the foreground (for `inspectd broker`).
+#[cfg(feature = "embedded-broker")]
 pub fn run_foreground(listen: SocketAddr) -> Result<()> {
     let mut broker = Broker::new(config(listen));
     broker

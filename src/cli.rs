@@ -285,7 +285,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Supervise(_) => Err(bad_input(
             "inspectd supervise: the plant dashboard is its own program now: run `inspectd-supervisor` with the same flags (package inspectd-supervisor)",
         )),
+        #[cfg(feature = "embedded-broker")]
         Command::Broker(a) => crate::broker::run_foreground(a.listen),
+        #[cfg(not(feature = "embedded-broker"))]
+        Command::Broker(_) => Err(bad_input(
+            "broker: this build has no embedded broker (cargo feature embedded-broker)",
+        )),
     }
 }
 

@@ -170,7 +170,8 @@ pub struct DemoArgs {
     /// the watermark and whose defects come out suspect).
     #[arg(long)]
     pub no_shortcut: bool,
-    /// Publish to this broker instead of the embedded one (mqtt://host:port).
+    /// Publish to this broker instead of the embedded one (mqtt://host:port; needed where the
+    /// build has no embedded broker, as the .deb packages).
     #[arg(long)]
     pub broker: Option<String>,
     /// Model variant: auto (the fastest on this CPU, timed once and cached), f32 or int8.
@@ -188,6 +189,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let models = models_dir(a.models.as_deref())?;
     let url = match &a.broker {
         Some(u) => u.clone(),
+        #[cfg(not(feature = "embedded-broker"))]
+        None => {
+            return Err(bad_input(
+                "demo: this build has no embedded broker (cargo feature embedded-broker); give --broker mqtt://127.0.0.1:1883 (a local Mosquitto) or the plant's broker",
+            ))
+        }
+        #[cfg(feature = "embedded-broker")]
         None => {
             let port = crate::broker::free_port()?;
             crate::broker::spawn(([127, 0, 0, 1], port).into())?;

@@ -6,8 +6,17 @@ use std::io::Cursor;
 use anyhow::Result;
 use image::{ImageFormat, RgbImage};
 
-use crate::model::preprocess::Crop;
 use crate::tensor::Tensor;
+
+/// The region of the original frame the model saw, in frame pixels (made by
+/// `model::preprocess::fit`; overlays draw the map back onto it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Crop {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
 
 /// Bilinear resize with half-pixel centres (OpenCV / PIL convention), edges clamped.
 pub fn resize_bilinear(map: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {

@@ -1,4 +1,4 @@
-//! `inspectd supervise`: the plant-side dashboard. It subscribes to every device's topics,
+//! `inspectd-supervisor`: the plant-side dashboard. It subscribes to every device's topics,
 //! checks each message against the MQTT contract, stores verdicts (de-duplicated by device and
 //! sequence number), evidence, alerts and status in SQLite, and serves a web UI with live
 //! updates (server-sent events), history with CSV export, alert acknowledgement and commands.
@@ -576,7 +576,7 @@ pub async fn serve(
     };
     tracing::info!("supervisor web UI on http://{addr}/");
     eprintln!(
-        "inspectd supervise: web UI on http://{addr}/, database {}",
+        "inspectd-supervisor: web UI on http://{addr}/, database {}",
         a.db.display()
     );
     if let Some(b) = bound {

@@ -1,4 +1,4 @@
-//! `inspectd loadgen`: publishes synthetic verdicts (the real schema, with a real PNG map) from
+//! `inspectd-supervisor loadgen`: publishes synthetic verdicts (the real schema, with a real PNG map) from
 //! several devices as fast as the broker takes them, then waits until the supervisor has stored
 //! every one and reports the ingest rate. The supervisor benchmark of the operations guide.
 

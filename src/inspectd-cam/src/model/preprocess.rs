@@ -11,14 +11,7 @@ use super::{ColorOrder, InputSpec, Layout, ResizeMode};
 use crate::error::bad_input;
 use crate::tensor::Tensor;
 
-/// The region of the original frame the model saw, in frame pixels.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Crop {
-    pub x: f32,
-    pub y: f32,
-    pub w: f32,
-    pub h: f32,
-}
+pub use crate::heatmap::Crop;
 
 /// Decodes an image file to RGB; a failure names the file.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
