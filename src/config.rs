@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+pub use crate::spool::Fsync;
 use crate::verdict::Rules;
 use inspectd_cam::error::bad_input;
+use inspectd_cam::Method;
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
@@ -198,18 +200,60 @@ pub struct ModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CamConfig {
     /// CAM method (gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam).
-    pub method: String,
+    #[serde(deserialize_with = "from_str")]
+    pub method: Method,
     /// Target layer: `auto` or an ONNX tensor name.
-    pub layer: String,
+    #[serde(deserialize_with = "from_str")]
+    pub layer: Layer,
 }
 
 impl Default for CamConfig {
     fn default() -> CamConfig {
         CamConfig {
-            method: "gradcam".into(),
-            layer: "auto".into(),
+            method: Method::GradCam,
+            layer: Layer::Auto,
         }
     }
+}
+
+/// The CAM target layer: the model's default (`auto`) or an ONNX tensor by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Auto,
+    Named(String),
+}
+
+impl Layer {
+    /// The tensor name, or `None` for the model's default.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Layer::Auto => None,
+            Layer::Named(n) => Some(n),
+        }
+    }
+}
+
+impl std::str::FromStr for Layer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Layer, String> {
+        match s {
+            "" => Err("must be auto or a tensor name".into()),
+            "auto" => Ok(Layer::Auto),
+            n => Ok(Layer::Named(n.to_string())),
+        }
+    }
+}
+
+/// A string key read through `FromStr`: the value is checked once, here, and the refusal's
+/// message gets the key and line added by the config's error report.
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -231,8 +275,8 @@ pub struct MqttConfig {
     #[serde(default = "default_prefix")]
     pub prefix: String,
     /// Which `ok` verdicts to publish: `all`, `none`, or `every:N`.
-    #[serde(default = "default_publish_ok")]
-    pub publish_ok: String,
+    #[serde(default = "default_publish_ok", deserialize_with = "from_str")]
+    pub publish_ok: PublishOk,
     /// MQTT keep-alive in seconds (the LWT fires after 1.5×).
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
@@ -268,8 +312,8 @@ impl MqttConfig {
 fn default_prefix() -> String {
     "inspect".into()
 }
-fn default_publish_ok() -> String {
-    "all".into()
+fn default_publish_ok() -> PublishOk {
+    PublishOk::All
 }
 fn default_keep_alive() -> u64 {
     10
@@ -283,8 +327,9 @@ pub enum PublishOk {
     EveryNth(u64),
 }
 
-impl PublishOk {
-    pub fn parse(s: &str) -> Result<PublishOk, String> {
+impl std::str::FromStr for PublishOk {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PublishOk, String> {
         match s {
             "all" => Ok(PublishOk::All),
             "none" => Ok(PublishOk::None),
@@ -305,15 +350,15 @@ pub struct SpoolConfig {
     #[serde(default = "default_spool_bytes")]
     pub max_bytes: u64,
     /// `always`: fsync every message before publishing it; `batch`: fsync at most every 100 ms.
-    #[serde(default = "default_fsync")]
-    pub fsync: String,
+    #[serde(default = "default_fsync", deserialize_with = "from_str")]
+    pub fsync: Fsync,
 }
 
 fn default_spool_bytes() -> u64 {
     64 * 1024 * 1024
 }
-fn default_fsync() -> String {
-    "always".into()
+fn default_fsync() -> Fsync {
+    Fsync::Always
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -333,15 +378,29 @@ impl Default for StatsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the local `/metrics` and `/healthz` endpoint; empty = off.
-    pub listen: String,
+    #[serde(deserialize_with = "address_or_off")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
-            listen: "127.0.0.1:9898".into(),
+            listen: Some(([127, 0, 0, 1], 9898).into()),
         }
     }
+}
+
+/// An address like `127.0.0.1:9898`, or the empty string for "off".
+fn address_or_off<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("{s:?} is not an address like 127.0.0.1:9898"))
+    })
 }
 
 impl Config {
@@ -394,26 +453,14 @@ impl Config {
                 format!("{:?} must start with mqtt:// or mqtts://", self.mqtt.url),
             );
         }
-        if let Err(m) = PublishOk::parse(&self.mqtt.publish_ok) {
-            return err("mqtt.publish_ok", m);
-        }
         if !(1..=u16::MAX as u64).contains(&self.mqtt.keep_alive_s) {
             return err(
                 "mqtt.keep_alive_s",
                 format!("{} must be within 1..65535", self.mqtt.keep_alive_s),
             );
         }
-        if !matches!(self.spool.fsync.as_str(), "always" | "batch") {
-            return err(
-                "spool.fsync",
-                format!("{:?} is not always or batch", self.spool.fsync),
-            );
-        }
         if self.spool.max_bytes < 64 * 1024 {
             return err("spool.max_bytes", "must be at least 65536".into());
-        }
-        if let Err(m) = self.cam.method.parse::<inspectd_cam::Method>() {
-            return err("cam.method", m);
         }
         if let Err(m) = self.verdict.validate() {
             return Err(bad_input(format!("config {origin}: {m}")));
@@ -472,16 +519,6 @@ impl Config {
                     return err("source.path", "must name a folder".into());
                 }
             }
-        }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return err(
-                "http.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:9898",
-                    self.http.listen
-                ),
-            );
         }
         if self.mqtt.cert_file.is_some() != self.mqtt.key_file.is_some() {
             return err(
@@ -778,8 +815,8 @@ path = "spool.redb"
 
     #[test]
     fn publish_ok_accepts_every_nth() {
-        assert_eq!(PublishOk::parse("every:5"), Ok(PublishOk::EveryNth(5)));
-        assert!(PublishOk::parse("every:0").is_err());
-        assert!(PublishOk::parse("some").is_err());
+        assert_eq!("every:5".parse::<PublishOk>(), Ok(PublishOk::EveryNth(5)));
+        assert!("every:0".parse::<PublishOk>().is_err());
+        assert!("some".parse::<PublishOk>().is_err());
     }
 }

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, PublishOk, SourceConfig, Trigger};
+use crate::config::{Config, SourceConfig, Trigger};
 use crate::pipeline::{self, InferenceSetup, LatestSlot, Shared, Stats};
 use crate::source::{FrameSource, HttpSnapshot, Replay};
-use crate::spool::{Fsync, Spool};
+use crate::spool::Spool;
 use crate::tasks::Supervisor;
 use inspectd_cam::error::bad_input;
 use inspectd_cam::model::{LoadOptions, Model};
-use inspectd_cam::{Explainer, ExplainerOptions, Method};
+use inspectd_cam::{Explainer, ExplainerOptions};
 
 /// Sees the explainer the daemon is about to run (its model variant), once.
 pub type LoadedHook = Box<dyn FnOnce(&Explainer) + Send>;
@@ -64,8 +64,8 @@ pub fn load_explainer_in(
             )));
         }
     }
-    let method: Method = cfg.cam.method.parse().map_err(bad_input)?;
-    let layer = (cfg.cam.layer != "auto").then(|| cfg.cam.layer.clone());
+    let method = cfg.cam.method;
+    let layer = cfg.cam.layer.name().map(str::to_string);
     inspectd_cam::model::variant::load_explainer(
         &cfg.model.path,
         &opts,
@@ -131,12 +131,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     }
     let settings = cfg.mqtt.settings(&cfg.device_id)?;
     let (src, fps) = make_source(&cfg)?;
-    let fsync = if cfg.spool.fsync == "batch" {
-        Fsync::Batch
-    } else {
-        Fsync::Always
-    };
-    let spool = Spool::open(&cfg.spool.path, cfg.spool.max_bytes, fsync)
+    let spool = Spool::open(&cfg.spool.path, cfg.spool.max_bytes, cfg.spool.fsync)
         .map_err(|e| bad_input(format!("spool.path: {e}")))?;
     if let Some((to, why)) = spool.recovered_from() {
         tracing::error!(
@@ -203,8 +198,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         variant: RwLock::new(ex.model.variant.clone()),
     });
 
-    let publish_ok = PublishOk::parse(&cfg.mqtt.publish_ok).map_err(bad_input)?;
-    let method: Method = cfg.cam.method.parse().map_err(bad_input)?;
+    let publish_ok = cfg.mqtt.publish_ok;
+    let method = cfg.cam.method;
     let reload_cfg = cfg.clone();
     let setup = InferenceSetup {
         method,
@@ -241,14 +236,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
             Duration::from_secs(5),
         ),
     );
-    let http = if cfg.http.listen.is_empty() {
-        None
-    } else {
-        let addr: std::net::SocketAddr = cfg
-            .http
-            .listen
-            .parse()
-            .map_err(|_| bad_input("http.listen: bad address"))?;
+    let http = if let Some(addr) = cfg.http.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| bad_input(format!("http.listen {addr}: cannot bind: {e}")))?;
@@ -256,6 +244,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
             "http",
             crate::http::serve(listener, shared.clone(), stop_rx.clone()),
         ))
+    } else {
+        None
     };
 
     // The model is loaded, the spool is open and the threads run: verdicts are produced and kept

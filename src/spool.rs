@@ -78,6 +78,17 @@ pub enum Fsync {
     Batch,
 }
 
+impl std::str::FromStr for Fsync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fsync, String> {
+        match s {
+            "always" => Ok(Fsync::Always),
+            "batch" => Ok(Fsync::Batch),
+            _ => Err(format!("{s:?} is not always or batch")),
+        }
+    }
+}
+
 /// Low priority messages are evicted first when the spool is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {

@@ -40,7 +40,7 @@ fn verdicts(cfg: &Config, rules: &Rules, dir: &Path) -> Vec<(String, String, Dec
     let state = std::env::temp_dir().join(format!("inspectd-suspect-{}", std::process::id()));
     std::fs::create_dir_all(&state).unwrap();
     let ex = inspectd::daemon::load_explainer_in(cfg, None, Some(&state)).unwrap();
-    let method: Method = cfg.cam.method.parse().unwrap();
+    let method: Method = cfg.cam.method;
     let labels = &ex.model.output.labels;
     let ok = ex
         .model
