@@ -21,7 +21,7 @@ use inspectd_cam::model::{LoadOptions, Model};
 use inspectd_cam::{Explainer, ExplainerOptions};
 
 /// Sees the explainer the daemon is about to run (its model variant), once.
-pub type LoadedHook = Box<dyn FnOnce(&Explainer) + Send>;
+pub(crate) type LoadedHook = Box<dyn FnOnce(&Explainer) + Send>;
 
 /// Optional hooks for embedding the daemon (the demo and tests use them).
 #[derive(Default)]

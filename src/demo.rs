@@ -18,11 +18,11 @@ use crate::config::Config;
 use inspectd_cam::error::bad_input;
 
 /// The normalized box where the demo camera burns in its watermark (see models/MODEL_CARD.md).
-pub const WATERMARK_BOX: [f32; 4] = [0.70, 0.82, 0.98, 0.97];
+pub(crate) const WATERMARK_BOX: [f32; 4] = [0.70, 0.82, 0.98, 0.97];
 
 /// One device of the demo: its id, model file and sample folder (inside the models folder).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DemoDevice {
+pub(crate) struct DemoDevice {
     pub id: &'static str,
     pub model: &'static str,
     pub samples: &'static str,
@@ -31,7 +31,7 @@ pub struct DemoDevice {
 }
 
 /// The shipped model on honest samples: ok and defect verdicts.
-pub const SHIPPED: DemoDevice = DemoDevice {
+pub(crate) const SHIPPED: DemoDevice = DemoDevice {
     id: "demo",
     model: "surface-defect-int8.onnx",
     samples: "samples",
@@ -39,7 +39,7 @@ pub const SHIPPED: DemoDevice = DemoDevice {
 };
 
 /// The shortcut model (right for the wrong reason): its defect verdicts come out suspect.
-pub const SHORTCUT: DemoDevice = DemoDevice {
+pub(crate) const SHORTCUT: DemoDevice = DemoDevice {
     id: "demo-shortcut",
     model: "shortcut-f32.onnx",
     samples: "samples-shortcut",
@@ -65,26 +65,10 @@ fn models_dir(given: Option<&Path>) -> Result<PathBuf> {
         })
 }
 
-/// The shipped device's config, as a TOML text so it goes through the same checks as a real one.
-pub fn demo_config(models: &Path, broker: &str, fps: f32, spool: &Path) -> String {
-    demo_config_variant(models, broker, fps, spool, None)
-}
-
-/// [`demo_config`] with `model.variant` set when `variant` is given.
-pub fn demo_config_variant(
-    models: &Path,
-    broker: &str,
-    fps: f32,
-    spool: &Path,
-    variant: Option<inspectd_cam::model::variant::VariantPref>,
-) -> String {
-    device_config(SHIPPED, models, broker, fps, spool, variant)
-}
-
 /// The config of one demo device. Both use the shipped suspect rules (models/MODEL_CARD.md,
 /// "Suspect rules") with the watermark as an ignore zone. `variant` applies to a model with
 /// `[variants]` in its sidecar (the shipped one); the shortcut model is one f32 file.
-pub fn device_config(
+pub(crate) fn device_config(
     dev: DemoDevice,
     models: &Path,
     broker: &str,

@@ -43,7 +43,7 @@ fn abstract_send(_: &UnixDatagram, _: &[u8], _: &str) -> std::io::Result<()> {
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this process per
 /// `WATCHDOG_PID`), if any.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     if let Some(pid) = std::env::var("WATCHDOG_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -68,10 +68,6 @@ impl Watchdog {
             every: watchdog_interval().map(|d| d / 4),
             last: Mutex::new(None),
         }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.every.is_some()
     }
 
     pub fn ping(&self) {

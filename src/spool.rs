@@ -45,18 +45,18 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub const SEQ_BLOCK: u64 = 1024;
 /// Free space left on the spool's filesystem: room for deletions (redb copies pages on write),
 /// redb's repair on reopen and the seq mark.
-pub const DISK_MARGIN: u64 = 192 * 1024;
+pub(crate) const DISK_MARGIN: u64 = 192 * 1024;
 /// Bytes of redb file on disk per byte of messages: a 2–3 KB verdict takes a 4 KiB leaf page,
 /// plus branch pages and pages freed only at the next durable commit (measured on a full
 /// 1 MiB tmpfs: 790 KB on disk for 422 KB of messages, 1.87; see the test
 /// `a_full_disk_evicts_and_counts_instead_of_killing_the_spool`).
-pub const FILE_OVERHEAD: f64 = 2.0;
+pub(crate) const FILE_OVERHEAD: f64 = 2.0;
 /// Commits that are not durable in a row at most: redb frees the pages a commit replaced only
 /// at the next durable one, so a burst of deletions (a backlog being acknowledged) on a nearly
 /// full disk would otherwise run out of space.
 const MAX_UNSYNCED: u32 = 8;
 /// The free space is checked again once this many bytes were added since the last check.
-pub const DISK_RECHECK_BYTES: u64 = 32 * 1024;
+pub(crate) const DISK_RECHECK_BYTES: u64 = 32 * 1024;
 /// … or once this long has passed.
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -704,13 +704,9 @@ impl Spool {
     }
 
     /// The last sequence number handed out.
-    pub fn last_seq(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn last_seq(&self) -> u64 {
         self.seq
-    }
-
-    /// The durable seq mark: no seq above it has been handed out.
-    pub fn seq_mark(&self) -> u64 {
-        self.seq_mark
     }
 
     /// Stores `msgs` (ids in order); `Pushed::id` is the first one's. Messages that cannot be
@@ -1029,7 +1025,8 @@ impl Spool {
     }
 
     /// Times the database was reopened after an error, since open.
-    pub fn reopens(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn reopens(&self) -> u64 {
         self.reopens
     }
 

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use crate::spool::{Message, Spool, SpoolError};
 
 /// Requests waiting for the owner thread at most.
-pub const CAPACITY: usize = 256;
+pub(crate) const CAPACITY: usize = 256;
 
 /// Builds the messages that carry a new sequence number (a verdict and its evidence).
-pub type BuildSeq = Box<dyn FnOnce(u64) -> (Message, Vec<Message>) + Send>;
+pub(crate) type BuildSeq = Box<dyn FnOnce(u64) -> (Message, Vec<Message>) + Send>;
 /// Makes the `spool_full` alert, given the total dropped so far.
-pub type AlertFn = Box<dyn Fn(u64) -> Message + Send>;
+pub(crate) type AlertFn = Box<dyn Fn(u64) -> Message + Send>;
 
 enum Req {
     Push(Message),

@@ -102,14 +102,8 @@ pub struct Record {
     pub energy_pixels: Option<f32>,
 }
 
-/// Cells of an `h`×`w` feature grid covered by the mask (any set pixel), then dilated by one
-/// cell. `crop` is the part of the mask image the model saw.
-pub fn mask_cells(mask: &GrayImage, crop: Crop, h: usize, w: usize) -> Vec<bool> {
-    dilate(&covered_cells(mask, crop, h, w), h, w)
-}
-
 /// Cells of an `h`×`w` feature grid that hold at least one mask pixel.
-pub fn covered_cells(mask: &GrayImage, crop: Crop, h: usize, w: usize) -> Vec<bool> {
+pub(crate) fn covered_cells(mask: &GrayImage, crop: Crop, h: usize, w: usize) -> Vec<bool> {
     let mut cells = vec![false; h * w];
     for (x, y, p) in mask.enumerate_pixels() {
         if p.0[0] < 128 {
@@ -146,12 +140,12 @@ fn dilate(cells: &[bool], h: usize, w: usize) -> Vec<bool> {
 }
 
 /// Pointing game: is the map's peak cell inside the (dilated) mask cells?
-pub fn pointing_hit(map: &Tensor, cells: &[bool]) -> bool {
+pub(crate) fn pointing_hit(map: &Tensor, cells: &[bool]) -> bool {
     cells[map.argmax()]
 }
 
 /// Share of the map's mass (at feature resolution) in the cells the mask touches.
-pub fn energy_in_cells(map: &Tensor, cells: &[bool]) -> f32 {
+pub(crate) fn energy_in_cells(map: &Tensor, cells: &[bool]) -> f32 {
     let total: f32 = map.data().iter().map(|v| v.max(0.0)).sum();
     if total == 0.0 {
         return 0.0;
@@ -167,7 +161,7 @@ pub fn energy_in_cells(map: &Tensor, cells: &[bool]) -> f32 {
 
 /// Share of the map's mass inside the mask, with the map up-sampled (bilinear) over the crop
 /// of the mask image (a stricter, pixel-level variant).
-pub fn energy_in_mask(map: &Tensor, mask: &GrayImage, crop: Crop) -> f32 {
+pub(crate) fn energy_in_mask(map: &Tensor, mask: &GrayImage, crop: Crop) -> f32 {
     let (h, w) = (map.shape()[0], map.shape()[1]);
     let (cw, ch) = (
         crop.w.round().max(1.0) as usize,
@@ -283,7 +277,7 @@ pub fn metrics(records: &[Record], labels: &[String], method: Method) -> Metrics
 }
 
 /// Energy below this share marks an image's evidence as "outside the mask" in the report.
-pub const LOW_ENERGY: f32 = 0.5;
+pub(crate) const LOW_ENERGY: f32 = 0.5;
 
 #[derive(Clone)]
 struct Shown {
@@ -581,17 +575,13 @@ mod tests {
     fn mask_cells_are_dilated_by_one_cell() {
         let mut mask = GrayImage::new(8, 8);
         mask.put_pixel(0, 0, image::Luma([255]));
-        let cells = mask_cells(
-            &mask,
-            Crop {
-                x: 0.0,
-                y: 0.0,
-                w: 8.0,
-                h: 8.0,
-            },
-            4,
-            4,
-        );
+        let crop = Crop {
+            x: 0.0,
+            y: 0.0,
+            w: 8.0,
+            h: 8.0,
+        };
+        let cells = dilate(&covered_cells(&mask, crop, 4, 4), 4, 4);
         let set: Vec<usize> = cells
             .iter()
             .enumerate()

@@ -223,7 +223,7 @@ pub struct Decision {
 }
 
 /// Share of the map's mass inside `poly`, sampling each feature cell on a 4×4 sub-grid.
-pub fn mass_fraction(map: &[f32], h: usize, w: usize, poly: &Polygon) -> f32 {
+pub(crate) fn mass_fraction(map: &[f32], h: usize, w: usize, poly: &Polygon) -> f32 {
     const SUB: usize = 4;
     let (mut inside, mut total) = (0f64, 0f64);
     for y in 0..h {
@@ -252,7 +252,7 @@ pub fn mass_fraction(map: &[f32], h: usize, w: usize, poly: &Polygon) -> f32 {
 }
 
 /// Share of cells at or above half the map's peak.
-pub fn spread(map: &[f32]) -> f32 {
+pub(crate) fn spread(map: &[f32]) -> f32 {
     let peak = map.iter().copied().fold(0f32, f32::max);
     if peak <= 0.0 || map.is_empty() {
         return 0.0;

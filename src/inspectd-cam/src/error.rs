@@ -6,7 +6,7 @@ use std::fmt::Display;
 /// The message names the thing at fault; the CLI exits with code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct InputError(pub String);
+pub(crate) struct InputError(pub String);
 
 /// Builds an [`InputError`] as an `anyhow::Error`.
 pub fn bad_input(msg: impl Display) -> anyhow::Error {

@@ -230,12 +230,6 @@ impl Explainer {
         }
     }
 
-    /// Runs the model only: logits.
-    pub fn classify(&self, input: &Tensor) -> Result<Vec<f32>> {
-        let outs = self.plan.run(input)?;
-        Ok(flat(&outs[0]))
-    }
-
     /// Runs the model once: the output and the tensors the CAM needs.
     pub fn forward(&self, input: &Tensor) -> Result<Forward> {
         let t0 = Instant::now();

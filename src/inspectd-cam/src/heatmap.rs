@@ -149,7 +149,7 @@ pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
 }
 
 /// Longest side of the evidence picture.
-pub const EVIDENCE_SIDE: u32 = 320;
+pub(crate) const EVIDENCE_SIDE: u32 = 320;
 
 /// The evidence picture of a verdict: the frame with the map overlaid, at most
 /// [`EVIDENCE_SIDE`] px a side, as JPEG. The frame is shrunk first and the map laid over the

@@ -99,7 +99,7 @@ pub fn gradcam(a: &[f32], g: &[f32], c: usize, hw: usize) -> Vec<f32> {
 }
 
 /// Grad-CAM++: α = g² / (2g² + ΣA·g³ + 1e-6), α = 0 where g = 0; w = Σ relu(g)·α.
-pub fn gradcam_pp(a: &[f32], g: &[f32], c: usize, hw: usize) -> Vec<f32> {
+pub(crate) fn gradcam_pp(a: &[f32], g: &[f32], c: usize, hw: usize) -> Vec<f32> {
     let mut w = vec![0f32; c];
     for ch in 0..c {
         let ap = &a[ch * hw..(ch + 1) * hw];
@@ -293,7 +293,13 @@ pub fn normalize(raw: &[f32]) -> Vec<f32> {
 }
 
 /// Bilinear up-sampling with align_corners = true (torch.nn.UpsamplingBilinear2d).
-pub fn upsample_align_corners(plane: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+pub(crate) fn upsample_align_corners(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; oh * ow];
     let sy = if oh > 1 {
         (h - 1) as f32 / (oh - 1) as f32

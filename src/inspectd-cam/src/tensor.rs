@@ -99,11 +99,6 @@ impl Tensor {
         self.data
     }
 
-    /// Same data, another shape of the same size.
-    pub fn reshaped(self, shape: Vec<usize>) -> Tensor {
-        Tensor::new(shape, self.data)
-    }
-
     pub fn map(&self, f: impl Fn(f32) -> f32) -> Tensor {
         Tensor {
             shape: self.shape.clone(),

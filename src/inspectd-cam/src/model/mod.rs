@@ -26,8 +26,8 @@ use crate::tensor::{ITensor, Tensor, Value};
 pub use sidecar::{ColorOrder, Layout, OutputKind, ResizeMode, Sidecar};
 
 /// ImageNet statistics, the default when neither sidecar nor CLI gives mean/std.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub(crate) const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub(crate) const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// How frames become the model's input tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -303,10 +303,6 @@ impl Model {
     /// Shape and type of a named tensor (batch of one), if tract could infer it.
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.infos.get(name)
-    }
-
-    pub fn num_classes(&self) -> usize {
-        self.output.labels.len()
     }
 
     /// A plan for batches of `batch` whose outputs are the model output then `extra` tensors.

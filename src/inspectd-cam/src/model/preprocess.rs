@@ -143,14 +143,6 @@ pub fn to_tensor(img: &RgbImage, spec: &InputSpec) -> Tensor {
     Tensor::new(spec.shape(1), data)
 }
 
-/// Decodes, fits and normalizes an image file.
-pub fn image_to_tensor(path: &Path, spec: &InputSpec) -> Result<(RgbImage, Tensor, Crop)> {
-    let img = load_image(path)?;
-    let (fitted, crop) = fit(&img, spec);
-    let t = to_tensor(&fitted, spec);
-    Ok((img, t, crop))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

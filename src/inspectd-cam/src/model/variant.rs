@@ -26,11 +26,11 @@ use sha2::{Digest, Sha256};
 use crate::error::bad_input;
 
 /// Wall-clock budget for timing the variants at load (warm-ups included).
-pub const TIMING_BUDGET: Duration = Duration::from_secs(2);
+pub(crate) const TIMING_BUDGET: Duration = Duration::from_secs(2);
 /// Most timed runs per variant. Runs of a few ms are noisy on a shared box (one in five
 /// 7-run timings here picked the 1.3× slower variant); 40 alternating runs of each cost about
 /// 0.25 s for this model, and the budget caps slow variants long before.
-pub const MAX_RUNS: usize = 40;
+pub(crate) const MAX_RUNS: usize = 40;
 
 /// Which variant to run: `model.variant` / `--variant`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -167,7 +167,7 @@ struct CacheEntry {
 
 /// The cached selection in `text` if it is for `key` and well formed (its choice one of its
 /// timed variants, every time a positive number); anything else is a miss, never an error.
-pub fn parse_cache(text: &str, key: &str) -> Option<Selection> {
+pub(crate) fn parse_cache(text: &str, key: &str) -> Option<Selection> {
     let e: CacheEntry = serde_json::from_str(text).ok()?;
     let ok = e.key == key
         && e.forward_ms.contains_key(&e.chosen)
@@ -214,7 +214,7 @@ fn write_cache(dir: Option<&Path>, key: &str, cpu: &str, sel: &Selection) {
 
 /// Where CLI commands keep the cache: `$XDG_CACHE_HOME/inspectd`, `$HOME/.cache/inspectd`, or
 /// `<tmp>/inspectd-cache`. (The daemon uses its spool's folder.)
-pub fn cli_cache_dir(xdg_cache: Option<&Path>, home: Option<&Path>, tmp: &Path) -> PathBuf {
+pub(crate) fn cli_cache_dir(xdg_cache: Option<&Path>, home: Option<&Path>, tmp: &Path) -> PathBuf {
     match (xdg_cache, home) {
         (Some(x), _) if x.is_absolute() => x.join("inspectd"),
         (_, Some(h)) if h.is_absolute() => h.join(".cache").join("inspectd"),
@@ -233,7 +233,7 @@ pub fn cli_cache_dir_from_env() -> PathBuf {
 /// then rounds of one run each until `max_runs` or until `budget` would be overrun. The clock is
 /// the sum of the times `run` reports, so an item slower than the budget still gets one timed
 /// run and the total stays within the budget plus one run of each. Returns each median.
-pub fn time_alternating<E>(
+pub(crate) fn time_alternating<E>(
     items: &[(&str, &E)],
     mut run: impl FnMut(&E) -> Result<f64>,
     budget: Duration,

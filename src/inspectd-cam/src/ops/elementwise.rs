@@ -78,7 +78,7 @@ fn clip(node: &Node, consts: &ConstInputs) -> Result<Box<dyn Op>> {
 
 /// Single-input activations.
 #[derive(Clone, Copy, Debug)]
-pub enum Unary {
+pub(crate) enum Unary {
     Identity,
     Relu,
     LeakyRelu(f32),
@@ -160,7 +160,7 @@ impl Unary {
     }
 
     /// dy/dx at input `x` with output `y`.
-    pub fn df(self, x: f32, y: f32) -> f32 {
+    pub(crate) fn df(self, x: f32, y: f32) -> f32 {
         match self {
             Unary::Identity => 1.0,
             Unary::Relu => (x > 0.0) as i32 as f32,
@@ -263,7 +263,7 @@ impl Op for Unary {
 
 /// Two-input broadcasting arithmetic.
 #[derive(Clone, Copy, Debug)]
-pub enum Binary {
+pub(crate) enum Binary {
     Add,
     Sub,
     Mul,

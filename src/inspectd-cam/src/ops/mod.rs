@@ -66,72 +66,6 @@ pub fn build(node: &Node, consts: &ConstInputs, opset: i64) -> Result<Box<dyn Op
     }
 }
 
-/// Every op type the head understands, for error messages and docs.
-pub const SUPPORTED: &[&str] = &[
-    "Abs",
-    "Add",
-    "AveragePool",
-    "BatchNormalization",
-    "Cast",
-    "Clip",
-    "Concat",
-    "Constant",
-    "ConstantOfShape",
-    "Conv",
-    "DequantizeLinear",
-    "Div",
-    "Dropout",
-    "Elu",
-    "Erf",
-    "Exp",
-    "Expand",
-    "Flatten",
-    "Gather",
-    "Gelu",
-    "Gemm",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "HardSigmoid",
-    "HardSwish",
-    "Identity",
-    "LayerNormalization",
-    "LeakyRelu",
-    "Log",
-    "LogSoftmax",
-    "MatMul",
-    "Max",
-    "MaxPool",
-    "Min",
-    "Mul",
-    "Neg",
-    "Pad",
-    "Pow",
-    "PRelu",
-    "QLinearConv",
-    "QLinearMatMul",
-    "QuantizeLinear",
-    "Reciprocal",
-    "ReduceMax",
-    "ReduceMean",
-    "ReduceSum",
-    "Relu",
-    "Reshape",
-    "Selu",
-    "Shape",
-    "Sigmoid",
-    "Slice",
-    "Softmax",
-    "Softplus",
-    "Split",
-    "Sqrt",
-    "Squeeze",
-    "Sub",
-    "Sum",
-    "Tanh",
-    "Transpose",
-    "Unsqueeze",
-];
-
 // ---- helpers shared by the op families ----
 
 pub(crate) fn float<'a>(inputs: &'a [Option<&Value>], i: usize, what: &str) -> Result<&'a Tensor> {
@@ -192,7 +126,7 @@ pub(crate) mod testing {
     use crate::tensor::numel;
 
     /// Deterministic pseudo-random numbers in [-1, 1).
-    pub fn rand(seed: u64, n: usize) -> Vec<f32> {
+    pub(crate) fn rand(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
