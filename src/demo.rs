@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use inspectd_cam::model::variant::VariantPref;
+use inspectd_contract::v1::Verdict;
 
 use crate::config::Config;
 use inspectd_cam::error::bad_input;
@@ -237,7 +238,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         timings.push((id, timing.clone()));
         let (stop, fin, limit) = (stop_tx.clone(), finished.clone(), a.frames);
         let hooks = crate::daemon::Hooks {
-            on_verdict: Some(Box::new(move |v: &serde_json::Value, spool_ms: f64| {
+            on_verdict: Some(Box::new(move |v: &Verdict, spool_ms: f64| {
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                 if limit.is_some_and(|l| n > l) {
                     return; // this device has shown its frames; the other one is still going
@@ -301,25 +302,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_line(device: &str, v: &serde_json::Value) {
-    let reasons: Vec<&str> = v["reasons"]
-        .as_array()
-        .map(|r| r.iter().filter_map(|x| x["text"].as_str()).collect())
-        .unwrap_or_default();
+fn print_line(device: &str, v: &Verdict) {
+    let reasons: Vec<&str> = v.reasons.iter().map(|r| r.text.as_str()).collect();
     println!(
         "{:<13}  {:>5}  {:<24} {:<8} {:<8} {:>6.3}  {:>8.1}  {}",
         device,
-        v["seq"].as_u64().unwrap_or(0),
-        v["frame"]["origin"]
-            .as_str()
-            .unwrap_or("")
-            .chars()
-            .take(24)
-            .collect::<String>(),
-        v["verdict"].as_str().unwrap_or(""),
-        v["label"].as_str().unwrap_or(""),
-        v["confidence"].as_f64().unwrap_or(0.0),
-        v["latency_ms"]["total"].as_f64().unwrap_or(0.0),
+        v.seq,
+        v.frame.origin.chars().take(24).collect::<String>(),
+        v.verdict.as_str(),
+        v.label,
+        v.confidence,
+        v.latency_ms.as_ref().map_or(0.0, |l| l.total),
         reasons.join("; ")
     );
 }
@@ -334,7 +327,6 @@ struct Timing {
     kinds: BTreeMap<String, usize>,
 }
 
-const STAGES: [&str; 6] = ["decode", "preprocess", "forward", "cam", "verdict", "total"];
 const SHOWN: [&str; 7] = [
     "decode",
     "preprocess",
@@ -346,31 +338,38 @@ const SHOWN: [&str; 7] = [
 ];
 
 impl Timing {
-    fn add(&mut self, verdict: &serde_json::Value, spool_ms: f64) {
-        let latency = &verdict["latency_ms"];
+    fn add(&mut self, verdict: &Verdict, spool_ms: f64) {
         *self
             .kinds
-            .entry(verdict["verdict"].as_str().unwrap_or("?").to_string())
+            .entry(verdict.verdict.as_str().to_string())
             .or_default() += 1;
         let now = Instant::now();
         self.first.get_or_insert(now);
         self.last = Some(now);
-        for s in STAGES {
-            if let Some(v) = latency[s].as_f64() {
-                self.stages.entry(s.to_string()).or_default().push(v);
-            }
+        let Some(latency) = &verdict.latency_ms else {
+            return;
+        };
+        for (s, v) in [
+            ("decode", latency.decode),
+            ("preprocess", latency.preprocess),
+            ("forward", latency.forward),
+            ("cam", latency.cam),
+            ("verdict", latency.verdict),
+            ("total", latency.total),
+        ] {
+            self.stages.entry(s.to_string()).or_default().push(v);
         }
         self.stages
             .entry("spool".into())
             .or_default()
             .push(spool_ms);
         // The whole frame cost: decode → in the spool, ready for the publisher.
-        if let Some(t) = latency["total"].as_f64() {
+        {
+            let t = latency.total;
             let all = self.stages.entry("decode→spool".into()).or_default();
             all.push(t + spool_ms);
             // Per frame, so that a slow moment inflates both sides of the ratio alike.
-            let core =
-                latency["forward"].as_f64().unwrap_or(0.0) + latency["cam"].as_f64().unwrap_or(0.0);
+            let core = latency.forward + latency.cam;
             if core > 0.0 {
                 self.stages
                     .entry("ratio".into())

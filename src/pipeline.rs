@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use serde_json::json;
+use inspectd_contract::v1;
 
 use crate::config::PublishOk;
 use crate::health::Health;
@@ -152,30 +152,31 @@ impl Shared {
         self.spool.push(msg);
     }
 
-    /// An alert message (kind, severity, text and extra fields).
-    pub fn alert_message(
-        &self,
-        kind: &str,
-        severity: &str,
-        message: &str,
-        extra: serde_json::Value,
-    ) -> Message {
-        let mut v = json!({"schema": "inspect.alert/1", "device": self.device, "ts": inspectd_contract::timefmt::now(),
-            "kind": kind, "severity": severity, "message": message});
-        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
-            o.extend(e);
-        }
+    /// An alert of this device, now, with only the fields every kind has (the kind's own
+    /// fields go in with struct update syntax).
+    pub fn new_alert(&self, kind: &str, severity: &str, message: &str) -> v1::Alert {
+        v1::Alert::new(
+            &self.device,
+            inspectd_contract::timefmt::now(),
+            kind,
+            severity,
+            message,
+        )
+    }
+
+    /// The message of an alert.
+    pub fn alert_message(&self, alert: &v1::Alert) -> Message {
         Message {
             topic: self.topic("alert"),
-            payload: v.to_string().into_bytes(),
+            payload: alert.to_json(),
             retain: false,
             priority: Priority::High,
         }
     }
 
     /// Publishes an alert (through the spool) from a thread.
-    pub fn alert(&self, kind: &str, severity: &str, message: &str, extra: serde_json::Value) {
-        self.enqueue(self.alert_message(kind, severity, message, extra));
+    pub fn alert(&self, alert: v1::Alert) {
+        self.enqueue(self.alert_message(&alert));
     }
 
     pub fn stopping(&self) -> bool {
@@ -185,13 +186,19 @@ impl Shared {
 
 /// The `spool_full` alert for `dropped` messages dropped so far.
 pub fn spool_full_alert(device: &str, topic: String, dropped: u64) -> Message {
-    let alert = json!({"schema": "inspect.alert/1", "device": device, "ts": inspectd_contract::timefmt::now(),
-        "kind": "spool_full", "severity": "warning",
-        "message": format!("spool full: {dropped} message(s) dropped so far (ok verdicts first)"),
-        "dropped_total": dropped});
+    let alert = v1::Alert {
+        dropped_total: Some(dropped),
+        ..v1::Alert::new(
+            device,
+            inspectd_contract::timefmt::now(),
+            "spool_full",
+            "warning",
+            &format!("spool full: {dropped} message(s) dropped so far (ok verdicts first)"),
+        )
+    };
     Message {
         topic,
-        payload: alert.to_string().into_bytes(),
+        payload: alert.to_json(),
         retain: false,
         priority: Priority::High,
     }
@@ -225,12 +232,11 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
                 bad_in_a_row = 0;
                 if !shared.camera_ok.swap(true, Ordering::SeqCst) {
                     tracing::info!("source {} recovered", src.describe());
-                    shared.alert(
+                    shared.alert(shared.new_alert(
                         "camera_recovered",
                         "info",
                         &format!("source {} is back", src.describe()),
-                        json!({}),
-                    );
+                    ));
                     shared.status_notify.notify_one();
                 }
                 backoff.reset();
@@ -258,12 +264,10 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
         if let Some(m) = lost {
             if shared.camera_ok.swap(false, Ordering::SeqCst) {
                 tracing::warn!("source lost: {m}");
-                shared.alert(
-                    "camera_lost",
-                    "critical",
-                    &m,
-                    json!({"source": src.describe()}),
-                );
+                shared.alert(v1::Alert {
+                    source: Some(src.describe()),
+                    ..shared.new_alert("camera_lost", "critical", &m)
+                });
                 shared.status_notify.notify_one();
             }
             let d = backoff.next_delay();
@@ -281,9 +285,9 @@ pub type ReloadReq = (Option<String>, flume::Sender<Result<String, String>>);
 
 /// Builds a fresh explainer for `reload_model` (argument: an expected sha256).
 pub type ReloadFn = Box<dyn Fn(Option<&str>) -> anyhow::Result<Explainer> + Send>;
-/// Sees every verdict's JSON on the inference thread, with the milliseconds spent writing it
+/// Sees every verdict on the inference thread, with the milliseconds spent writing it
 /// (and its evidence) to the spool — the one stage the verdict itself cannot report.
-pub type VerdictHook = Box<dyn Fn(&serde_json::Value, f64) + Send>;
+pub type VerdictHook = Box<dyn Fn(&v1::Verdict, f64) + Send>;
 
 /// What the inference thread needs besides the shared state.
 pub struct InferenceSetup {
@@ -360,12 +364,14 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
             if part_id.is_some() {
                 // Wait longer for the triggered frame.
                 let Some(f) = shared.slot.take(Duration::from_secs(5)) else {
-                    shared.alert(
-                        "trigger_timeout",
-                        "warning",
-                        "no frame within 5 s of a trigger",
-                        json!({"part_id": part_id}),
-                    );
+                    shared.alert(v1::Alert {
+                        part_id: Some(part_id.clone()),
+                        ..shared.new_alert(
+                            "trigger_timeout",
+                            "warning",
+                            "no frame within 5 s of a trigger",
+                        )
+                    });
                     continue;
                 };
                 guarded(&shared, &ex, &setup, f, part_id, &mut ok_count);
@@ -406,12 +412,7 @@ fn model_error(shared: &Shared, stage: &str, e: &anyhow::Error) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .errors += 1;
-    shared.alert(
-        "model_error",
-        "critical",
-        &format!("{stage} failed: {e:#}"),
-        json!({}),
-    );
+    shared.alert(shared.new_alert("model_error", "critical", &format!("{stage} failed: {e:#}")));
 }
 
 fn process(
@@ -483,42 +484,55 @@ fn process(
         .clone();
     // Decode → verdict ready to publish (queue wait in the slot is reported separately).
     let total = frame.decode_ms + ms(t0.elapsed());
-    let scores: serde_json::Map<String, serde_json::Value> = labels
+    let scores = labels
         .iter()
         .cloned()
-        .zip(e.scores.iter().map(|&s| json!(s)))
+        .zip(e.scores.iter().map(|&s| s as f64))
         .collect();
-    let reasons: Vec<serde_json::Value> = d
-        .reasons
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("text".into(), json!(r.to_string()));
-            }
-            v
-        })
-        .collect();
+    let reasons: Vec<v1::Reason> = d.reasons.iter().map(v1::Reason::from).collect();
     // The verdict with seq 0: the spool's owner puts the real one in when it stores it.
-    let mut v = json!({
-        "schema": "inspect.verdict/1",
-        "device": shared.device,
-        "seq": 0,
-        "ts": inspectd_contract::timefmt::rfc3339(frame.wall),
-        "part_id": part_id,
-        "verdict": d.kind,
-        "label": d.label,
-        "confidence": d.confidence,
-        "scores": scores,
-        "reasons": reasons,
-        "cam": {"method": e.method.name(), "layer": ex.layer.name, "class": e.class, "w": w, "h": h,
-                "png": base64::engine::general_purpose::STANDARD.encode(&png),
-                "peak": [peak % w, peak / w], "raw_max": e.raw_max, "roi_fraction": d.roi_fraction},
-        "model": {"name": model_id.0, "version": model_id.1, "sha256": model_id.2},
-        "frame": {"origin": frame.origin, "width": frame.image.width(), "height": frame.image.height()},
-        "latency_ms": {"decode": frame.decode_ms, "queue": ms(queued), "preprocess": ms(t_pre),
-                       "forward": fwd.ms, "cam": ms(t_cam), "verdict": ms(t_verdict), "total": total},
-    });
+    let mut v = v1::Verdict {
+        cam: v1::Cam {
+            class: e.class,
+            h,
+            layer: ex.layer.name.clone(),
+            method: e.method.name().into(),
+            peak: [peak % w, peak / w],
+            png: Some(base64::engine::general_purpose::STANDARD.encode(&png)),
+            raw_max: e.raw_max as f64,
+            roi_fraction: d.roi_fraction as f64,
+            w,
+        },
+        confidence: d.confidence as f64,
+        device: shared.device.clone(),
+        frame: v1::FrameInfo {
+            height: frame.image.height(),
+            origin: frame.origin.clone(),
+            width: frame.image.width(),
+        },
+        label: d.label.clone(),
+        latency_ms: Some(v1::Latency {
+            cam: ms(t_cam),
+            decode: frame.decode_ms,
+            forward: fwd.ms,
+            preprocess: ms(t_pre),
+            queue: ms(queued),
+            total,
+            verdict: ms(t_verdict),
+        }),
+        model: v1::ModelId {
+            name: model_id.0,
+            sha256: model_id.2,
+            version: model_id.1,
+        },
+        part_id: part_id.clone(),
+        reasons,
+        schema: v1::VerdictSchema,
+        scores,
+        seq: 0,
+        ts: inspectd_contract::timefmt::rfc3339(frame.wall),
+        verdict: d.kind.into(),
+    };
     let t_spool = Instant::now();
     let mut seq = None;
     if publish {
@@ -531,10 +545,10 @@ fn process(
         let evidence_topic = shared.topic("evidence/");
         let mut payload_v = v.clone();
         let res = shared.spool.push_seq(Box::new(move |seq| {
-            payload_v["seq"] = json!(seq);
+            payload_v.seq = seq;
             let verdict = Message {
                 topic,
-                payload: payload_v.to_string().into_bytes(),
+                payload: payload_v.to_json(),
                 retain: false,
                 priority,
             };
@@ -552,7 +566,7 @@ fn process(
         }));
         match res {
             Ok(s) => {
-                v["seq"] = json!(s);
+                v.seq = s;
                 seq = Some(s);
             }
             Err(e) => {
@@ -566,8 +580,23 @@ fn process(
         }
         if d.kind == Kind::Suspect {
             let texts: Vec<String> = d.reasons.iter().map(|r| r.to_string()).collect();
-            shared.alert("suspect", "warning", &format!("suspect {} ({:.2}): {}", d.label, d.confidence, texts.join("; ")),
-                json!({"seq": seq, "label": d.label, "confidence": d.confidence, "reasons": reasons, "part_id": part_id}));
+            shared.alert(v1::Alert {
+                confidence: Some(v.confidence),
+                label: Some(v.label.clone()),
+                part_id: Some(part_id),
+                reasons: Some(v.reasons.clone()),
+                seq: Some(seq),
+                ..shared.new_alert(
+                    "suspect",
+                    "warning",
+                    &format!(
+                        "suspect {} ({:.2}): {}",
+                        d.label,
+                        d.confidence,
+                        texts.join("; ")
+                    ),
+                )
+            });
         }
     }
     let spool_ms = ms(t_spool.elapsed());

@@ -210,6 +210,57 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// A reason as published: its code, its numbers and its text.
+impl From<&Reason> for inspectd_contract::v1::Reason {
+    fn from(r: &Reason) -> Self {
+        let base = inspectd_contract::v1::Reason {
+            text: r.to_string(),
+            ..Default::default()
+        };
+        match r {
+            Reason::Marginal { confidence, band } => Self {
+                code: "marginal".into(),
+                confidence: Some(*confidence as f64),
+                band: Some([band[0] as f64, band[1] as f64]),
+                ..base
+            },
+            Reason::OutsideRoi { fraction, min } => Self {
+                code: "outside_roi".into(),
+                fraction: Some(*fraction as f64),
+                min: Some(*min as f64),
+                ..base
+            },
+            Reason::OnIgnoreZone {
+                zone,
+                fraction,
+                max,
+            } => Self {
+                code: "on_ignore_zone".into(),
+                zone: Some(zone.clone()),
+                fraction: Some(*fraction as f64),
+                max: Some(*max as f64),
+                ..base
+            },
+            Reason::Diffuse { spread, max } => Self {
+                code: "diffuse".into(),
+                spread: Some(*spread as f64),
+                max: Some(*max as f64),
+                ..base
+            },
+        }
+    }
+}
+
+impl From<Kind> for inspectd_contract::v1::Kind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Ok => Self::Ok,
+            Kind::Defect => Self::Defect,
+            Kind::Suspect => Self::Suspect,
+        }
+    }
+}
+
 /// The decision for one frame.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Decision {
@@ -376,6 +427,35 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_published_reason_is_the_tagged_reason_with_its_text() {
+        for r in [
+            Reason::Marginal {
+                confidence: 0.61,
+                band: [0.5, 0.7],
+            },
+            Reason::OutsideRoi {
+                fraction: 0.2,
+                min: 0.5,
+            },
+            Reason::OnIgnoreZone {
+                zone: "watermark".into(),
+                fraction: 0.26,
+                max: 0.1,
+            },
+            Reason::Diffuse {
+                spread: 0.16,
+                max: 0.15,
+            },
+        ] {
+            // The v1 bytes as first published: the serde form with `text` added, through Value.
+            let mut old = serde_json::to_value(&r).unwrap();
+            old["text"] = serde_json::json!(r.to_string());
+            let new = serde_json::to_string(&inspectd_contract::v1::Reason::from(&r)).unwrap();
+            assert_eq!(new, old.to_string());
+        }
+    }
 
     fn labels() -> Vec<String> {
         ["ok", "scratch", "dent"]

@@ -72,15 +72,17 @@ listen = ""
     let (s2, v2, at2) = (stall.clone(), verdicts.clone(), stalled_at.clone());
     let t_origin = Instant::now();
     let hooks = inspectd::daemon::Hooks {
-        on_verdict: Some(Box::new(move |_v: &serde_json::Value, _spool_ms: f64| {
-            v2.fetch_add(1, Ordering::SeqCst);
-            if s2.load(Ordering::SeqCst) {
-                at2.store(t_origin.elapsed().as_micros() as u64, Ordering::SeqCst);
-                while s2.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(5));
+        on_verdict: Some(Box::new(
+            move |_v: &inspectd_contract::v1::Verdict, _spool_ms: f64| {
+                v2.fetch_add(1, Ordering::SeqCst);
+                if s2.load(Ordering::SeqCst) {
+                    at2.store(t_origin.elapsed().as_micros() as u64, Ordering::SeqCst);
+                    while s2.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
-            }
-        })),
+            },
+        )),
         ..Default::default()
     };
 

@@ -217,11 +217,13 @@ fn healthz_turns_unhealthy_within_2_s_when_inference_or_the_publisher_stalls() {
     let hold = Arc::new(AtomicBool::new(false));
     let s2 = stall.clone();
     let hooks = inspectd::daemon::Hooks {
-        on_verdict: Some(Box::new(move |_v: &serde_json::Value, _ms: f64| {
-            while s2.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })),
+        on_verdict: Some(Box::new(
+            move |_v: &inspectd_contract::v1::Verdict, _ms: f64| {
+                while s2.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            },
+        )),
         hold_publisher: Some(hold.clone()),
         ..Default::default()
     };

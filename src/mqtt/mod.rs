@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use inspectd_contract::v1;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
 };
-use serde_json::json;
 
 use crate::health::Broker;
 use crate::pipeline::{Shared, TriggerReq, MAX_TRIGGERS};
@@ -34,29 +34,60 @@ const STABLE: Duration = Duration::from_secs(10);
 /// Connect failures are logged at `warn` at most this often (the rest at `debug`).
 const CONNECT_WARN_EVERY: Duration = Duration::from_secs(30);
 
-fn status_payload(shared: &Shared, state: &str) -> Vec<u8> {
+fn status_payload(shared: &Shared, state: v1::State) -> Vec<u8> {
     let (name, version, sha) = shared
         .model_id
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    json!({
-        "schema": "inspect.status/1",
-        "state": state,
-        "device": shared.device,
-        "ts": inspectd_contract::timefmt::now(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "model": {"name": name, "version": version, "sha256": sha,
-                  "variant": shared.variant.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|v| v.to_json())},
-        "camera": if shared.camera_ok.load(Ordering::Relaxed) { "ok" } else { "lost" },
-        "paused": shared.paused.load(Ordering::Relaxed),
-        "uptime_s": shared.started.elapsed().as_secs(),
+    let variant = shared
+        .variant
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|v| {
+            use inspectd_cam::model::variant::How;
+            v1::Variant {
+                forward_ms: v.forward_ms.clone(),
+                how: match v.how {
+                    How::Timed => "timed",
+                    How::Cached => "cached",
+                    How::Forced => "forced",
+                }
+                .into(),
+                name: v.name.clone(),
+            }
+        });
+    v1::Status {
+        camera: if shared.camera_ok.load(Ordering::Relaxed) {
+            "ok"
+        } else {
+            "lost"
+        }
+        .into(),
+        device: shared.device.clone(),
+        inference: shared.health.inference_state().into(),
+        model: v1::StatusModel {
+            name,
+            sha256: sha,
+            variant,
+            version,
+        },
         // Only a live connection publishes this; the last will (`offline`) says the rest.
-        "mqtt": if state == "offline" { "disconnected" } else { "connected" },
-        "inference": shared.health.inference_state(),
-    })
-    .to_string()
-    .into_bytes()
+        mqtt: if state == v1::State::Offline {
+            "disconnected"
+        } else {
+            "connected"
+        }
+        .into(),
+        paused: shared.paused.load(Ordering::Relaxed),
+        schema: v1::StatusSchema,
+        state,
+        ts: inspectd_contract::timefmt::now(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+    .to_json()
 }
 
 /// Resident set size in bytes (Linux), 0 elsewhere.
@@ -73,36 +104,51 @@ pub fn rss_bytes() -> u64 {
 }
 
 /// The stats message; `fps` is computed by the caller over its interval.
-pub fn stats_json(shared: &Shared, fps: f64) -> serde_json::Value {
+pub fn stats_json(shared: &Shared, fps: f64) -> v1::Stats {
     let st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lat = serde_json::Map::new();
-    for (k, ring) in &st.latency {
-        lat.insert(
-            k.to_string(),
-            json!({"p50": ring.percentile(50.0), "p95": ring.percentile(95.0), "p99": ring.percentile(99.0)}),
-        );
-    }
+    let latency_ms = st
+        .latency
+        .iter()
+        .map(|(k, ring)| {
+            let p = v1::Percentiles {
+                p50: ring.percentile(50.0),
+                p95: ring.percentile(95.0),
+                p99: ring.percentile(99.0),
+            };
+            (k.to_string(), p)
+        })
+        .collect();
     let sp = shared.spool.counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    json!({
-        "schema": "inspect.stats/1",
-        "device": shared.device,
-        "ts": inspectd_contract::timefmt::now(),
-        "uptime_s": shared.started.elapsed().as_secs_f64(),
-        "fps": fps,
-        "frames": st.frames,
-        "dropped_frames": shared.slot.dropped(),
-        "bad_frames": st.bad_frames,
-        "verdicts": {"ok": st.verdicts[0], "defect": st.verdicts[1], "suspect": st.verdicts[2]},
-        "unpublished_ok": st.unpublished_ok,
-        "errors": st.errors,
-        "commands_unanswered": st.commands_unanswered,
-        "latency_ms": lat,
-        "spool": {"depth": load(&sp.depth), "bytes": load(&sp.bytes), "max_bytes": load(&sp.max_bytes),
-                  "dropped": load(&sp.dropped), "refused": load(&sp.refused), "errors": load(&sp.errors)},
-        "rss_bytes": rss_bytes(),
-        "paused": shared.paused.load(Ordering::Relaxed),
-    })
+    v1::Stats {
+        bad_frames: st.bad_frames,
+        commands_unanswered: st.commands_unanswered,
+        device: shared.device.clone(),
+        dropped_frames: shared.slot.dropped(),
+        errors: st.errors,
+        fps,
+        frames: st.frames,
+        latency_ms,
+        paused: shared.paused.load(Ordering::Relaxed),
+        rss_bytes: rss_bytes(),
+        schema: v1::StatsSchema,
+        spool: v1::SpoolStats {
+            bytes: load(&sp.bytes),
+            depth: load(&sp.depth),
+            dropped: load(&sp.dropped),
+            errors: load(&sp.errors),
+            max_bytes: load(&sp.max_bytes),
+            refused: load(&sp.refused),
+        },
+        ts: inspectd_contract::timefmt::now(),
+        unpublished_ok: st.unpublished_ok,
+        uptime_s: shared.started.elapsed().as_secs_f64(),
+        verdicts: v1::VerdictCounts {
+            defect: st.verdicts[1],
+            ok: st.verdicts[0],
+            suspect: st.verdicts[2],
+        },
+    }
 }
 
 fn verdict_total(shared: &Shared) -> u64 {
@@ -122,16 +168,13 @@ async fn cmd_result(
     id: Option<String>,
     result: Result<String, String>,
 ) {
-    let v = match &result {
-        Ok(detail) => {
-            json!({"schema": "inspect.cmd_result/1", "device": shared.device, "ts": inspectd_contract::timefmt::now(),
-                             "command": name, "id": id, "ok": true, "detail": detail})
-        }
-        Err(e) => {
-            json!({"schema": "inspect.cmd_result/1", "device": shared.device, "ts": inspectd_contract::timefmt::now(),
-                         "command": name, "id": id, "ok": false, "error": e})
-        }
-    };
+    let v = v1::CmdResult::new(
+        &shared.device,
+        inspectd_contract::timefmt::now(),
+        name,
+        id,
+        &result,
+    );
     if let Err(e) = &result {
         tracing::warn!("command {name:?} refused: {e}");
     }
@@ -139,7 +182,7 @@ async fn cmd_result(
         .spool
         .push_async(Message {
             topic: shared.topic("cmd_result"),
-            payload: v.to_string().into_bytes(),
+            payload: v.to_json(),
             retain: false,
             priority: Priority::High,
         })
@@ -358,7 +401,7 @@ pub async fn run(
     opts.set_inflight((WINDOW + 16) as u16);
     opts.set_last_will(LastWill::new(
         shared.topic("status"),
-        status_payload(&shared, "offline"),
+        status_payload(&shared, v1::State::Offline),
         QoS::AtLeastOnce,
         true,
     ));
@@ -405,7 +448,7 @@ pub async fn run(
                         connected = Some(Instant::now());
                         failures = 0;
                         shared.health.set_broker(Broker::Connected);
-                        if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, "online")).is_ok() {
+                        if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, v1::State::Online)).is_ok() {
                             infl.requested_untracked();
                         }
                         let _ = client.try_subscribe(shared.topic("cmd/+"), QoS::AtLeastOnce);
@@ -466,7 +509,7 @@ pub async fn run(
                     pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
                 }
                 _ = shared.status_notify.notified(), if connected.is_some() => {
-                    let state = if shared.stopping() { "stopping" } else { "online" };
+                    let state = if shared.stopping() { v1::State::Stopping } else { v1::State::Online };
                     if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
                         infl.requested_untracked();
                     }
@@ -495,7 +538,7 @@ pub async fn run(
                     let fps = if dt > 0.0 { (now.1 - last_stats.1) as f64 / dt } else { 0.0 };
                     last_stats = now;
                     let v = stats_json(&shared, fps);
-                    if client.try_publish(shared.topic("stats"), QoS::AtMostOnce, false, v.to_string()).is_ok() {
+                    if client.try_publish(shared.topic("stats"), QoS::AtMostOnce, false, v.to_json()).is_ok() {
                         infl.requested_untracked();
                     }
                 }
@@ -535,7 +578,7 @@ async fn goodbye(
         shared.topic("status"),
         QoS::AtLeastOnce,
         true,
-        status_payload(shared, "stopping"),
+        status_payload(shared, v1::State::Stopping),
     );
     infl.requested_untracked();
     loop {
@@ -568,7 +611,7 @@ async fn goodbye(
         shared.topic("status"),
         QoS::AtLeastOnce,
         true,
-        status_payload(shared, "offline"),
+        status_payload(shared, v1::State::Offline),
     );
     let _ = client.try_disconnect();
     let flush_until = tokio::time::Instant::now() + Duration::from_secs(2);

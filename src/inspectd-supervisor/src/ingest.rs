@@ -3,6 +3,7 @@
 //! claiming another device than its topic) is counted under its reason and dropped.
 
 use base64::Engine as _;
+use inspectd_contract::v1;
 use serde_json::Value;
 
 /// Largest JSON message accepted (a verdict with its PNG map is a few KiB).
@@ -164,40 +165,6 @@ pub const KINDS: [&str; 6] = [
     "cmd_result",
 ];
 
-fn short<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a str, Dropped> {
-    match v.get(key) {
-        Some(Value::String(s)) if s.len() <= MAX_SHORT => Ok(s),
-        Some(Value::String(_)) => Err(drop_(
-            Reject::BadSchema,
-            format!("{what}: {key} is over {MAX_SHORT} bytes"),
-        )),
-        _ => Err(drop_(
-            Reject::BadSchema,
-            format!("{what}: {key} is missing or not a string"),
-        )),
-    }
-}
-
-fn opt_short(v: &Value, key: &str, what: &str) -> Result<Option<String>, Dropped> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(_) => short(v, key, what).map(|s| Some(s.to_string())),
-    }
-}
-
-fn seq_of(v: &Value, key: &str, what: &str) -> Result<i64, Dropped> {
-    v.get(key)
-        .and_then(Value::as_u64)
-        .filter(|&s| s <= i64::MAX as u64)
-        .map(|s| s as i64)
-        .ok_or_else(|| {
-            drop_(
-                Reject::BadSchema,
-                format!("{what}: {key} is missing or not a non-negative integer"),
-            )
-        })
-}
-
 /// Parses a JSON object with the expected schema tag and the topic's device.
 fn object(payload: &[u8], schema: &str, device: &str) -> Result<Value, Dropped> {
     if payload.len() > MAX_JSON {
@@ -233,6 +200,23 @@ fn object(payload: &[u8], schema: &str, device: &str) -> Result<Value, Dropped> 
     Ok(v)
 }
 
+/// The message as its contract type (`v` passed [`object`]); a key of the wrong type is a
+/// broken contract.
+fn typed<'a, T: serde::Deserialize<'a>>(v: &'a Value, what: &str) -> Result<T, Dropped> {
+    T::deserialize(v).map_err(|e| drop_(Reject::BadSchema, format!("{what}: {e}")))
+}
+
+/// At most [`MAX_SHORT`] bytes.
+fn bounded(s: &str, key: &str, what: &str) -> Result<(), Dropped> {
+    if s.len() > MAX_SHORT {
+        return Err(drop_(
+            Reject::BadSchema,
+            format!("{what}: {key} is over {MAX_SHORT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks one message. `Ok(None)`: a topic of the contract that the supervisor does not store
 /// (commands, its own or another operator's).
 pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Incoming>, Dropped> {
@@ -253,89 +237,54 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             if payload.is_empty() {
                 return Ok(Some(Incoming::Forget { device }));
             }
-            let v = object(payload, "inspect.status/1", &device)?;
-            let state = short(&v, "state", &what("status"))?;
-            if !matches!(state, "online" | "offline" | "stopping") {
-                return Err(drop_(
-                    Reject::BadSchema,
-                    format!("{}: unknown state {state:?}", what("status")),
-                ));
-            }
+            let v = object(payload, v1::StatusSchema::SCHEMA, &device)?;
+            let s: v1::Status = typed(&v, &what("status"))?;
             Ok(Some(Incoming::Status {
-                state: state.to_string(),
-                ts_ms: v
-                    .get("ts")
-                    .and_then(Value::as_str)
-                    .and_then(inspectd_contract::timefmt::parse_ms),
+                state: s.state.as_str().to_string(),
+                ts_ms: inspectd_contract::timefmt::parse_ms(&s.ts),
                 raw: v.to_string(),
                 device,
             }))
         }
         "verdict" => {
-            let mut v = object(payload, "inspect.verdict/1", &device)?;
+            let mut v = object(payload, v1::VerdictSchema::SCHEMA, &device)?;
             let w = what("verdict");
-            let seq = seq_of(&v, "seq", &w)?;
-            let verdict = short(&v, "verdict", &w)?.to_string();
-            if !matches!(verdict.as_str(), "ok" | "defect" | "suspect") {
+            let t: v1::Verdict = typed(&v, &w)?;
+            let seq = i64::try_from(t.seq).map_err(|_| {
+                drop_(
+                    Reject::BadSchema,
+                    format!("{w}: seq is missing or not a non-negative integer"),
+                )
+            })?;
+            bounded(&t.label, "label", &w)?;
+            bounded(&t.ts, "ts", &w)?;
+            let ts_ms = inspectd_contract::timefmt::parse_ms(&t.ts).ok_or_else(|| {
+                drop_(
+                    Reject::BadSchema,
+                    format!("{w}: ts {:?} is not RFC 3339", t.ts),
+                )
+            })?;
+            if !(0.0..=1.0).contains(&t.confidence) {
                 return Err(drop_(
                     Reject::BadSchema,
-                    format!("{w}: unknown verdict {verdict:?}"),
+                    format!("{w}: confidence is not in [0, 1]"),
                 ));
             }
-            let label = short(&v, "label", &w)?.to_string();
-            let ts = short(&v, "ts", &w)?.to_string();
-            let ts_ms = inspectd_contract::timefmt::parse_ms(&ts).ok_or_else(|| {
-                drop_(Reject::BadSchema, format!("{w}: ts {ts:?} is not RFC 3339"))
-            })?;
-            let confidence = v
-                .get("confidence")
-                .and_then(Value::as_f64)
-                .filter(|c| (0.0..=1.0).contains(c))
-                .ok_or_else(|| {
-                    drop_(
-                        Reject::BadSchema,
-                        format!("{w}: confidence is not in [0, 1]"),
-                    )
-                })?;
-            let part_id = opt_short(&v, "part_id", &w)?;
-            let reasons = match v.get("reasons") {
-                None | Some(Value::Null) => vec![],
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|r| match r {
-                        Value::String(s) => s.clone(),
-                        _ => r
-                            .get("text")
-                            .and_then(Value::as_str)
-                            .or_else(|| r.get("code").and_then(Value::as_str))
-                            .map(str::to_string)
-                            .unwrap_or_else(|| r.to_string()),
-                    })
-                    .collect(),
-                Some(_) => {
-                    return Err(drop_(
-                        Reject::BadSchema,
-                        format!("{w}: reasons is not a list"),
-                    ))
-                }
-            };
-            if verdict == "suspect" && reasons.is_empty() {
+            if let Some(p) = &t.part_id {
+                bounded(p, "part_id", &w)?;
+            }
+            let reasons: Vec<String> = t.reasons.iter().map(|r| r.shown().to_string()).collect();
+            if t.verdict == v1::Kind::Suspect && reasons.is_empty() {
                 return Err(drop_(
                     Reject::BadSchema,
                     format!("{w}: a suspect verdict without reasons"),
                 ));
             }
-            let model = v
-                .pointer("/model/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .chars()
-                .take(MAX_SHORT)
-                .collect();
-            let latency_ms = v.pointer("/latency_ms/total").and_then(Value::as_f64);
-            let map_png = match v.pointer_mut("/cam/png").map(Value::take) {
-                None | Some(Value::Null) => vec![],
-                Some(Value::String(b64)) => {
+            let model = t.model.name.chars().take(MAX_SHORT).collect();
+            let latency_ms = t.latency_ms.as_ref().map(|l| l.total);
+            let map_png = match &t.cam.png {
+                None => vec![],
+                Some(b64) => {
                     let png = base64::engine::general_purpose::STANDARD
                         .decode(b64.as_bytes())
                         .map_err(|e| drop_(Reject::BadSchema, format!("{w}: cam.png: {e}")))?;
@@ -347,13 +296,9 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
                     }
                     png
                 }
-                Some(_) => {
-                    return Err(drop_(
-                        Reject::BadSchema,
-                        format!("{w}: cam.png is not a string"),
-                    ))
-                }
             };
+            let (verdict, label, ts, part_id) =
+                (t.verdict.as_str().to_string(), t.label, t.ts, t.part_id);
             if let Some(cam) = v.get_mut("cam").and_then(Value::as_object_mut) {
                 cam.remove("png");
             }
@@ -364,7 +309,7 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
                 part_id,
                 verdict,
                 label,
-                confidence,
+                confidence: t.confidence,
                 reasons,
                 model,
                 latency_ms,
@@ -374,24 +319,15 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             }))))
         }
         "alert" => {
-            let v = object(payload, "inspect.alert/1", &device)?;
+            let v = object(payload, v1::AlertSchema::SCHEMA, &device)?;
             let w = what("alert");
-            let kind = short(&v, "kind", &w)?.to_string();
-            let ts = short(&v, "ts", &w)?.to_string();
-            let severity = opt_short(&v, "severity", &w)?.unwrap_or_else(|| "warning".into());
-            let message = match v.get("message") {
-                Some(Value::String(s)) => s.chars().take(4096).collect(),
-                _ => {
-                    return Err(drop_(
-                        Reject::BadSchema,
-                        format!("{w}: message is missing or not a string"),
-                    ))
-                }
-            };
-            let seq = v
-                .get("seq")
-                .and_then(Value::as_u64)
-                .map(|s| s.min(i64::MAX as u64) as i64);
+            let a: v1::Alert = typed(&v, &w)?;
+            bounded(&a.kind, "kind", &w)?;
+            bounded(&a.ts, "ts", &w)?;
+            bounded(&a.severity, "severity", &w)?;
+            let (kind, ts, severity) = (a.kind, a.ts, a.severity);
+            let message = a.message.chars().take(4096).collect();
+            let seq = a.seq.flatten().map(|s| s.min(i64::MAX as u64) as i64);
             Ok(Some(Incoming::Alert(Alert {
                 kind,
                 ts,
@@ -403,19 +339,10 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             })))
         }
         "stats" => {
-            let v = object(payload, "inspect.stats/1", &device)?;
-            let w = what("stats");
-            let mut counts = [0i64; 3];
-            for (i, k) in ["ok", "defect", "suspect"].iter().enumerate() {
-                counts[i] = v
-                    .get("verdicts")
-                    .and_then(|c| c.get(k))
-                    .and_then(Value::as_u64)
-                    .map(|c| c.min(i64::MAX as u64) as i64)
-                    .ok_or_else(|| {
-                        drop_(Reject::BadSchema, format!("{w}: verdicts.{k} is missing"))
-                    })?;
-            }
+            let v = object(payload, v1::StatsSchema::SCHEMA, &device)?;
+            let st: v1::Stats = typed(&v, &what("stats"))?;
+            let c = st.verdicts;
+            let counts = [c.ok, c.defect, c.suspect].map(|n| n.min(i64::MAX as u64) as i64);
             Ok(Some(Incoming::Stats {
                 counts,
                 raw: v.to_string(),
@@ -423,25 +350,21 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             }))
         }
         "cmd_result" => {
-            let v = object(payload, "inspect.cmd_result/1", &device)?;
+            let v = object(payload, v1::CmdResultSchema::SCHEMA, &device)?;
             let w = what("cmd_result");
-            let ok = v
-                .get("ok")
-                .and_then(Value::as_bool)
-                .ok_or_else(|| drop_(Reject::BadSchema, format!("{w}: ok is missing")))?;
-            let detail = v
-                .get(if ok { "detail" } else { "error" })
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .chars()
-                .take(4096)
-                .collect();
+            let r: v1::CmdResult = typed(&v, &w)?;
+            bounded(&r.ts, "ts", &w)?;
+            bounded(&r.command, "command", &w)?;
+            if let Some(id) = &r.id {
+                bounded(id, "id", &w)?;
+            }
+            let detail = if r.ok { r.detail } else { r.error };
             Ok(Some(Incoming::CmdResult(CmdResult {
-                ts: short(&v, "ts", &w)?.to_string(),
-                command: short(&v, "command", &w)?.to_string(),
-                id: opt_short(&v, "id", &w)?,
-                ok,
-                detail,
+                ts: r.ts,
+                command: r.command,
+                id: r.id,
+                ok: r.ok,
+                detail: detail.unwrap_or_default().chars().take(4096).collect(),
                 device,
             })))
         }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use inspectd_contract::v1;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde_json::Value;
 
 use super::ingest::Incoming;
 
@@ -420,16 +420,6 @@ pub struct FleetRow {
     pub suspect_rate: Option<f64>,
 }
 
-fn str_at(v: &Value, ptr: &str) -> String {
-    v.pointer(ptr)
-        .map(|x| match x {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        })
-        .unwrap_or_default()
-}
-
 /// Verdict counts [ok, defect, suspect] over the window from cumulative counter samples:
 /// positive steps are summed, and a drop (the device restarted) counts from zero.
 pub fn counter_deltas(samples: &[[i64; 3]]) -> [i64; 3] {
@@ -479,14 +469,12 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
         "SELECT verdict, count(*) FROM verdicts WHERE device = ?1 AND received >= ?2 GROUP BY verdict",
     )?;
     for (device, state, status, last_seen, stats, stats_at, status_at) in devs {
-        let status: Value = status
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null);
+        // Stored payloads passed ingest: they decode (a failure reads as no status / stats).
+        let status: Option<v1::Status> = status.and_then(|s| serde_json::from_str(&s).ok());
         let fresh_stats = stats_at.is_some_and(|t| now - t < stale_after.max(60_000));
-        let stats: Value = stats
+        let stats: Option<v1::Stats> = stats
             .filter(|_| fresh_stats)
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null);
+            .and_then(|s| serde_json::from_str(&s).ok());
         // Messages after an `offline` (a replayed last will, or a box that came back without a
         // status yet) prove the box alive.
         let alive_since_status = status_at.is_some_and(|t| last_seen > t + 5_000);
@@ -534,24 +522,27 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
             state: state.to_string(),
             last_seen,
             camera: status
-                .get("camera")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            paused: status
-                .get("paused")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-                || stats
-                    .get("paused")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            model: str_at(&status, "/model/name"),
-            model_version: str_at(&status, "/model/version"),
-            fps: stats.get("fps").and_then(Value::as_f64),
+                .as_ref()
+                .map(|s| s.camera.clone())
+                .filter(|c| !c.is_empty()),
+            paused: status.as_ref().is_some_and(|s| s.paused)
+                || stats.as_ref().is_some_and(|s| s.paused),
+            model: status
+                .as_ref()
+                .map(|s| s.model.name.clone())
+                .unwrap_or_default(),
+            model_version: status
+                .as_ref()
+                .map(|s| s.model.version.clone())
+                .unwrap_or_default(),
+            fps: stats.as_ref().map(|s| s.fps).filter(|f| f.is_finite()),
             p95_ms: stats
-                .pointer("/latency_ms/total/p95")
-                .and_then(Value::as_f64),
-            spool_depth: stats.pointer("/spool/depth").and_then(Value::as_i64),
+                .as_ref()
+                .and_then(|s| s.latency_ms.get("total"))
+                .and_then(|p| p.p95),
+            spool_depth: stats
+                .as_ref()
+                .map(|s| s.spool.depth.min(i64::MAX as u64) as i64),
             inspected,
             defect_rate: rate(counts[1]),
             suspect_rate: rate(counts[2]),
@@ -864,7 +855,7 @@ pub fn counts(conn: &Connection) -> Result<[i64; 3]> {
 mod tests {
     use super::super::ingest::classify;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn db(name: &str) -> Connection {
         let p = std::env::temp_dir().join(format!(

@@ -1,0 +1,138 @@
+//! The v1 wire format, pinned: each file in `tests/golden/` is a payload as the edge published it
+//! (captured from `inspectd demo` with `mosquitto_sub`; the `command-*` files as the supervisor
+//! sends them). Each must decode into its type and encode back to the same bytes: a renamed,
+//! reordered, added or dropped key fails here.
+
+use std::path::Path;
+
+use inspectd_contract::v1::{Alert, CmdResult, Command, Stats, Status, Verdict};
+use serde::{de::DeserializeOwned, Serialize};
+
+fn golden(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let mut b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(b.pop(), Some(b'\n'), "{name} ends with one newline");
+    b
+}
+
+fn round_trip<T: DeserializeOwned + Serialize>(name: &str) -> T {
+    let bytes = golden(name);
+    let v: T = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let again = serde_json::to_vec(&v).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&again),
+        String::from_utf8_lossy(&bytes),
+        "{name} does not encode back to its bytes"
+    );
+    v
+}
+
+#[test]
+fn every_golden_file_is_checked() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "alert.json",
+            "cmd_result-error.json",
+            "cmd_result.json",
+            "command-pause.json",
+            "command-reload_model.json",
+            "command-set.json",
+            "command-trigger.json",
+            "stats.json",
+            "status.json",
+            "verdict-ok.json",
+            "verdict.json",
+        ]
+    );
+}
+
+#[test]
+fn a_status_encodes_back_to_its_bytes() {
+    let s: Status = round_trip("status.json");
+    assert_eq!(s.state.as_str(), "online");
+    assert_eq!(s.model.variant.unwrap().name, "int8");
+}
+
+#[test]
+fn verdicts_encode_back_to_their_bytes() {
+    let v: Verdict = round_trip("verdict.json");
+    assert_eq!((v.seq, v.verdict.as_str()), (11, "suspect"));
+    assert_eq!(v.reasons[0].zone.as_deref(), Some("watermark"));
+    assert_eq!(v.part_id, None);
+    let ok: Verdict = round_trip("verdict-ok.json");
+    assert!(ok.reasons.is_empty());
+    assert!(ok.latency_ms.unwrap().total > 0.0);
+}
+
+#[test]
+fn an_alert_encodes_back_to_its_bytes() {
+    let a: Alert = round_trip("alert.json");
+    assert_eq!(a.kind, "suspect");
+    assert_eq!(a.part_id, Some(None), "a suspect alert says part_id: null");
+    assert_eq!(a.seq, Some(Some(11)));
+}
+
+#[test]
+fn stats_encode_back_to_their_bytes() {
+    let s: Stats = round_trip("stats.json");
+    assert!(s.latency_ms["total"].p95.is_some());
+    assert_eq!(s.verdicts.defect, 28);
+}
+
+#[test]
+fn command_results_encode_back_to_their_bytes() {
+    let ok: CmdResult = round_trip("cmd_result.json");
+    assert_eq!((ok.ok, ok.detail.as_deref()), (true, Some("paused")));
+    let err: CmdResult = round_trip("cmd_result-error.json");
+    assert!(!err.ok && err.detail.is_none() && err.id.is_none());
+}
+
+#[test]
+fn commands_encode_back_to_their_bytes() {
+    for name in ["trigger", "set", "pause", "reload_model"] {
+        let file = format!("command-{name}.json");
+        let bytes = golden(&file);
+        let c = Command::from_json(name, &bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(c.name(), name);
+        assert_eq!(
+            String::from_utf8_lossy(&c.to_json()),
+            String::from_utf8_lossy(&bytes),
+            "{file}"
+        );
+    }
+    let Ok(Command::Set(s)) = Command::from_json("set", &golden("command-set.json")) else {
+        panic!()
+    };
+    assert_eq!(s.max_spread, Some(None), "null switches max_spread off");
+    assert_eq!(s.min_roi_fraction, None, "an absent key changes nothing");
+}
+
+#[test]
+fn a_renamed_or_missing_key_does_not_decode() {
+    let v = String::from_utf8(golden("verdict.json")).unwrap();
+    for (from, to) in [
+        ("\"seq\"", "\"sequence\""),
+        ("inspect.verdict/1", "inspect.verdict/2"),
+    ] {
+        let bad = v.replacen(from, to, 1);
+        assert!(serde_json::from_str::<Verdict>(&bad).is_err(), "{to}");
+    }
+    let s = String::from_utf8(golden("stats.json")).unwrap();
+    let bad = s.replacen("\"verdicts\"", "\"counts\"", 1);
+    assert!(serde_json::from_str::<Stats>(&bad).is_err());
+    assert!(Command::from_json("pause", br#"{"now":true}"#).is_err());
+    assert!(Command::from_json("explode", b"{}").is_err());
+    assert_eq!(
+        Command::from_json("rebirth", b"  ").unwrap(),
+        Command::Rebirth(Default::default())
+    );
+}
