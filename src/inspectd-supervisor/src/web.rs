@@ -16,6 +16,11 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup, DOCTYPE};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
 use super::access::Operator;
@@ -1020,6 +1025,33 @@ fn db_bytes(path: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// One label and its value, for a family of series.
+type Label = [(&'static str, &'static str); 1];
+
+/// A counter family with one series per `(label value, count)`.
+fn counters(
+    label: &'static str,
+    values: impl IntoIterator<Item = (&'static str, u64)>,
+) -> Family<Label, Counter> {
+    let f = Family::<Label, Counter>::default();
+    for (v, n) in values {
+        f.get_or_create(&[(label, v)]).inc_by(n);
+    }
+    f
+}
+
+/// A gauge family with one series per `(label value, level)`.
+fn gauges(
+    label: &'static str,
+    values: impl IntoIterator<Item = (&'static str, i64)>,
+) -> Family<Label, Gauge> {
+    let f = Family::<Label, Gauge>::default();
+    for (v, n) in values {
+        f.get_or_create(&[(label, v)]).set(n);
+    }
+    f
+}
+
 async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
     let stale = hub.stale_after_ms;
     let (fleet, counts) = db(&hub, move |c| {
@@ -1027,54 +1059,85 @@ async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
     })
     .await?;
     let m = &hub.metrics;
-    let mut o = String::new();
-    let _ = writeln!(o, "# HELP inspectd_supervisor_messages_total Messages accepted, by kind.\n# TYPE inspectd_supervisor_messages_total counter");
-    for (i, k) in KINDS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_messages_total{{kind=\"{k}\"}} {}",
-            m.received[i].load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_dropped_total Messages dropped, by reason.\n# TYPE inspectd_supervisor_dropped_total counter");
-    for r in Reject::ALL {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_dropped_total{{reason=\"{}\"}} {}",
-            r.name(),
-            m.dropped[r as usize].load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_duplicates_total Redelivered messages stored once, by kind.\n# TYPE inspectd_supervisor_duplicates_total counter");
-    for (i, k) in KINDS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_duplicates_total{{kind=\"{k}\"}} {}",
-            m.duplicates[i].load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_messages_per_second Messages received per second over the last 10 s.\n# TYPE inspectd_supervisor_messages_per_second gauge\ninspectd_supervisor_messages_per_second {:.2}", m.rate());
-    let _ = writeln!(o, "# HELP inspectd_supervisor_devices Devices by state.\n# TYPE inspectd_supervisor_devices gauge");
-    for s in ["online", "stale", "offline", "stopped", "unknown"] {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_devices{{state=\"{s}\"}} {}",
-            fleet.iter().filter(|f| f.state == s).count()
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_db_bytes Size of the database and its WAL.\n# TYPE inspectd_supervisor_db_bytes gauge\ninspectd_supervisor_db_bytes {}", db_bytes(&hub.db));
-    let _ = writeln!(
-        o,
-        "# HELP inspectd_supervisor_rows Rows stored.\n# TYPE inspectd_supervisor_rows gauge"
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    // A registry per scrape, filled from the counters the supervisor keeps anyway. Counter names
+    // are registered without `_total`: the encoder appends it.
+    let mut r = Registry::default();
+    let by_kind = |a: &[std::sync::atomic::AtomicU64]| -> Vec<(&'static str, u64)> {
+        KINDS.iter().copied().zip(a.iter().map(load)).collect()
+    };
+    r.register(
+        "inspectd_supervisor_messages",
+        "Messages accepted, by kind",
+        counters("kind", by_kind(&m.received)),
     );
-    for (i, t) in ["verdicts", "evidence", "open_alerts"].iter().enumerate() {
-        let _ = writeln!(o, "inspectd_supervisor_rows{{table=\"{t}\"}} {}", counts[i]);
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_db_errors_total Failed database writes (retried).\n# TYPE inspectd_supervisor_db_errors_total counter\ninspectd_supervisor_db_errors_total {}", m.db_errors.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP inspectd_supervisor_broker_connected 1 while connected to the broker.\n# TYPE inspectd_supervisor_broker_connected gauge\ninspectd_supervisor_broker_connected {}", u8::from(m.connected.load(Ordering::Relaxed)));
-    let _ = writeln!(o, "# HELP inspectd_supervisor_broker_connects_total Connections made to the broker.\n# TYPE inspectd_supervisor_broker_connects_total counter\ninspectd_supervisor_broker_connects_total {}", m.connects.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP inspectd_supervisor_uptime_seconds Seconds since start.\n# TYPE inspectd_supervisor_uptime_seconds gauge\ninspectd_supervisor_uptime_seconds {:.0}", m.started.elapsed().as_secs_f64());
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response())
+    r.register(
+        "inspectd_supervisor_dropped",
+        "Messages dropped, by reason",
+        counters(
+            "reason",
+            Reject::ALL
+                .iter()
+                .map(|r| (r.name(), load(&m.dropped[*r as usize]))),
+        ),
+    );
+    r.register(
+        "inspectd_supervisor_duplicates",
+        "Redelivered messages stored once, by kind",
+        counters("kind", by_kind(&m.duplicates)),
+    );
+    r.register(
+        "inspectd_supervisor_messages_per_second",
+        "Messages received per second over the last 10 s",
+        ConstGauge::new(m.rate()),
+    );
+    let states = ["online", "stale", "offline", "stopped", "unknown"];
+    r.register(
+        "inspectd_supervisor_devices",
+        "Devices by state",
+        gauges(
+            "state",
+            states.map(|s| (s, fleet.iter().filter(|f| f.state == s).count() as i64)),
+        ),
+    );
+    r.register(
+        "inspectd_supervisor_db_bytes",
+        "Size of the database and its WAL",
+        ConstGauge::new(db_bytes(&hub.db)),
+    );
+    r.register(
+        "inspectd_supervisor_rows",
+        "Rows stored",
+        gauges(
+            "table",
+            ["verdicts", "evidence", "open_alerts"]
+                .into_iter()
+                .zip(counts),
+        ),
+    );
+    r.register(
+        "inspectd_supervisor_db_errors",
+        "Failed database writes (retried)",
+        ConstCounter::new(load(&m.db_errors)),
+    );
+    r.register(
+        "inspectd_supervisor_broker_connected",
+        "1 while connected to the broker",
+        ConstGauge::new(i64::from(m.connected.load(Ordering::Relaxed))),
+    );
+    r.register(
+        "inspectd_supervisor_broker_connects",
+        "Connections made to the broker",
+        ConstCounter::new(load(&m.connects)),
+    );
+    r.register(
+        "inspectd_supervisor_uptime_seconds",
+        "Seconds since start",
+        ConstGauge::new(m.started.elapsed().as_secs()),
+    );
+    let mut o = String::new();
+    prometheus_text::encode(&mut o, &r).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    Ok(([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], o).into_response())
 }
 
 async fn api_fleet(State(hub): Shared) -> Result<Response, WebError> {
