@@ -1,6 +1,7 @@
 //! The local HTTP endpoint: `/metrics` (Prometheus text format) and `/healthz` (JSON naming
 //! each part's state; 503 unless healthy, see `health`). Hand-written
-//! HTTP/1.0 on a tokio listener: two GET routes do not justify a web framework on the edge.
+//! HTTP/1.0 on a tokio listener: two GET routes do not justify a web framework on the edge
+//! (README, "Why the edge keeps its own HTTP server"); the metrics text is prometheus-client's.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
