@@ -15,6 +15,7 @@ use inspectd_cam::heatmap;
 use inspectd_cam::model::preprocess::{fit, load_image, to_tensor};
 use inspectd_cam::model::variant::VariantPref;
 use inspectd_cam::model::{LoadOptions, Model};
+use inspectd_cam::stats::median;
 use inspectd_cam::{
     layer_candidates, resolve_layer, ClassChoice, Explainer, ExplainerOptions, Method,
 };
@@ -467,18 +468,6 @@ fn layers(a: LayersArgs) -> Result<()> {
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn bench(a: BenchArgs) -> Result<()> {
     let ex_opts = ExplainerOptions {
         layer: a.layer.clone(),
@@ -513,7 +502,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     if let Some(other) = &a.against {
         return bench_pair(&explainer, &input, other, a.runs, a.json);
     }
-    let (f, c) = (median(&mut fwd), median(&mut cam));
+    let (f, c) = (
+        median(&mut fwd).unwrap_or(0.0),
+        median(&mut cam).unwrap_or(0.0),
+    );
     if a.json {
         println!(
             "{}",
@@ -639,7 +631,10 @@ fn bench_pair(
         ta.push(a.forward(input)?.ms);
         tb.push(b.forward(input)?.ms);
     }
-    let (ma, mb) = (median(&mut ta), median(&mut tb));
+    let (ma, mb) = (
+        median(&mut ta).unwrap_or(0.0),
+        median(&mut tb).unwrap_or(0.0),
+    );
     if json_out {
         println!(
             "{}",

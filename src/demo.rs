@@ -381,11 +381,7 @@ impl Timing {
 
     fn median(&self, stage: &str) -> f64 {
         let mut v = self.stages.get(stage).cloned().unwrap_or_default();
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        inspectd_cam::stats::median(&mut v).unwrap_or(f64::NAN)
     }
 
     /// "N verdicts (ok a, defect b, suspect c), F fps; median ms: …; total / (forward + cam) = R×".

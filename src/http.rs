@@ -1,12 +1,18 @@
 //! The local HTTP endpoint: `/metrics` (Prometheus text format) and `/healthz` (JSON naming
 //! each part's state; 503 unless healthy, see `health`). Hand-written
-//! HTTP/1.0 on a tokio listener: two GET routes do not justify a web framework on the edge.
+//! HTTP/1.0 on a tokio listener: two GET routes do not justify a web framework on the edge
+//! (README, "Why the edge keeps its own HTTP server"); the metrics text is prometheus-client's.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -14,87 +20,82 @@ use crate::pipeline::Shared;
 
 /// Prometheus text exposition of the daemon's counters and latency quantiles.
 pub fn metrics_text(shared: &Shared) -> String {
-    let mut o = String::new();
     let st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
     let sp = shared.spool.counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let dev = &shared.device;
-    let _ = writeln!(o, "# HELP inspectd_frames_total Frames captured by the source.\n# TYPE inspectd_frames_total counter");
-    let _ = writeln!(o, "inspectd_frames_total{{device=\"{dev}\"}} {}", st.frames);
-    let _ = writeln!(o, "# HELP inspectd_frames_dropped_total Stale frames replaced before inference.\n# TYPE inspectd_frames_dropped_total counter");
-    let _ = writeln!(
-        o,
-        "inspectd_frames_dropped_total{{device=\"{dev}\"}} {}",
-        shared.slot.dropped()
+    let camera_ok = shared.camera_ok.load(Ordering::Relaxed);
+    // A registry per scrape, filled from the counters the daemon keeps anyway; every series
+    // carries the device. Counter names are registered without `_total`: the encoder appends it.
+    let device = (Cow::Borrowed("device"), Cow::Owned(shared.device.clone()));
+    let mut r = Registry::with_labels(std::iter::once(device));
+    r.register(
+        "inspectd_frames",
+        "Frames captured by the source",
+        ConstCounter::new(st.frames),
     );
-    let _ = writeln!(o, "# HELP inspectd_bad_frames_total Frames that did not decode.\n# TYPE inspectd_bad_frames_total counter");
-    let _ = writeln!(
-        o,
-        "inspectd_bad_frames_total{{device=\"{dev}\"}} {}",
-        st.bad_frames
+    r.register(
+        "inspectd_frames_dropped",
+        "Stale frames replaced before inference",
+        ConstCounter::new(shared.slot.dropped()),
     );
-    let _ = writeln!(
-        o,
-        "# HELP inspectd_verdicts_total Verdicts by kind.\n# TYPE inspectd_verdicts_total counter"
+    r.register(
+        "inspectd_bad_frames",
+        "Frames that did not decode",
+        ConstCounter::new(st.bad_frames),
     );
-    for (i, k) in ["ok", "defect", "suspect"].iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "inspectd_verdicts_total{{device=\"{dev}\",verdict=\"{k}\"}} {}",
-            st.verdicts[i]
-        );
+    let verdicts = Family::<[(&str, &str); 1], Counter>::default();
+    for (k, n) in ["ok", "defect", "suspect"].into_iter().zip(st.verdicts) {
+        verdicts.get_or_create(&[("verdict", k)]).inc_by(n);
     }
-    let _ = writeln!(o, "# HELP inspectd_latency_ms Per-stage latency quantiles over recent frames.\n# TYPE inspectd_latency_ms summary");
-    let mut stages: Vec<_> = st.latency.iter().collect();
-    stages.sort_by_key(|(k, _)| *k);
-    for (stage, ring) in stages {
+    r.register("inspectd_verdicts", "Verdicts by kind", verdicts);
+    // Quantiles over a ring of recent frames, not a Prometheus summary (no _sum or _count, and
+    // prometheus-client writes no summaries): a gauge per stage and quantile.
+    let latency = Family::<[(&str, String); 2], Gauge<f64, AtomicU64>>::default();
+    for (stage, ring) in st.latency.iter() {
         for q in [50.0, 95.0, 99.0] {
             if let Some(v) = ring.percentile(q) {
-                let _ = writeln!(o, "inspectd_latency_ms{{device=\"{dev}\",stage=\"{stage}\",quantile=\"{}\"}} {v:.3}", q / 100.0);
+                let labels = [
+                    ("stage", stage.to_string()),
+                    ("quantile", (q / 100.0).to_string()),
+                ];
+                latency.get_or_create(&labels).set(v);
             }
         }
     }
-    let _ = writeln!(o, "# HELP inspectd_spool_depth Messages waiting for a PUBACK.\n# TYPE inspectd_spool_depth gauge");
-    let _ = writeln!(
-        o,
-        "inspectd_spool_depth{{device=\"{dev}\"}} {}",
-        load(&sp.depth)
+    r.register(
+        "inspectd_latency_ms",
+        "Per-stage latency quantiles over recent frames",
+        latency,
     );
-    let _ = writeln!(
-        o,
-        "# HELP inspectd_spool_bytes Bytes in the spool.\n# TYPE inspectd_spool_bytes gauge"
+    r.register(
+        "inspectd_spool_depth",
+        "Messages waiting for a PUBACK",
+        ConstGauge::new(load(&sp.depth)),
     );
-    let _ = writeln!(
-        o,
-        "inspectd_spool_bytes{{device=\"{dev}\"}} {}",
-        load(&sp.bytes)
+    r.register(
+        "inspectd_spool_bytes",
+        "Bytes in the spool",
+        ConstGauge::new(load(&sp.bytes)),
     );
-    let _ = writeln!(o, "# HELP inspectd_spool_dropped_total Messages dropped because the spool was full.\n# TYPE inspectd_spool_dropped_total counter");
-    let _ = writeln!(
-        o,
-        "inspectd_spool_dropped_total{{device=\"{dev}\"}} {}",
-        load(&sp.dropped)
+    r.register(
+        "inspectd_spool_dropped",
+        "Messages dropped because the spool was full",
+        ConstCounter::new(load(&sp.dropped)),
     );
-    let _ = writeln!(o, "# HELP inspectd_spool_refused_total Messages the spool's disk refused (after a reopen).\n# TYPE inspectd_spool_refused_total counter");
-    let _ = writeln!(
-        o,
-        "inspectd_spool_refused_total{{device=\"{dev}\"}} {}",
-        load(&sp.refused)
+    r.register(
+        "inspectd_spool_refused",
+        "Messages the spool's disk refused (after a reopen)",
+        ConstCounter::new(load(&sp.refused)),
     );
-    let _ = writeln!(o, "# HELP inspectd_spool_errors_total Failed spool operations (disk errors).\n# TYPE inspectd_spool_errors_total counter");
-    let _ = writeln!(
-        o,
-        "inspectd_spool_errors_total{{device=\"{dev}\"}} {}",
-        load(&sp.errors)
+    r.register(
+        "inspectd_spool_errors",
+        "Failed spool operations (disk errors)",
+        ConstCounter::new(load(&sp.errors)),
     );
-    let _ = writeln!(o, "# HELP inspectd_healthy 1 while inference and publisher turn, the camera delivers and the spool stores.\n# TYPE inspectd_healthy gauge");
-    let _ = writeln!(
-        o,
-        "inspectd_healthy{{device=\"{dev}\"}} {}",
-        shared
-            .health
-            .report(shared.camera_ok.load(Ordering::Relaxed), sp)
-            .healthy as u8
+    r.register(
+        "inspectd_healthy",
+        "1 while inference and publisher turn, the camera delivers and the spool stores",
+        ConstGauge::new(i64::from(shared.health.report(camera_ok, sp).healthy)),
     );
     if let Some(v) = shared
         .variant
@@ -102,38 +103,40 @@ pub fn metrics_text(shared: &Shared) -> String {
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
     {
-        let _ = writeln!(o, "# HELP inspectd_model_variant_forward_ms Median forward pass of each model variant on this CPU, timed at load; running=\"1\" is the one in use.\n# TYPE inspectd_model_variant_forward_ms gauge");
         // A forced variant that was never timed still shows which one runs (NaN: not timed).
         let mut times = v.forward_ms.clone();
         times.entry(v.name.clone()).or_insert(f64::NAN);
-        for (name, ms) in &times {
-            let _ = writeln!(o, "inspectd_model_variant_forward_ms{{device=\"{dev}\",variant=\"{name}\",running=\"{}\"}} {ms:.3}", (*name == v.name) as u8);
+        let forward = Family::<[(&str, String); 2], Gauge<f64, AtomicU64>>::default();
+        for (name, ms) in times {
+            let running = u8::from(name == v.name).to_string();
+            forward
+                .get_or_create(&[("variant", name), ("running", running)])
+                .set(ms);
         }
+        r.register(
+            "inspectd_model_variant_forward_ms",
+            "Median forward pass of each model variant on this CPU, timed at load; running=\"1\" is the one in use",
+            forward,
+        );
     }
-    let _ = writeln!(o, "# HELP inspectd_camera_up 1 when the source delivers frames.\n# TYPE inspectd_camera_up gauge");
-    let _ = writeln!(
-        o,
-        "inspectd_camera_up{{device=\"{dev}\"}} {}",
-        shared.camera_ok.load(Ordering::Relaxed) as u8
+    r.register(
+        "inspectd_camera_up",
+        "1 when the source delivers frames",
+        ConstGauge::new(i64::from(camera_ok)),
     );
-    let _ = writeln!(
-        o,
-        "# HELP inspectd_rss_bytes Resident memory.\n# TYPE inspectd_rss_bytes gauge"
+    r.register(
+        "inspectd_rss_bytes",
+        "Resident memory",
+        ConstGauge::new(crate::mqtt::rss_bytes()),
     );
-    let _ = writeln!(
-        o,
-        "inspectd_rss_bytes{{device=\"{dev}\"}} {}",
-        crate::mqtt::rss_bytes()
+    r.register(
+        "inspectd_uptime_seconds",
+        "Seconds since start",
+        ConstGauge::new(shared.started.elapsed().as_secs_f64()),
     );
-    let _ = writeln!(
-        o,
-        "# HELP inspectd_uptime_seconds Seconds since start.\n# TYPE inspectd_uptime_seconds gauge"
-    );
-    let _ = writeln!(
-        o,
-        "inspectd_uptime_seconds{{device=\"{dev}\"}} {:.1}",
-        shared.started.elapsed().as_secs_f64()
-    );
+    let mut o = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_text::encode(&mut o, &r);
     o
 }
 
@@ -146,7 +149,11 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: Arc<Shared>) {
     let req = String::from_utf8_lossy(&buf[..n]);
     let path = req.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(&shared)),
+        "/metrics" => (
+            "200 OK",
+            prometheus_text::CONTENT_TYPE,
+            metrics_text(&shared),
+        ),
         "/healthz" => {
             let r = shared.health.report(
                 shared.camera_ok.load(Ordering::Relaxed),

@@ -78,13 +78,8 @@ impl Ring {
 
     /// Percentile `p` (0..100) by nearest rank, or `None` when empty.
     pub fn percentile(&self, p: f64) -> Option<f64> {
-        if self.v.is_empty() {
-            return None;
-        }
         let mut s: Vec<f64> = self.v.iter().copied().collect();
-        s.sort_by(f64::total_cmp);
-        let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-        Some(s[rank.min(s.len()) - 1])
+        inspectd_cam::stats::percentile(&mut s, p)
     }
 }
 

@@ -4,11 +4,12 @@
 //!
 //! The package also holds what the explanation rests on: model loading ([`model`], where tract
 //! stays inside), the graph view ([`graph`]), plain tensors ([`tensor`]) and the heatmap
-//! rendering ([`heatmap`]). Without the default `tract` feature only [`tensor`], [`heatmap`] and
-//! [`error`] are built: what the plant supervisor needs to draw a map it received.
+//! rendering ([`heatmap`]), and the timing statistics ([`stats`]). Without the default `tract`
+//! feature only [`tensor`], [`heatmap`], [`stats`] and [`error`] are built: what the plant supervisor needs to draw a map it received.
 
 pub mod error;
 pub mod heatmap;
+pub mod stats;
 pub mod tensor;
 
 #[cfg(feature = "tract")]

@@ -1,6 +1,7 @@
 //! The supervisor's web UI: server-rendered pages, one small script (ours, served from here) for
-//! live updates over server-sent events. Every string that came from a device goes through
-//! `esc` (HTML) or `enc` (URL) before it is shown.
+//! live updates over server-sent events. Pages are maud templates: every value spliced into one
+//! is HTML-escaped by construction (text and attribute values alike). A device name that goes
+//! into a URL is also percent-encoded first, with `enc`: that is URL syntax, not HTML.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,6 +15,12 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use maud::{html, Markup, DOCTYPE};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
 use super::access::Operator;
@@ -64,23 +71,6 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// HTML-escapes text for element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            '\r' => o.push_str("&#13;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
 /// Percent-encodes a path segment or query value.
 pub fn enc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -113,13 +103,9 @@ struct WebError(StatusCode, String);
 
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
-        let body = layout(
-            &self.0.to_string(),
-            "",
-            &format!("<p class=\"error\">{}</p>", esc(&self.1)),
-            0,
-        );
-        (self.0, body).into_response()
+        let body = html! { p.error { (self.1) } };
+        let page = layout(&self.0.to_string(), "", body, 0);
+        (self.0, page).into_response()
     }
 }
 
@@ -149,37 +135,44 @@ async fn db<T: Send + 'static>(
     .map_err(WebError::from)
 }
 
-fn layout(title: &str, page: &str, body: &str, open_alerts: i64) -> Html<String> {
-    let nav: String = [
+fn layout(title: &str, page: &str, body: Markup, open_alerts: i64) -> Html<String> {
+    const NAV: [(&str, &str, &str); 4] = [
         ("fleet", "/", "Fleet"),
         ("live", "/live", "Live"),
         ("alerts", "/alerts", "Alerts"),
         ("history", "/history", "History"),
-    ]
-    .iter()
-    .map(|(id, href, name)| {
-        let badge = if *id == "alerts" {
-            format!(
-                " <span id=\"alert-count\" class=\"count{}\">{open_alerts}</span>",
-                if open_alerts > 0 { " hot" } else { "" }
-            )
-        } else {
-            String::new()
-        };
-        format!(
-            "<a href=\"{href}\"{}>{name}{badge}</a>",
-            if *id == page { " class=\"here\"" } else { "" }
-        )
-    })
-    .collect();
-    Html(format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{} · inspectd supervisor</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
-<body data-page=\"{page}\"><header><span class=\"brand\">inspectd supervisor</span><nav>{nav}</nav>\
-<span id=\"conn\" class=\"conn\" title=\"live updates\"></span></header><main>{body}</main>\
-<script src=\"/static/app.js\"></script></body></html>",
-        esc(title)
-    ))
+    ];
+    let doc = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width";
+                title { (title) " · inspectd supervisor" }
+                link rel="stylesheet" href="/static/app.css";
+            }
+            body data-page=(page) {
+                header {
+                    span.brand { "inspectd supervisor" }
+                    nav {
+                        @for (id, href, name) in NAV {
+                            a.here[id == page] href=(href) {
+                                (name)
+                                @if id == "alerts" {
+                                    " "
+                                    span #alert-count.count.hot[open_alerts > 0] { (open_alerts) }
+                                }
+                            }
+                        }
+                    }
+                    span #conn.conn title="live updates" {}
+                }
+                main { (body) }
+                script src="/static/app.js" {}
+            }
+        }
+    };
+    Html(doc.into_string())
 }
 
 fn open_alert_count(conn: &rusqlite::Connection) -> anyhow::Result<i64> {
@@ -200,40 +193,38 @@ fn ago(ms: i64, now: i64) -> String {
     }
 }
 
-pub fn fleet_rows(rows: &[FleetRow], now: i64) -> String {
-    if rows.is_empty() {
-        return "<tr><td colspan=\"11\" class=\"empty\">No device has reported yet.</td></tr>"
-            .into();
+pub fn fleet_rows(rows: &[FleetRow], now: i64) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            tr { td colspan="11" class="empty" { "No device has reported yet." } }
+        }
+        @for r in rows {
+            tr class={ "device state-" (r.state) } data-device=(r.device) data-state=(r.state) {
+                td { a href={ "/device/" (enc(&r.device)) } { (r.device) } }
+                td {
+                    span class={ "badge " (r.state) } { (r.state) }
+                    @if r.paused { " " span.badge.paused { "paused" } }
+                }
+                td title=(rfc3339_ms(r.last_seen)) { (ago(r.last_seen, now)) }
+                td {
+                    @if r.model.is_empty() { "–" } @else { (r.model) " " (r.model_version) }
+                }
+                td {
+                    @match r.camera.as_deref() {
+                        Some("lost") => { span.badge.bad { "camera lost" } }
+                        Some(c) => { (c) }
+                        None => { "–" }
+                    }
+                }
+                td { (r.fps.map_or("–".into(), |v| format!("{v:.1}"))) }
+                td { (r.p95_ms.map_or("–".into(), |v| format!("{v:.1} ms"))) }
+                td { (r.spool_depth.map_or("–".into(), |v| v.to_string())) }
+                td { (r.inspected) }
+                td { (pct(r.defect_rate)) }
+                td { (pct(r.suspect_rate)) }
+            }
+        }
     }
-    let mut o = String::new();
-    for r in rows {
-        let d = esc(&r.device);
-        let camera = match r.camera.as_deref() {
-            Some("lost") => "<span class=\"badge bad\">camera lost</span>".to_string(),
-            Some(c) => esc(c),
-            None => "–".into(),
-        };
-        let _ = write!(
-            o,
-            "<tr class=\"device state-{state}\" data-device=\"{d}\" data-state=\"{state}\">\
-<td><a href=\"/device/{u}\">{d}</a></td><td><span class=\"badge {state}\">{state}</span>{paused}</td>\
-<td title=\"{seen}\">{ago}</td><td>{model}</td><td>{camera}</td><td>{fps}</td><td>{p95}</td><td>{spool}</td>\
-<td>{n}</td><td>{dr}</td><td>{sr}</td></tr>",
-            state = esc(&r.state),
-            u = enc(&r.device),
-            paused = if r.paused { " <span class=\"badge paused\">paused</span>" } else { "" },
-            seen = esc(&rfc3339_ms(r.last_seen)),
-            ago = ago(r.last_seen, now),
-            model = if r.model.is_empty() { "–".into() } else { format!("{} {}", esc(&r.model), esc(&r.model_version)) },
-            fps = r.fps.map_or("–".into(), |v| format!("{v:.1}")),
-            p95 = r.p95_ms.map_or("–".into(), |v| format!("{v:.1} ms")),
-            spool = r.spool_depth.map_or("–".into(), |v| v.to_string()),
-            n = r.inspected,
-            dr = pct(r.defect_rate),
-            sr = pct(r.suspect_rate),
-        );
-    }
-    o
 }
 
 async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
@@ -242,62 +233,75 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
         Ok((store::fleet(c, now_ms(), stale)?, open_alert_count(c)?))
     })
     .await?;
-    let body = format!(
-        "<h1>Fleet</h1><p class=\"hint\">State from each box's status and last will; <em>stale</em>: online but silent for {} s. \
-Rates over the last hour.</p><table class=\"grid\"><thead><tr><th>device</th><th>state</th><th>last seen</th><th>model</th>\
-<th>camera</th><th>fps</th><th>p95 latency</th><th>spool</th><th>parts (1 h)</th><th>defect rate</th><th>suspect rate</th></tr></thead>\
-<tbody id=\"fleet\" data-src=\"/fragment/fleet\">{}</tbody></table>",
-        stale / 1000,
-        fleet_rows(&rows, now_ms())
-    );
-    Ok(layout("Fleet", "fleet", &body, open))
+    let body = html! {
+        h1 { "Fleet" }
+        p.hint {
+            "State from each box's status and last will; " em { "stale" }
+            ": online but silent for " (stale / 1000) " s. Rates over the last hour."
+        }
+        table.grid {
+            thead { tr {
+                th { "device" } th { "state" } th { "last seen" } th { "model" } th { "camera" }
+                th { "fps" } th { "p95 latency" } th { "spool" } th { "parts (1 h)" }
+                th { "defect rate" } th { "suspect rate" }
+            } }
+            tbody #fleet data-src="/fragment/fleet" { (fleet_rows(&rows, now_ms())) }
+        }
+    };
+    Ok(layout("Fleet", "fleet", body, open))
 }
 
 async fn fleet_fragment(State(hub): Shared) -> Result<Html<String>, WebError> {
     let stale = hub.stale_after_ms;
     let rows = db(&hub, move |c| store::fleet(c, now_ms(), stale)).await?;
-    Ok(Html(fleet_rows(&rows, now_ms())))
+    Ok(Html(fleet_rows(&rows, now_ms()).into_string()))
 }
 
 fn picture_url(device: &str, seq: i64) -> String {
     format!("/picture/{}/{seq}", enc(device))
 }
 
-/// One verdict row (Live and History); defect and suspect rows carry the picture.
-pub fn verdict_row(v: &VerdictRow) -> String {
-    let d = esc(&v.device);
-    let picture = if v.verdict != "ok" && (v.has_evidence || v.has_map) {
-        let src = picture_url(&v.device, v.seq);
-        format!(
-            "<a href=\"/verdict/{u}/{seq}\"><img class=\"evidence\" loading=\"lazy\" alt=\"evidence {d} #{seq}\" data-key=\"{d}/{seq}\" data-src=\"{src}\" src=\"{src}\"></a>",
-            u = enc(&v.device),
-            seq = v.seq
-        )
-    } else {
-        String::new()
-    };
-    let reasons: Vec<String> = v
-        .reasons
-        .iter()
-        .map(|r| format!("<li>{}</li>", esc(r)))
-        .collect();
-    format!(
-        "<tr class=\"verdict v-{k}\" data-device=\"{d}\" data-seq=\"{seq}\"><td>{ts}</td><td><a href=\"/device/{u}\">{d}</a></td>\
-<td><a href=\"/verdict/{u}/{seq}\">{seq}</a></td><td>{part}</td><td><span class=\"badge {k}\">{k}</span></td><td>{label}</td>\
-<td class=\"num\">{conf:.3}</td><td><ul class=\"reasons\">{reasons}</ul></td><td>{picture}</td></tr>",
-        k = esc(&v.verdict),
-        u = enc(&v.device),
-        seq = v.seq,
-        ts = esc(&v.ts),
-        part = esc(v.part_id.as_deref().unwrap_or("")),
-        label = esc(&v.label),
-        conf = v.confidence,
-        reasons = reasons.concat(),
-    )
+/// The picture of a defect or suspect verdict, linked to its page.
+fn evidence_link(device: &str, seq: i64) -> Markup {
+    let src = picture_url(device, seq);
+    html! {
+        a href={ "/verdict/" (enc(device)) "/" (seq) } {
+            img.evidence loading="lazy" alt={ "evidence " (device) " #" (seq) }
+                data-key={ (device) "/" (seq) } data-src=(src) src=(src);
+        }
+    }
 }
 
-const VERDICT_HEAD: &str = "<thead><tr><th>time</th><th>device</th><th>seq</th><th>part</th><th>verdict</th><th>label</th>\
-<th>confidence</th><th>reasons</th><th>evidence</th></tr></thead>";
+/// One verdict row (Live and History); defect and suspect rows carry the picture.
+pub fn verdict_row(v: &VerdictRow) -> Markup {
+    let u = enc(&v.device);
+    html! {
+        tr class={ "verdict v-" (v.verdict) } data-device=(v.device) data-seq=(v.seq) {
+            td { (v.ts) }
+            td { a href={ "/device/" (u) } { (v.device) } }
+            td { a href={ "/verdict/" (u) "/" (v.seq) } { (v.seq) } }
+            td { (v.part_id.as_deref().unwrap_or("")) }
+            td { span class={ "badge " (v.verdict) } { (v.verdict) } }
+            td { (v.label) }
+            td.num { (format!("{:.3}", v.confidence)) }
+            td { ul.reasons { @for r in &v.reasons { li { (r) } } } }
+            td {
+                @if v.verdict != "ok" && (v.has_evidence || v.has_map) {
+                    (evidence_link(&v.device, v.seq))
+                }
+            }
+        }
+    }
+}
+
+fn verdict_head() -> Markup {
+    html! {
+        thead { tr {
+            th { "time" } th { "device" } th { "seq" } th { "part" } th { "verdict" } th { "label" }
+            th { "confidence" } th { "reasons" } th { "evidence" }
+        } }
+    }
+}
 
 async fn live_page(
     State(hub): Shared,
@@ -318,71 +322,68 @@ async fn live_page(
         ))
     })
     .await?;
-    let rows: String = rows.iter().map(verdict_row).collect();
-    let scope = match &device {
-        Some(d) => format!(
-            " for <strong>{}</strong> (<a href=\"/live\">all devices</a>)",
-            esc(d)
-        ),
-        None => String::new(),
+    let body = html! {
+        h1 { "Live" }
+        p.hint {
+            "Newest first"
+            @if let Some(d) = &device {
+                " for " strong { (d) } " (" a href="/live" { "all devices" } ")"
+            }
+            "; new verdicts appear as they arrive. Defect and suspect rows show the frame with the heatmap."
+        }
+        table.grid.live data-device=(device.as_deref().unwrap_or("")) data-cursor=(cursor.id()) {
+            (verdict_head())
+            tbody #live { @for v in &rows { (verdict_row(v)) } }
+        }
     };
-    let body = format!(
-        "<h1>Live</h1><p class=\"hint\">Newest first{scope}; new verdicts appear as they arrive. \
-Defect and suspect rows show the frame with the heatmap.</p>\
-<table class=\"grid live\" data-device=\"{dev}\" data-cursor=\"{cur}\">{VERDICT_HEAD}<tbody id=\"live\">{rows}</tbody></table>",
-        dev = esc(device.as_deref().unwrap_or("")),
-        cur = cursor.id(),
-    );
-    Ok(layout("Live", "live", &body, open))
+    Ok(layout("Live", "live", body, open))
 }
 
 /// An alert's row; `who` (the logged-in operator) acknowledges without typing a name.
-pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> String {
-    let d = esc(&a.device);
-    let picture = match a.seq {
-        Some(seq) if a.has_picture => format!(
-            "<a href=\"/verdict/{u}/{seq}\"><img class=\"evidence\" loading=\"lazy\" alt=\"evidence {d} #{seq}\" data-key=\"{d}/{seq}\" data-src=\"{src}\" src=\"{src}\"></a>",
-            u = enc(&a.device),
-            src = picture_url(&a.device, seq)
-        ),
-        _ => String::new(),
-    };
-    let action = match (&a.acked_by, a.acked_at) {
-        (Some(by), Some(at)) => format!(
-            "acknowledged by <strong>{}</strong> at {} ({})",
-            esc(by),
-            esc(&rfc3339_ms(at)),
-            ago(at, now)
-        ),
-        _ => {
-            // Logged in, the name is the login's; otherwise it is typed.
-            let (field, button) = match who {
-                Some(name) => (String::new(), format!("Acknowledge as {}", esc(name))),
-                None => (
-                    "<input name=\"by\" placeholder=\"your name\" required maxlength=\"64\">"
-                        .into(),
-                    "Acknowledge".into(),
-                ),
-            };
-            format!(
-                "<form method=\"post\" action=\"/alerts/{}/ack\" class=\"ack\">{field}<button type=\"submit\">{button}</button></form>",
-                a.id
-            )
+pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> Markup {
+    html! {
+        tr class={ "alert kind-" (a.kind) " sev-" (a.severity) } data-id=(a.id) data-device=(a.device) {
+            td { (a.ts) }
+            td { a href={ "/device/" (enc(&a.device)) } { (a.device) } }
+            td { span class={ "badge " (a.kind) } { (a.kind) } }
+            td { (a.severity) }
+            td { (a.message) }
+            td {
+                @if let (Some(seq), true) = (a.seq, a.has_picture) {
+                    (evidence_link(&a.device, seq))
+                }
+            }
+            td {
+                @match (&a.acked_by, a.acked_at) {
+                    (Some(by), Some(at)) => {
+                        "acknowledged by " strong { (by) } " at " (rfc3339_ms(at)) " (" (ago(at, now)) ")"
+                    }
+                    _ => {
+                        form.ack method="post" action={ "/alerts/" (a.id) "/ack" } {
+                            // Logged in, the name is the login's; otherwise it is typed.
+                            @match who {
+                                Some(name) => { button type="submit" { "Acknowledge as " (name) } }
+                                None => {
+                                    input name="by" placeholder="your name" required maxlength="64";
+                                    button type="submit" { "Acknowledge" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
-    };
-    format!(
-        "<tr class=\"alert kind-{k} sev-{sev}\" data-id=\"{id}\" data-device=\"{d}\"><td>{ts}</td><td><a href=\"/device/{u}\">{d}</a></td>\
-<td><span class=\"badge {k}\">{k}</span></td><td>{sev}</td><td>{msg}</td><td>{picture}</td><td>{action}</td></tr>",
-        k = esc(&a.kind),
-        sev = esc(&a.severity),
-        id = a.id,
-        u = enc(&a.device),
-        ts = esc(&a.ts),
-        msg = esc(&a.message),
-    )
+    }
 }
 
-const ALERT_HEAD: &str = "<thead><tr><th>time</th><th>device</th><th>kind</th><th>severity</th><th>message</th><th>evidence</th><th></th></tr></thead>";
+fn alert_head() -> Markup {
+    html! {
+        thead { tr {
+            th { "time" } th { "device" } th { "kind" } th { "severity" } th { "message" }
+            th { "evidence" } th {}
+        } }
+    }
+}
 
 async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebError> {
     let ((open, done), cursor) = db(&hub, |c| {
@@ -392,15 +393,20 @@ async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebEr
     .await?;
     let now = now_ms();
     let name = name_of(&who);
-    let open_rows: String = open.iter().map(|a| alert_row(a, now, name)).collect();
-    let done_rows: String = done.iter().map(|a| alert_row(a, now, name)).collect();
-    let body = format!(
-        "<h1>Alerts</h1><p class=\"hint\">Open alerts, newest first; suspect predictions are highlighted with their evidence.</p>\
-<table class=\"grid alerts\" data-cursor=\"{cur}\">{ALERT_HEAD}<tbody id=\"alerts\">{open_rows}</tbody></table>\
-<h2>Acknowledged</h2><table class=\"grid alerts done\">{ALERT_HEAD}<tbody>{done_rows}</tbody></table>",
-        cur = cursor.id()
-    );
-    Ok(layout("Alerts", "alerts", &body, open.len() as i64))
+    let body = html! {
+        h1 { "Alerts" }
+        p.hint { "Open alerts, newest first; suspect predictions are highlighted with their evidence." }
+        table.grid.alerts data-cursor=(cursor.id()) {
+            (alert_head())
+            tbody #alerts { @for a in &open { (alert_row(a, now, name)) } }
+        }
+        h2 { "Acknowledged" }
+        table.grid.alerts.done {
+            (alert_head())
+            tbody { @for a in &done { (alert_row(a, now, name)) } }
+        }
+    };
+    Ok(layout("Alerts", "alerts", body, open.len() as i64))
 }
 
 async fn ack_alert(
@@ -488,57 +494,50 @@ async fn history_page(
         })
         .await?
     };
-    let val = |k: &str| esc(q.get(k).map(String::as_str).unwrap_or(""));
+    let val = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
     let opt = |cur: &Option<String>, v: &str, name: &str| {
-        format!(
-            "<option value=\"{}\"{}>{}</option>",
-            esc(v),
-            if cur.as_deref() == Some(v) {
-                " selected"
-            } else {
-                ""
-            },
-            esc(name)
-        )
+        html! { option value=(v) selected[cur.as_deref() == Some(v)] { (name) } }
     };
-    let mut dev_opts = opt(&f.device, "", "all devices");
-    for d in &devices {
-        dev_opts.push_str(&opt(&f.device, &d.device, &d.device));
-    }
-    let verdict_opts: String = [
+    let verdicts = [
         ("", "any verdict"),
         ("ok", "ok"),
         ("defect", "defect"),
         ("suspect", "suspect"),
-    ]
-    .iter()
-    .map(|(v, n)| opt(&f.verdict, v, n))
-    .collect();
+    ];
     let query: String = q
         .iter()
         .filter(|(k, v)| !v.is_empty() && k.as_str() != "limit")
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
         .collect::<Vec<_>>()
         .join("&");
-    let rows_html: String = rows.iter().map(verdict_row).collect();
-    let body = format!(
-        "<h1>History</h1><form class=\"filters\" method=\"get\" action=\"/history\">\
-<label>device <select name=\"device\">{dev_opts}</select></label>\
-<label>verdict <select name=\"verdict\">{verdict_opts}</select></label>\
-<label>label <input name=\"label\" value=\"{label}\"></label><label>part id <input name=\"part_id\" value=\"{part}\"></label>\
-<label>from (UTC) <input type=\"datetime-local\" step=\"1\" name=\"from\" value=\"{from}\"></label>\
-<label>to (UTC) <input type=\"datetime-local\" step=\"1\" name=\"to\" value=\"{to}\"></label>\
-<button type=\"submit\">Filter</button> <a class=\"button\" href=\"/history.csv?{query}\">Export CSV</a></form>\
-<p class=\"hint\">{n} verdicts shown (newest first, at most {limit}; the CSV has up to 100000).</p>\
-<table class=\"grid\">{VERDICT_HEAD}<tbody id=\"history\">{rows_html}</tbody></table>",
-        label = val("label"),
-        part = val("part_id"),
-        from = val("from"),
-        to = val("to"),
-        n = rows.len(),
-        query = esc(&query),
-    );
-    Ok(layout("History", "history", &body, open))
+    let body = html! {
+        h1 { "History" }
+        form.filters method="get" action="/history" {
+            label { "device " select name="device" {
+                (opt(&f.device, "", "all devices"))
+                @for d in &devices { (opt(&f.device, &d.device, &d.device)) }
+            } }
+            label { "verdict " select name="verdict" {
+                @for (v, n) in verdicts { (opt(&f.verdict, v, n)) }
+            } }
+            label { "label " input name="label" value=(val("label")); }
+            label { "part id " input name="part_id" value=(val("part_id")); }
+            label { "from (UTC) " input type="datetime-local" step="1" name="from" value=(val("from")); }
+            label { "to (UTC) " input type="datetime-local" step="1" name="to" value=(val("to")); }
+            button type="submit" { "Filter" }
+            " "
+            a.button href={ "/history.csv?" (query) } { "Export CSV" }
+        }
+        p.hint {
+            (rows.len()) " verdicts shown (newest first, at most " (limit)
+            "; the CSV has up to 100000)."
+        }
+        table.grid {
+            (verdict_head())
+            tbody #history { @for v in &rows { (verdict_row(v)) } }
+        }
+    };
+    Ok(layout("History", "history", body, open))
 }
 
 async fn history_csv(
@@ -591,7 +590,7 @@ async fn verdict_page(
         return Err(not_found(format!("verdict {device} #{seq}: not stored")));
     };
     let raw: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
-    let scores: String = raw
+    let scores: Vec<Markup> = raw
         .get("scores")
         .and_then(Value::as_object)
         .map(|m| {
@@ -601,38 +600,45 @@ async fn verdict_page(
                 .collect();
             s.sort_by(|a, b| b.1.total_cmp(&a.1));
             s.iter()
-                .map(|(k, v)| format!("<tr><td>{}</td><td class=\"num\">{v:.4}</td></tr>", esc(k)))
+                .map(|(k, v)| html! { tr { td { (k) } td.num { (format!("{v:.4}")) } } })
                 .collect()
         })
         .unwrap_or_default();
     let u = enc(&device);
     let pretty = serde_json::to_string_pretty(&raw).unwrap_or_default();
-    let pictures = format!(
-        "<figure><img class=\"big\" alt=\"evidence\" src=\"{}\"><figcaption>{}</figcaption></figure>{}",
-        picture_url(&device, seq),
-        if v.has_evidence { "frame with the heatmap (from the device)" } else { "heatmap rendered from the map (no evidence picture)" },
-        if v.has_map { format!("<figure><img class=\"big\" alt=\"heatmap\" src=\"/heatmap/{u}/{seq}\"><figcaption>class activation map</figcaption></figure>") } else { String::new() },
-    );
-    let body = format!(
-        "<h1>Verdict <span class=\"badge {k}\">{k}</span> {label} {conf:.3}</h1>\
-<p><a href=\"/device/{u}\">{d}</a> · seq {seq} · {ts} · part {part} · model {model}</p>\
-<div class=\"pictures\">{pictures}</div><h2>Reasons</h2><ul class=\"reasons\">{reasons}</ul>\
-<h2>Scores</h2><table class=\"grid narrow\">{scores}</table><h2>Message</h2><pre>{pretty}</pre>",
-        k = esc(&v.verdict),
-        label = esc(&v.label),
-        conf = v.confidence,
-        d = esc(&device),
-        ts = esc(&v.ts),
-        part = esc(v.part_id.as_deref().unwrap_or("–")),
-        model = esc(&v.model),
-        reasons = v
-            .reasons
-            .iter()
-            .map(|r| format!("<li>{}</li>", esc(r)))
-            .collect::<String>(),
-        pretty = esc(&pretty),
-    );
-    Ok(layout(&format!("{device} #{seq}"), "", &body, open))
+    let body = html! {
+        h1 {
+            "Verdict " span class={ "badge " (v.verdict) } { (v.verdict) } " " (v.label) " "
+            (format!("{:.3}", v.confidence))
+        }
+        p {
+            a href={ "/device/" (u) } { (device) }
+            " · seq " (seq) " · " (v.ts) " · part " (v.part_id.as_deref().unwrap_or("–"))
+            " · model " (v.model)
+        }
+        div.pictures {
+            figure {
+                img.big alt="evidence" src=(picture_url(&device, seq));
+                figcaption {
+                    @if v.has_evidence { "frame with the heatmap (from the device)" }
+                    @else { "heatmap rendered from the map (no evidence picture)" }
+                }
+            }
+            @if v.has_map {
+                figure {
+                    img.big alt="heatmap" src={ "/heatmap/" (u) "/" (seq) };
+                    figcaption { "class activation map" }
+                }
+            }
+        }
+        h2 { "Reasons" }
+        ul.reasons { @for r in &v.reasons { li { (r) } } }
+        h2 { "Scores" }
+        table.grid.narrow { @for row in &scores { (row) } }
+        h2 { "Message" }
+        pre { (pretty) }
+    };
+    Ok(layout(&format!("{device} #{seq}"), "", body, open))
 }
 
 /// Heatmaps rendered at once. Each render is bounded (the map decode refuses more than
@@ -722,32 +728,29 @@ async fn heatmap(
     heatmap_of(&hub, device, seq).await
 }
 
-fn commands_rows(cmds: &[store::SentCommand], now: i64) -> String {
-    if cmds.is_empty() {
-        return "<tr><td colspan=\"4\" class=\"empty\">No command sent from here yet.</td></tr>"
-            .into();
+fn commands_rows(cmds: &[store::SentCommand], now: i64) -> Markup {
+    html! {
+        @if cmds.is_empty() {
+            tr { td colspan="4" class="empty" { "No command sent from here yet." } }
+        }
+        @for c in cmds {
+            tr.command data-id=(c.id) {
+                td {
+                    (ago(c.sent_at, now))
+                    @if let Some(b) = &c.sent_by { " by " strong { (b) } }
+                }
+                td { (c.command) }
+                td { code { (c.payload) } }
+                td.result {
+                    @match &c.result {
+                        Some((true, d)) => { span.badge.ok { "ok" } " " (d) }
+                        Some((false, d)) => { span.badge.bad { "refused" } " " (d) }
+                        None => { span.badge.pending { "waiting" } }
+                    }
+                }
+            }
+        }
     }
-    cmds.iter()
-        .map(|c| {
-            let result = match &c.result {
-                Some((true, d)) => format!("<span class=\"badge ok\">ok</span> {}", esc(d)),
-                Some((false, d)) => format!("<span class=\"badge bad\">refused</span> {}", esc(d)),
-                None => "<span class=\"badge pending\">waiting</span>".into(),
-            };
-            format!(
-                "<tr class=\"command\" data-id=\"{id}\"><td>{at}{by}</td><td>{cmd}</td><td><code>{payload}</code></td><td class=\"result\">{result}</td></tr>",
-                id = esc(&c.id),
-                at = ago(c.sent_at, now),
-                by = c
-                    .sent_by
-                    .as_deref()
-                    .map(|b| format!(" by <strong>{}</strong>", esc(b)))
-                    .unwrap_or_default(),
-                cmd = esc(&c.command),
-                payload = esc(&c.payload),
-            )
-        })
-        .collect()
 }
 
 async fn device_page(
@@ -774,31 +777,43 @@ async fn device_page(
     };
     let pretty = |s: Option<String>| {
         s.and_then(|s| serde_json::from_str::<Value>(&s).ok())
-            .map(|v| esc(&serde_json::to_string_pretty(&v).unwrap_or_default()))
+            .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
             .unwrap_or_else(|| "–".into())
     };
     let u = enc(&device);
-    let notice = q
-        .get("error")
-        .map(|e| format!("<p class=\"error\">{}</p>", esc(e)))
-        .unwrap_or_default();
-    let recent: String = recent.iter().map(verdict_row).collect();
-    let body = format!(
-        "<h1>Device {d}</h1>{notice}<form class=\"command\" method=\"post\" action=\"/device/{u}/cmd\">\
-<label>command <select name=\"command\"><option value=\"trigger\">trigger (inspect one part)</option><option value=\"pause\">pause</option>\
-<option value=\"resume\">resume</option><option value=\"rebirth\">rebirth (re-send status)</option></select></label>\
-<label>part id <input name=\"part_id\" maxlength=\"128\" placeholder=\"for trigger\"></label><button type=\"submit\">Send</button></form>\
-<h2>Commands</h2><table class=\"grid\"><thead><tr><th>sent</th><th>command</th><th>payload</th><th>result</th></tr></thead>\
-<tbody id=\"commands\" data-src=\"/fragment/commands/{u}\">{cmds}</tbody></table>\
-<h2>Latest verdicts</h2><p><a href=\"/live?device={u}\">live</a> · <a href=\"/history?device={u}\">history</a></p>\
-<table class=\"grid\">{VERDICT_HEAD}<tbody>{recent}</tbody></table>\
-<div class=\"cols\"><div><h2>Status</h2><pre>{status}</pre></div><div><h2>Stats</h2><pre>{stats}</pre></div></div>",
-        d = esc(&device),
-        cmds = commands_rows(&cmds, now_ms()),
-        status = pretty(status),
-        stats = pretty(stats),
-    );
-    Ok(layout(&format!("Device {device}"), "", &body, open))
+    let body = html! {
+        h1 { "Device " (device) }
+        @if let Some(e) = q.get("error") { p.error { (e) } }
+        form.command method="post" action={ "/device/" (u) "/cmd" } {
+            label { "command " select name="command" {
+                option value="trigger" { "trigger (inspect one part)" }
+                option value="pause" { "pause" }
+                option value="resume" { "resume" }
+                option value="rebirth" { "rebirth (re-send status)" }
+            } }
+            label { "part id " input name="part_id" maxlength="128" placeholder="for trigger"; }
+            button type="submit" { "Send" }
+        }
+        h2 { "Commands" }
+        table.grid {
+            thead { tr { th { "sent" } th { "command" } th { "payload" } th { "result" } } }
+            tbody #commands data-src={ "/fragment/commands/" (u) } { (commands_rows(&cmds, now_ms())) }
+        }
+        h2 { "Latest verdicts" }
+        p {
+            a href={ "/live?device=" (u) } { "live" } " · "
+            a href={ "/history?device=" (u) } { "history" }
+        }
+        table.grid {
+            (verdict_head())
+            tbody { @for v in &recent { (verdict_row(v)) } }
+        }
+        div.cols {
+            div { h2 { "Status" } pre { (pretty(status)) } }
+            div { h2 { "Stats" } pre { (pretty(stats)) } }
+        }
+    };
+    Ok(layout(&format!("Device {device}"), "", body, open))
 }
 
 async fn commands_fragment(
@@ -806,7 +821,7 @@ async fn commands_fragment(
     Path(device): Path<String>,
 ) -> Result<Html<String>, WebError> {
     let cmds = db(&hub, move |c| store::commands(c, &device, 20)).await?;
-    Ok(Html(commands_rows(&cmds, now_ms())))
+    Ok(Html(commands_rows(&cmds, now_ms()).into_string()))
 }
 
 async fn send_command(
@@ -898,7 +913,7 @@ fn verdict_event(v: &VerdictRow, cur: &mut Cursor) -> Option<SseEvent> {
         SseEvent::default()
             .event("verdict")
             .id(cur.id())
-            .data(verdict_row(v)),
+            .data(verdict_row(v).into_string()),
     )
 }
 
@@ -911,7 +926,7 @@ fn alert_event(a: &AlertRow, cur: &mut Cursor, now: i64, who: Option<&str>) -> O
         SseEvent::default()
             .event("alert")
             .id(cur.id())
-            .data(alert_row(a, now, who)),
+            .data(alert_row(a, now, who).into_string()),
     )
 }
 
@@ -1010,6 +1025,33 @@ fn db_bytes(path: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// One label and its value, for a family of series.
+type Label = [(&'static str, &'static str); 1];
+
+/// A counter family with one series per `(label value, count)`.
+fn counters(
+    label: &'static str,
+    values: impl IntoIterator<Item = (&'static str, u64)>,
+) -> Family<Label, Counter> {
+    let f = Family::<Label, Counter>::default();
+    for (v, n) in values {
+        f.get_or_create(&[(label, v)]).inc_by(n);
+    }
+    f
+}
+
+/// A gauge family with one series per `(label value, level)`.
+fn gauges(
+    label: &'static str,
+    values: impl IntoIterator<Item = (&'static str, i64)>,
+) -> Family<Label, Gauge> {
+    let f = Family::<Label, Gauge>::default();
+    for (v, n) in values {
+        f.get_or_create(&[(label, v)]).set(n);
+    }
+    f
+}
+
 async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
     let stale = hub.stale_after_ms;
     let (fleet, counts) = db(&hub, move |c| {
@@ -1017,54 +1059,85 @@ async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
     })
     .await?;
     let m = &hub.metrics;
-    let mut o = String::new();
-    let _ = writeln!(o, "# HELP inspectd_supervisor_messages_total Messages accepted, by kind.\n# TYPE inspectd_supervisor_messages_total counter");
-    for (i, k) in KINDS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_messages_total{{kind=\"{k}\"}} {}",
-            m.received[i].load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_dropped_total Messages dropped, by reason.\n# TYPE inspectd_supervisor_dropped_total counter");
-    for r in Reject::ALL {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_dropped_total{{reason=\"{}\"}} {}",
-            r.name(),
-            m.dropped[r as usize].load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_duplicates_total Redelivered messages stored once, by kind.\n# TYPE inspectd_supervisor_duplicates_total counter");
-    for (i, k) in KINDS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_duplicates_total{{kind=\"{k}\"}} {}",
-            m.duplicates[i].load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_messages_per_second Messages received per second over the last 10 s.\n# TYPE inspectd_supervisor_messages_per_second gauge\ninspectd_supervisor_messages_per_second {:.2}", m.rate());
-    let _ = writeln!(o, "# HELP inspectd_supervisor_devices Devices by state.\n# TYPE inspectd_supervisor_devices gauge");
-    for s in ["online", "stale", "offline", "stopped", "unknown"] {
-        let _ = writeln!(
-            o,
-            "inspectd_supervisor_devices{{state=\"{s}\"}} {}",
-            fleet.iter().filter(|f| f.state == s).count()
-        );
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_db_bytes Size of the database and its WAL.\n# TYPE inspectd_supervisor_db_bytes gauge\ninspectd_supervisor_db_bytes {}", db_bytes(&hub.db));
-    let _ = writeln!(
-        o,
-        "# HELP inspectd_supervisor_rows Rows stored.\n# TYPE inspectd_supervisor_rows gauge"
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    // A registry per scrape, filled from the counters the supervisor keeps anyway. Counter names
+    // are registered without `_total`: the encoder appends it.
+    let mut r = Registry::default();
+    let by_kind = |a: &[std::sync::atomic::AtomicU64]| -> Vec<(&'static str, u64)> {
+        KINDS.iter().copied().zip(a.iter().map(load)).collect()
+    };
+    r.register(
+        "inspectd_supervisor_messages",
+        "Messages accepted, by kind",
+        counters("kind", by_kind(&m.received)),
     );
-    for (i, t) in ["verdicts", "evidence", "open_alerts"].iter().enumerate() {
-        let _ = writeln!(o, "inspectd_supervisor_rows{{table=\"{t}\"}} {}", counts[i]);
-    }
-    let _ = writeln!(o, "# HELP inspectd_supervisor_db_errors_total Failed database writes (retried).\n# TYPE inspectd_supervisor_db_errors_total counter\ninspectd_supervisor_db_errors_total {}", m.db_errors.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP inspectd_supervisor_broker_connected 1 while connected to the broker.\n# TYPE inspectd_supervisor_broker_connected gauge\ninspectd_supervisor_broker_connected {}", u8::from(m.connected.load(Ordering::Relaxed)));
-    let _ = writeln!(o, "# HELP inspectd_supervisor_broker_connects_total Connections made to the broker.\n# TYPE inspectd_supervisor_broker_connects_total counter\ninspectd_supervisor_broker_connects_total {}", m.connects.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP inspectd_supervisor_uptime_seconds Seconds since start.\n# TYPE inspectd_supervisor_uptime_seconds gauge\ninspectd_supervisor_uptime_seconds {:.0}", m.started.elapsed().as_secs_f64());
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response())
+    r.register(
+        "inspectd_supervisor_dropped",
+        "Messages dropped, by reason",
+        counters(
+            "reason",
+            Reject::ALL
+                .iter()
+                .map(|r| (r.name(), load(&m.dropped[*r as usize]))),
+        ),
+    );
+    r.register(
+        "inspectd_supervisor_duplicates",
+        "Redelivered messages stored once, by kind",
+        counters("kind", by_kind(&m.duplicates)),
+    );
+    r.register(
+        "inspectd_supervisor_messages_per_second",
+        "Messages received per second over the last 10 s",
+        ConstGauge::new(m.rate()),
+    );
+    let states = ["online", "stale", "offline", "stopped", "unknown"];
+    r.register(
+        "inspectd_supervisor_devices",
+        "Devices by state",
+        gauges(
+            "state",
+            states.map(|s| (s, fleet.iter().filter(|f| f.state == s).count() as i64)),
+        ),
+    );
+    r.register(
+        "inspectd_supervisor_db_bytes",
+        "Size of the database and its WAL",
+        ConstGauge::new(db_bytes(&hub.db)),
+    );
+    r.register(
+        "inspectd_supervisor_rows",
+        "Rows stored",
+        gauges(
+            "table",
+            ["verdicts", "evidence", "open_alerts"]
+                .into_iter()
+                .zip(counts),
+        ),
+    );
+    r.register(
+        "inspectd_supervisor_db_errors",
+        "Failed database writes (retried)",
+        ConstCounter::new(load(&m.db_errors)),
+    );
+    r.register(
+        "inspectd_supervisor_broker_connected",
+        "1 while connected to the broker",
+        ConstGauge::new(i64::from(m.connected.load(Ordering::Relaxed))),
+    );
+    r.register(
+        "inspectd_supervisor_broker_connects",
+        "Connections made to the broker",
+        ConstCounter::new(load(&m.connects)),
+    );
+    r.register(
+        "inspectd_supervisor_uptime_seconds",
+        "Seconds since start",
+        ConstGauge::new(m.started.elapsed().as_secs()),
+    );
+    let mut o = String::new();
+    prometheus_text::encode(&mut o, &r).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    Ok(([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], o).into_response())
 }
 
 async fn api_fleet(State(hub): Shared) -> Result<Response, WebError> {
@@ -1113,10 +1186,6 @@ mod tests {
 
     #[test]
     fn escaping_neutralises_markup_and_urls_encode_everything_else() {
-        assert_eq!(
-            esc("<script>alert('x')</script>&\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
-        );
         assert_eq!(enc("a b/<c>"), "a%20b%2F%3Cc%3E");
         let row = verdict_row(&VerdictRow {
             id: 1,
@@ -1132,7 +1201,8 @@ mod tests {
             latency_ms: None,
             has_map: true,
             has_evidence: false,
-        });
+        })
+        .into_string();
         assert!(
             !row.contains("<script>")
                 && !row.contains("<b>")
@@ -1142,6 +1212,15 @@ mod tests {
         );
         assert!(
             row.contains("/picture/%3Cscript%3Ed%3C%2Fscript%3E/3"),
+            "{row}"
+        );
+        // Attribute values cannot be closed early either.
+        assert!(
+            row.contains("data-device=\"&lt;script&gt;d&lt;/script&gt;\""),
+            "{row}"
+        );
+        assert!(
+            row.contains("<td>&quot;&gt;&lt;img src=x onerror=alert(1)&gt;</td>"),
             "{row}"
         );
     }

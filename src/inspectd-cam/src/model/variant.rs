@@ -266,8 +266,8 @@ pub(crate) fn time_alternating<E>(
         .iter()
         .zip(samples)
         .map(|((n, _), mut s)| {
-            s.sort_by(f64::total_cmp);
-            (n.to_string(), s[s.len() / 2])
+            let m = crate::stats::median(&mut s).unwrap_or(f64::NAN);
+            (n.to_string(), m)
         })
         .collect())
 }
