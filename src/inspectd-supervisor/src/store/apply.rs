@@ -1,0 +1,239 @@
+//! The writer: one batch of incoming messages stored in one transaction, and retention.
+
+use crate::ingest::Incoming;
+use anyhow::Result;
+use rusqlite::{params, Connection, Transaction};
+
+use super::queries::{AlertRow, CmdRow, VerdictRow, PICTURE};
+
+/// What the UI is told after a batch is stored.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Verdict(Box<VerdictRow>),
+    Evidence {
+        device: String,
+        seq: i64,
+    },
+    Alert(Box<AlertRow>),
+    CmdResult(Box<CmdRow>),
+    /// A device's status or stats changed.
+    Fleet,
+}
+
+/// One message to store; `retained` for a retained status replayed by the broker.
+pub struct Item {
+    pub msg: Incoming,
+    pub retained: bool,
+}
+
+/// The outcome of a batch.
+#[derive(Default, Debug)]
+pub struct Applied {
+    pub stored: usize,
+    /// Messages already stored (a redelivery): counted by kind.
+    pub duplicates: Vec<&'static str>,
+    pub events: Vec<Event>,
+}
+
+/// Stores a batch in one transaction.
+pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
+    let mut out = Applied::default();
+    let mut seen = tx.prepare_cached(
+        "INSERT INTO devices (device, last_seen) VALUES (?1, ?2)
+         ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+    )?;
+    for it in items {
+        let dev = it.msg.device();
+        // A retained status says nothing about now: the device was seen when it was sent.
+        // (`status_at` is when it arrived all the same: rumqttd keeps the retain flag on live
+        // deliveries too, last wills included.)
+        let seen_at = match (&it.msg, it.retained) {
+            (Incoming::Status { ts_ms, .. }, true) => ts_ms.unwrap_or(0).min(now),
+            _ => now,
+        };
+        if !matches!(it.msg, Incoming::Forget { .. }) {
+            seen.execute(params![dev, seen_at])?;
+        }
+        let fresh = match &it.msg {
+            Incoming::Status {
+                device,
+                state,
+                ts_ms,
+                raw,
+            } => {
+                // A redelivered or replayed older status must not overwrite a newer one. The last
+                // will is the exception: its `ts` is when the connection began, so `offline`
+                // always applies (a later message from the box shows it alive again: `fleet`).
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
+                         WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
+                    )?
+                    .execute(params![device, state, raw, now, ts_ms, state])?;
+                out.events.push(Event::Fleet);
+                n == 1
+            }
+            Incoming::Forget { device } => {
+                tx.prepare_cached("DELETE FROM devices WHERE device = ?1")?
+                    .execute(params![device])?;
+                out.events.push(Event::Fleet);
+                true
+            }
+            Incoming::Stats {
+                device,
+                counts,
+                raw,
+            } => {
+                tx.prepare_cached(
+                    "UPDATE devices SET stats = ?2, stats_at = ?3 WHERE device = ?1",
+                )?
+                .execute(params![device, raw, now])?;
+                tx.prepare_cached("INSERT INTO stats_samples (device, at, ok, defect, suspect) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![device, now, counts[0], counts[1], counts[2]])?;
+                out.events.push(Event::Fleet);
+                true
+            }
+            Incoming::Verdict(v) => {
+                let reasons = serde_json::to_string(&v.reasons)?;
+                let n = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO verdicts (device, seq, ts, ts_ms, received, part_id, verdict, label,
+                         confidence, reasons, model, latency_ms, map_png, raw)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    )?
+                    .execute(params![
+                        v.device, v.seq, v.ts, v.ts_ms, now, v.part_id, v.verdict, v.label, v.confidence,
+                        reasons, v.model, v.latency_ms, (!v.map_png.is_empty()).then_some(&v.map_png), v.raw
+                    ])?;
+                if n == 1 {
+                    let id = tx.last_insert_rowid();
+                    let has_evidence = tx
+                        .prepare_cached("SELECT 1 FROM evidence WHERE device = ?1 AND seq = ?2")?
+                        .exists(params![v.device, v.seq])?;
+                    out.events.push(Event::Verdict(Box::new(VerdictRow {
+                        id,
+                        device: v.device.clone(),
+                        seq: v.seq,
+                        ts: v.ts.clone(),
+                        part_id: v.part_id.clone(),
+                        verdict: v.verdict.clone(),
+                        label: v.label.clone(),
+                        confidence: v.confidence,
+                        reasons: v.reasons.clone(),
+                        model: v.model.clone(),
+                        latency_ms: v.latency_ms,
+                        has_map: !v.map_png.is_empty(),
+                        has_evidence,
+                    })));
+                }
+                n == 1
+            }
+            Incoming::Evidence { device, seq, jpeg } => {
+                let n = tx
+                    .prepare_cached("INSERT OR IGNORE INTO evidence (device, seq, received, jpeg) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![device, seq, now, jpeg])?;
+                if n == 1 {
+                    out.events.push(Event::Evidence {
+                        device: device.clone(),
+                        seq: *seq,
+                    });
+                }
+                n == 1
+            }
+            Incoming::Alert(a) => {
+                let n = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO alerts (device, ts, received, kind, severity, message, seq, raw)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute(params![a.device, a.ts, now, a.kind, a.severity, a.message, a.seq, a.raw])?;
+                if n == 1 {
+                    let id = tx.last_insert_rowid();
+                    let has_picture = tx
+                        .prepare_cached(&format!("SELECT {PICTURE} FROM alerts a WHERE a.id = ?1"))?
+                        .query_row(params![id], |r| r.get(0))?;
+                    out.events.push(Event::Alert(Box::new(AlertRow {
+                        id,
+                        has_picture,
+                        device: a.device.clone(),
+                        ts: a.ts.clone(),
+                        kind: a.kind.clone(),
+                        severity: a.severity.clone(),
+                        message: a.message.clone(),
+                        seq: a.seq,
+                        acked_by: None,
+                        acked_at: None,
+                    })));
+                }
+                n == 1
+            }
+            Incoming::CmdResult(c) => {
+                let id = c.id.clone().unwrap_or_default();
+                let n = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO cmd_results (device, ts, received, command, cmd_id, ok, detail)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![c.device, c.ts, now, c.command, id, c.ok, c.detail])?;
+                if n == 1 {
+                    out.events.push(Event::CmdResult(Box::new(CmdRow {
+                        device: c.device.clone(),
+                        ts: c.ts.clone(),
+                        command: c.command.clone(),
+                        id,
+                        ok: c.ok,
+                        detail: c.detail.clone(),
+                    })));
+                }
+                n == 1
+            }
+        };
+        if fresh {
+            out.stored += 1;
+        } else {
+            out.duplicates.push(it.msg.kind());
+        }
+    }
+    Ok(out)
+}
+
+/// How much history is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub days: u32,
+    pub max_verdicts: u64,
+}
+
+/// Deletes what is past the retention limits: verdicts older than `days` or beyond the newest
+/// `max_verdicts`, their evidence, acknowledged alerts, command results and stats samples older
+/// than `days` (stats samples: one day). Open alerts are kept. Returns the verdicts deleted.
+pub fn enforce(conn: &Connection, r: Retention, now: i64) -> Result<usize> {
+    let cutoff = now - r.days as i64 * 86_400_000;
+    let tx = conn.unchecked_transaction()?;
+    let mut n = tx.execute("DELETE FROM verdicts WHERE received < ?1", params![cutoff])?;
+    n += tx.execute(
+        "DELETE FROM verdicts WHERE id <= (SELECT id FROM verdicts ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+        params![r.max_verdicts as i64],
+    )?;
+    // Evidence without its verdict: gone with it, or never came (after a grace period).
+    tx.execute(
+        "DELETE FROM evidence WHERE received < ?1 AND NOT EXISTS
+         (SELECT 1 FROM verdicts v WHERE v.device = evidence.device AND v.seq = evidence.seq)",
+        params![now - 600_000],
+    )?;
+    tx.execute(
+        "DELETE FROM alerts WHERE acked_at IS NOT NULL AND received < ?1",
+        params![cutoff],
+    )?;
+    tx.execute(
+        "DELETE FROM cmd_results WHERE received < ?1",
+        params![cutoff],
+    )?;
+    tx.execute("DELETE FROM commands WHERE sent_at < ?1", params![cutoff])?;
+    tx.execute(
+        "DELETE FROM stats_samples WHERE at < ?1",
+        params![now - 86_400_000],
+    )?;
+    tx.commit()?;
+    Ok(n)
+}

@@ -1,0 +1,157 @@
+//! The fleet view: each device's state, its latest status and stats, and its rates.
+
+use anyhow::Result;
+use inspectd_contract::v1;
+use rusqlite::{params, Connection};
+
+/// One fleet row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FleetRow {
+    pub device: String,
+    /// online, offline, stale or stopped.
+    pub state: String,
+    pub last_seen: i64,
+    pub camera: Option<String>,
+    pub paused: bool,
+    pub model: String,
+    pub model_version: String,
+    pub fps: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub spool_depth: Option<i64>,
+    /// Over the last hour: inspected parts, defect and suspect shares.
+    pub inspected: i64,
+    pub defect_rate: Option<f64>,
+    pub suspect_rate: Option<f64>,
+}
+
+/// Verdict counts [ok, defect, suspect] over the window from cumulative counter samples:
+/// positive steps are summed, and a drop (the device restarted) counts from zero.
+pub fn counter_deltas(samples: &[[i64; 3]]) -> [i64; 3] {
+    let mut out = [0; 3];
+    for w in samples.windows(2) {
+        for k in 0..3 {
+            let d = w[1][k] - w[0][k];
+            out[k] += if d >= 0 { d } else { w[1][k] };
+        }
+    }
+    out
+}
+
+/// The fleet: one row per device. `stale_after` ms without a message turns `online` to `stale`.
+pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetRow>> {
+    let hour = now - 3_600_000;
+    let mut rows = Vec::new();
+    let mut q = conn.prepare(
+        "SELECT device, state, status, last_seen, stats, stats_at, status_at FROM devices ORDER BY device",
+    )?;
+    type Dev = (
+        String,
+        String,
+        Option<String>,
+        i64,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let devs: Vec<Dev> = q
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut samples_q = conn.prepare_cached(
+        "SELECT ok, defect, suspect FROM stats_samples WHERE device = ?1 AND at >= ?2 ORDER BY at",
+    )?;
+    let mut counts_q = conn.prepare_cached(
+        "SELECT verdict, count(*) FROM verdicts WHERE device = ?1 AND received >= ?2 GROUP BY verdict",
+    )?;
+    for (device, state, status, last_seen, stats, stats_at, status_at) in devs {
+        // Stored payloads passed ingest: they decode (a failure reads as no status / stats).
+        let status: Option<v1::Status> = status.and_then(|s| serde_json::from_str(&s).ok());
+        let fresh_stats = stats_at.is_some_and(|t| now - t < stale_after.max(60_000));
+        let stats: Option<v1::Stats> = stats
+            .filter(|_| fresh_stats)
+            .and_then(|s| serde_json::from_str(&s).ok());
+        // Messages after an `offline` (a replayed last will, or a box that came back without a
+        // status yet) prove the box alive.
+        let alive_since_status = status_at.is_some_and(|t| last_seen > t + 5_000);
+        let state = match state.as_str() {
+            "online" | "offline" if now - last_seen > stale_after => {
+                if state == "online" {
+                    "stale"
+                } else {
+                    "offline"
+                }
+            }
+            "online" => "online",
+            "offline" if alive_since_status => "online",
+            "stopping" => "stopped",
+            "offline" => "offline",
+            _ => "unknown",
+        };
+        let samples: Vec<[i64; 3]> = samples_q
+            .query_map(params![device, hour], |r| {
+                Ok([r.get(0)?, r.get(1)?, r.get(2)?])
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        // The device's own counters see unpublished `ok` verdicts too; without two samples in
+        // the hour, count the verdicts stored.
+        let counts = if samples.len() >= 2 {
+            counter_deltas(&samples)
+        } else {
+            let mut c = [0i64; 3];
+            for r in counts_q.query_map(params![device, hour], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })? {
+                let (k, n) = r?;
+                match k.as_str() {
+                    "ok" => c[0] = n,
+                    "defect" => c[1] = n,
+                    "suspect" => c[2] = n,
+                    _ => {}
+                }
+            }
+            c
+        };
+        let inspected: i64 = counts.iter().sum();
+        let rate = |n: i64| (inspected > 0).then(|| n as f64 / inspected as f64);
+        rows.push(FleetRow {
+            state: state.to_string(),
+            last_seen,
+            camera: status
+                .as_ref()
+                .map(|s| s.camera.clone())
+                .filter(|c| !c.is_empty()),
+            paused: status.as_ref().is_some_and(|s| s.paused)
+                || stats.as_ref().is_some_and(|s| s.paused),
+            model: status
+                .as_ref()
+                .map(|s| s.model.name.clone())
+                .unwrap_or_default(),
+            model_version: status
+                .as_ref()
+                .map(|s| s.model.version.clone())
+                .unwrap_or_default(),
+            fps: stats.as_ref().map(|s| s.fps).filter(|f| f.is_finite()),
+            p95_ms: stats
+                .as_ref()
+                .and_then(|s| s.latency_ms.get("total"))
+                .and_then(|p| p.p95),
+            spool_depth: stats
+                .as_ref()
+                .map(|s| s.spool.depth.min(i64::MAX as u64) as i64),
+            inspected,
+            defect_rate: rate(counts[1]),
+            suspect_rate: rate(counts[2]),
+            device,
+        });
+    }
+    Ok(rows)
+}

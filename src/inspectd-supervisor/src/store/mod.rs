@@ -1,0 +1,396 @@
+//! The supervisor's history in SQLite (WAL): verdicts de-duplicated by (device, seq), evidence,
+//! alerts with who acknowledged them, command results, device status and stats samples.
+//! One writer thread applies messages in batches, one transaction per batch; web requests read
+//! through their own connections and write only acknowledgements and sent commands.
+//!
+//! Split by concern: `schema` (tables, open), `apply` (the writer and retention), `fleet`,
+//! `queries` (the pages' reads and their few writes), `cursor` (live views).
+
+mod apply;
+mod cursor;
+mod fleet;
+mod queries;
+mod schema;
+
+pub use apply::*;
+pub use cursor::*;
+pub use fleet::*;
+pub use queries::*;
+pub use schema::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::classify;
+    use rusqlite::Connection;
+    use serde_json::{json, Value};
+
+    fn db(name: &str) -> Connection {
+        let p = std::env::temp_dir().join(format!(
+            "inspectd-store-{}-{name}.sqlite",
+            std::process::id()
+        ));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
+        open(&p).unwrap()
+    }
+
+    fn item(topic: &str, v: Value) -> Item {
+        Item {
+            msg: classify("inspect", topic, v.to_string().as_bytes())
+                .unwrap()
+                .unwrap(),
+            retained: false,
+        }
+    }
+
+    fn verdict(dev: &str, seq: u64, kind: &str, ts: &str) -> Item {
+        let reasons = if kind == "suspect" {
+            json!(["marginal"])
+        } else {
+            json!([])
+        };
+        item(
+            &format!("inspect/{dev}/verdict"),
+            json!({"schema": "inspect.verdict/1", "device": dev, "seq": seq, "ts": ts, "verdict": kind,
+                   "label": if kind == "ok" { "ok" } else { "scratch" }, "confidence": 0.9, "reasons": reasons,
+                   "part_id": format!("P{seq}")}),
+        )
+    }
+
+    fn store(conn: &mut Connection, items: &[Item], now: i64) -> Applied {
+        let tx = conn.transaction().unwrap();
+        let a = apply(&tx, items, now).unwrap();
+        tx.commit().unwrap();
+        a
+    }
+
+    #[test]
+    fn a_redelivered_verdict_is_stored_once() {
+        let mut c = db("dup");
+        let a = store(
+            &mut c,
+            &[
+                verdict("a", 1, "ok", "2026-11-26T10:00:00Z"),
+                verdict("a", 1, "ok", "2026-11-26T10:00:00Z"),
+                verdict("b", 1, "ok", "2026-11-26T10:00:00Z"),
+            ],
+            1000,
+        );
+        assert_eq!((a.stored, a.duplicates.clone()), (2, vec!["verdict"]));
+        let a = store(
+            &mut c,
+            &[verdict("a", 1, "defect", "2026-11-26T10:00:00Z")],
+            2000,
+        );
+        assert_eq!(a.stored, 0);
+        assert_eq!(counts(&c).unwrap()[0], 2);
+        assert_eq!(
+            verdict_of(&c, "a", 1).verdict,
+            "ok",
+            "the first delivery stays"
+        );
+    }
+
+    fn verdict_of(c: &Connection, d: &str, s: i64) -> VerdictRow {
+        super::verdict(c, d, s).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn a_database_from_before_logins_gains_who_sent_each_command() {
+        let p =
+            std::env::temp_dir().join(format!("inspectd-store-{}-old.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let old = Connection::open(&p).unwrap();
+        old.execute_batch(
+            "CREATE TABLE commands (id TEXT PRIMARY KEY, device TEXT NOT NULL, command TEXT NOT NULL,
+             payload TEXT NOT NULL, sent_at INTEGER NOT NULL);
+             INSERT INTO commands VALUES ('c1', 'a', 'pause', '{}', 1000);",
+        )
+        .unwrap();
+        drop(old);
+        let c = open(&p).unwrap();
+        record_command(&c, "c2", "a", "resume", "{}", Some("anna"), 2000).unwrap();
+        let sent = commands(&c, "a", 10).unwrap();
+        let by: Vec<(&str, Option<&str>)> = sent
+            .iter()
+            .map(|s| (s.id.as_str(), s.sent_by.as_deref()))
+            .collect();
+        assert_eq!(by, [("c2", Some("anna")), ("c1", None)]);
+        drop(c);
+        open(&p).unwrap(); // and opens again
+    }
+
+    #[test]
+    fn a_live_view_catches_up_from_its_cursor() {
+        let mut c = db("cursor");
+        let t = "2026-11-26T10:00:00Z";
+        assert_eq!(cursor(&c).unwrap(), Cursor::default());
+        store(
+            &mut c,
+            &[verdict("a", 1, "ok", t), verdict("b", 1, "ok", t)],
+            1000,
+        );
+        let Cursor {
+            verdict: v0,
+            alert: a0,
+        } = cursor(&c).unwrap();
+        assert_eq!(a0, 0);
+        let alert = |ts: &str| {
+            item(
+                "inspect/b/alert",
+                json!({"schema": "inspect.alert/1", "ts": ts, "kind": "suspect", "message": "m", "seq": 2}),
+            )
+        };
+        let applied = store(
+            &mut c,
+            &[
+                verdict("a", 2, "ok", t),
+                verdict("b", 2, "suspect", t),
+                verdict("a", 2, "ok", t),
+                alert("t1"),
+            ],
+            2000,
+        );
+        let ids: Vec<i64> = applied
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Verdict(v) => Some(v.id),
+                _ => None,
+            })
+            .collect();
+        let after = verdicts_after(&c, v0, 10).unwrap();
+        assert_eq!(
+            after
+                .iter()
+                .map(|v| (v.device.as_str(), v.seq))
+                .collect::<Vec<_>>(),
+            [("a", 2), ("b", 2)],
+            "oldest first, the duplicate not at all"
+        );
+        assert_eq!(after.iter().map(|v| v.id).collect::<Vec<_>>(), ids);
+        assert_eq!(
+            verdicts_after(&c, 0, 1).unwrap()[0].seq,
+            2,
+            "the newest when limited"
+        );
+        let Cursor {
+            verdict: v1,
+            alert: a1,
+        } = cursor(&c).unwrap();
+        assert_eq!(v1, ids[1]);
+        assert!(verdicts_after(&c, v1, 10).unwrap().is_empty());
+        let alerts = alerts_after(&c, a0, 10).unwrap();
+        assert_eq!((alerts.len(), alerts[0].id), (1, a1));
+        assert!(alerts_after(&c, a1, 10).unwrap().is_empty());
+        // A cursor from another, longer database starts over, part by part.
+        let (from, v, a) = since(
+            &c,
+            Cursor {
+                verdict: v1 + 5,
+                alert: a1,
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!((from.verdict, from.alert, v.len(), a.len()), (0, a1, 4, 0));
+    }
+
+    #[test]
+    fn cursors_parse_from_their_ids_only() {
+        let c = Cursor {
+            verdict: 12,
+            alert: 3,
+        };
+        assert_eq!(Cursor::parse(&c.id()), Some(c));
+        for bad in ["", "12", "12.", ".3", "-1.3", "12.x", "1.2.3"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn history_filters_combine() {
+        let mut c = db("filter");
+        let items: Vec<Item> = (0..10)
+            .map(|i| {
+                verdict(
+                    if i % 2 == 0 { "a" } else { "b" },
+                    i,
+                    if i % 3 == 0 { "defect" } else { "ok" },
+                    &format!("2026-11-26T10:00:{i:02}Z"),
+                )
+            })
+            .collect();
+        store(&mut c, &items, 1);
+        let f = |f: Filter| {
+            verdicts(&c, &f, 100)
+                .unwrap()
+                .iter()
+                .map(|v| v.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(f(Filter::default()), (0..10).rev().collect::<Vec<_>>());
+        assert_eq!(
+            f(Filter {
+                device: Some("a".into()),
+                verdict: Some("defect".into()),
+                ..Default::default()
+            }),
+            vec![6, 0]
+        );
+        assert_eq!(
+            f(Filter {
+                label: Some("scratch".into()),
+                ..Default::default()
+            }),
+            vec![9, 6, 3, 0]
+        );
+        assert_eq!(
+            f(Filter {
+                part_id: Some("P4".into()),
+                ..Default::default()
+            }),
+            vec![4]
+        );
+        let t = |s| inspectd_contract::timefmt::parse_ms(s);
+        assert_eq!(
+            f(Filter {
+                from_ms: t("2026-11-26T10:00:03Z"),
+                to_ms: t("2026-11-26T10:00:06Z"),
+                ..Default::default()
+            }),
+            vec![5, 4, 3]
+        );
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_open_alerts() {
+        let mut c = db("retention");
+        let items: Vec<Item> = (0..20)
+            .map(|i| verdict("a", i, "ok", "2026-11-26T10:00:00Z"))
+            .collect();
+        store(&mut c, &items, 10 * 86_400_000);
+        store(
+            &mut c,
+            &[
+                item(
+                    "inspect/a/alert",
+                    json!({"schema": "inspect.alert/1", "ts": "t1", "kind": "camera_lost", "message": "m"}),
+                ),
+                item(
+                    "inspect/a/alert",
+                    json!({"schema": "inspect.alert/1", "ts": "t2", "kind": "suspect", "message": "m"}),
+                ),
+            ],
+            0,
+        );
+        let (open, _) = alerts(&c, 10).unwrap();
+        assert!(ack(&c, open[0].id, "ops", 1).unwrap());
+        assert!(!ack(&c, open[0].id, "ops", 2).unwrap(), "acknowledged once");
+        let n = enforce(
+            &c,
+            Retention {
+                days: 5,
+                max_verdicts: 15,
+            },
+            12 * 86_400_000,
+        )
+        .unwrap();
+        assert_eq!(n, 5);
+        let left: Vec<i64> = verdicts(&c, &Filter::default(), 100)
+            .unwrap()
+            .iter()
+            .map(|v| v.seq)
+            .collect();
+        assert_eq!(left.len(), 15);
+        assert!(!left.contains(&4) && left.contains(&5));
+        let (open, acked) = alerts(&c, 10).unwrap();
+        assert_eq!(
+            (open.len(), acked.len()),
+            (1, 0),
+            "the open alert is kept, the old acknowledged one goes"
+        );
+    }
+
+    #[test]
+    fn rates_come_from_counter_steps_across_restarts() {
+        assert_eq!(
+            counter_deltas(&[[10, 1, 0], [20, 3, 1], [5, 1, 0], [7, 1, 1]]),
+            [10 + 5 + 2, 2 + 1, 1 + 1]
+        );
+        let mut c = db("fleet");
+        let st = |ok: i64, d: i64| {
+            item(
+                "inspect/a/stats",
+                json!({"schema": "inspect.stats/1", "fps": 4.5, "verdicts": {"ok": ok, "defect": d, "suspect": 0},
+            "latency_ms": {"total": {"p95": 9.5}}, "spool": {"depth": 3}}),
+            )
+        };
+        store(
+            &mut c,
+            &[item(
+                "inspect/a/status",
+                json!({"schema": "inspect.status/1", "state": "online", "model": {"name": "m", "version": "2"}, "camera": "ok"}),
+            )],
+            1_000_000,
+        );
+        store(&mut c, &[st(0, 0)], 1_000_000);
+        store(&mut c, &[st(6, 2)], 1_005_000);
+        let f = fleet(&c, 1_010_000, 30_000).unwrap();
+        assert_eq!(f.len(), 1);
+        let r = &f[0];
+        assert_eq!(
+            (r.state.as_str(), r.model.as_str(), r.model_version.as_str()),
+            ("online", "m", "2")
+        );
+        assert_eq!(
+            (r.fps, r.p95_ms, r.spool_depth, r.inspected),
+            (Some(4.5), Some(9.5), Some(3), 8)
+        );
+        assert_eq!(r.defect_rate, Some(0.25));
+        assert_eq!(fleet(&c, 1_040_000, 30_000).unwrap()[0].state, "stale");
+        store(
+            &mut c,
+            &[item(
+                "inspect/a/status",
+                json!({"schema": "inspect.status/1", "state": "offline", "ts": "2026-11-26T10:00:02Z"}),
+            )],
+            1_041_000,
+        );
+        assert_eq!(fleet(&c, 1_041_000, 30_000).unwrap()[0].state, "offline");
+        // An older status arriving late (a redelivery) changes nothing.
+        let a = store(
+            &mut c,
+            &[item(
+                "inspect/a/status",
+                json!({"schema": "inspect.status/1", "state": "online", "ts": "2026-11-26T10:00:01Z"}),
+            )],
+            1_042_000,
+        );
+        assert_eq!(a.duplicates, vec!["status"]);
+        assert_eq!(fleet(&c, 1_042_000, 30_000).unwrap()[0].state, "offline");
+        // The last will carries the time its connection began: it applies all the same.
+        store(
+            &mut c,
+            &[item(
+                "inspect/a/status",
+                json!({"schema": "inspect.status/1", "state": "online", "ts": "2026-11-26T10:00:09Z"}),
+            )],
+            1_043_000,
+        );
+        store(
+            &mut c,
+            &[item(
+                "inspect/a/status",
+                json!({"schema": "inspect.status/1", "state": "offline", "ts": "2026-11-26T10:00:08Z"}),
+            )],
+            1_044_000,
+        );
+        assert_eq!(fleet(&c, 1_044_000, 30_000).unwrap()[0].state, "offline");
+        // A box that keeps talking after an offline is alive.
+        store(&mut c, &[st(7, 2)], 1_050_000);
+        assert_eq!(fleet(&c, 1_050_000, 30_000).unwrap()[0].state, "online");
+    }
+}

@@ -1,0 +1,285 @@
+//! What the pages read: verdicts, evidence, alerts, commands, devices; acknowledgements and
+//! sent commands (the only writes a web request makes).
+
+use anyhow::Result;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A verdict as listed (no map, no raw payload).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerdictRow {
+    /// The row's id: the order of arrival (the live views' cursor).
+    pub id: i64,
+    pub device: String,
+    pub seq: i64,
+    pub ts: String,
+    pub part_id: Option<String>,
+    pub verdict: String,
+    pub label: String,
+    pub confidence: f64,
+    pub reasons: Vec<String>,
+    pub model: String,
+    pub latency_ms: Option<f64>,
+    pub has_map: bool,
+    pub has_evidence: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRow {
+    pub id: i64,
+    pub device: String,
+    pub ts: String,
+    pub kind: String,
+    pub severity: String,
+    pub message: String,
+    pub seq: Option<i64>,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<i64>,
+    /// The verdict it names has a picture (evidence or a map).
+    pub has_picture: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CmdRow {
+    pub device: String,
+    pub ts: String,
+    pub command: String,
+    pub id: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// History filters (all optional; times in ms since the epoch, on the device's timestamps).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub device: Option<String>,
+    pub verdict: Option<String>,
+    pub label: Option<String>,
+    pub part_id: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+const VERDICT_COLS: &str = "v.device, v.seq, v.ts, v.part_id, v.verdict, v.label, v.confidence, v.reasons, v.model,
+     v.latency_ms, v.map_png IS NOT NULL, EXISTS (SELECT 1 FROM evidence e WHERE e.device = v.device AND e.seq = v.seq), v.id";
+
+fn verdict_row(r: &rusqlite::Row) -> rusqlite::Result<VerdictRow> {
+    let reasons: String = r.get(7)?;
+    Ok(VerdictRow {
+        device: r.get(0)?,
+        seq: r.get(1)?,
+        ts: r.get(2)?,
+        part_id: r.get(3)?,
+        verdict: r.get(4)?,
+        label: r.get(5)?,
+        confidence: r.get(6)?,
+        reasons: serde_json::from_str(&reasons).unwrap_or_default(),
+        model: r.get(8)?,
+        latency_ms: r.get(9)?,
+        has_map: r.get(10)?,
+        has_evidence: r.get(11)?,
+        id: r.get(12)?,
+    })
+}
+
+/// Verdicts matching `f`, newest first (by device time, then arrival).
+pub fn verdicts(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<VerdictRow>> {
+    let mut sql = format!("SELECT {VERDICT_COLS} FROM verdicts v WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |cond: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+    };
+    if let Some(d) = &f.device {
+        add("v.device =", d.clone().into());
+    }
+    if let Some(v) = &f.verdict {
+        add("v.verdict =", v.clone().into());
+    }
+    if let Some(l) = &f.label {
+        add("v.label =", l.clone().into());
+    }
+    if let Some(p) = &f.part_id {
+        add("v.part_id =", p.clone().into());
+    }
+    if let Some(t) = f.from_ms {
+        add("v.ts_ms >=", t.into());
+    }
+    if let Some(t) = f.to_ms {
+        add("v.ts_ms <", t.into());
+    }
+    sql.push_str(&format!(" ORDER BY v.ts_ms DESC, v.id DESC LIMIT {limit}"));
+    let mut q = conn.prepare(&sql)?;
+    let rows = q
+        .query_map(rusqlite::params_from_iter(args), verdict_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// The newest `limit` verdicts stored after row `after`, oldest first: what a live view that
+/// showed everything up to `after` is missing.
+pub fn verdicts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<VerdictRow>> {
+    let mut rows = conn
+        .prepare_cached(&format!(
+            "SELECT {VERDICT_COLS} FROM verdicts v WHERE v.id > ?1 ORDER BY v.id DESC LIMIT ?2"
+        ))?
+        .query_map(params![after, limit as i64], verdict_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// A verdict, its map (PNG) and its payload without the map.
+pub type StoredVerdict = (VerdictRow, Option<Vec<u8>>, String);
+
+/// One verdict with its map and raw payload.
+pub fn verdict(conn: &Connection, device: &str, seq: i64) -> Result<Option<StoredVerdict>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {VERDICT_COLS}, v.map_png, v.raw FROM verdicts v WHERE v.device = ?1 AND v.seq = ?2"),
+            params![device, seq],
+            |r| Ok((verdict_row(r)?, r.get(13)?, r.get(14)?)),
+        )
+        .optional()?)
+}
+
+pub fn evidence(conn: &Connection, device: &str, seq: i64) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row(
+            "SELECT jpeg FROM evidence WHERE device = ?1 AND seq = ?2",
+            params![device, seq],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Whether alert `a`'s verdict has a picture.
+pub(super) const PICTURE: &str = "a.seq IS NOT NULL AND (EXISTS (SELECT 1 FROM evidence e WHERE e.device = a.device AND e.seq = a.seq)
+     OR EXISTS (SELECT 1 FROM verdicts v WHERE v.device = a.device AND v.seq = a.seq AND v.map_png IS NOT NULL))";
+
+fn alert_row(r: &rusqlite::Row) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        id: r.get(0)?,
+        device: r.get(1)?,
+        ts: r.get(2)?,
+        kind: r.get(3)?,
+        severity: r.get(4)?,
+        message: r.get(5)?,
+        seq: r.get(6)?,
+        acked_by: r.get(7)?,
+        acked_at: r.get(8)?,
+        has_picture: r.get(9)?,
+    })
+}
+
+fn alert_cols() -> String {
+    format!("a.id, a.device, a.ts, a.kind, a.severity, a.message, a.seq, a.acked_by, a.acked_at, {PICTURE}")
+}
+
+/// Open alerts stored after row `after`, oldest first (the newest `limit` of them).
+pub fn alerts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<AlertRow>> {
+    let mut rows = conn
+        .prepare_cached(&format!(
+            "SELECT {} FROM alerts a WHERE a.id > ?1 AND a.acked_at IS NULL ORDER BY a.id DESC LIMIT ?2",
+            alert_cols()
+        ))?
+        .query_map(params![after, limit as i64], alert_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// Open alerts (newest first), then up to `acked` acknowledged ones.
+pub fn alerts(conn: &Connection, acked: usize) -> Result<(Vec<AlertRow>, Vec<AlertRow>)> {
+    let cols = alert_cols();
+    let open = conn
+        .prepare(&format!(
+            "SELECT {cols} FROM alerts a WHERE acked_at IS NULL ORDER BY id DESC LIMIT 1000"
+        ))?
+        .query_map([], alert_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let done = conn
+        .prepare(&format!("SELECT {cols} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC LIMIT {acked}"))?
+        .query_map([], alert_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((open, done))
+}
+
+/// Acknowledges an open alert; false if there is none with that id.
+pub fn ack(conn: &Connection, id: i64, by: &str, now: i64) -> Result<bool> {
+    Ok(conn.execute(
+        "UPDATE alerts SET acked_by = ?2, acked_at = ?3 WHERE id = ?1 AND acked_at IS NULL",
+        params![id, by, now],
+    )? == 1)
+}
+
+pub fn record_command(
+    conn: &Connection,
+    id: &str,
+    device: &str,
+    command: &str,
+    payload: &str,
+    by: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO commands (id, device, command, payload, sent_at, sent_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, device, command, payload, now, by],
+    )?;
+    Ok(())
+}
+
+/// A command sent from the UI and its result, if one came.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentCommand {
+    pub id: String,
+    pub command: String,
+    pub payload: String,
+    pub sent_at: i64,
+    /// The operator logged in when it was sent.
+    pub sent_by: Option<String>,
+    pub result: Option<(bool, String)>,
+}
+
+pub fn commands(conn: &Connection, device: &str, limit: usize) -> Result<Vec<SentCommand>> {
+    let rows = conn
+        .prepare(
+            "SELECT c.id, c.command, c.payload, c.sent_at, r.ok, r.detail, c.sent_by FROM commands c
+             LEFT JOIN cmd_results r ON r.device = c.device AND r.cmd_id = c.id
+             WHERE c.device = ?1 ORDER BY c.sent_at DESC LIMIT ?2",
+        )?
+        .query_map(params![device, limit as i64], |r| {
+            let ok: Option<bool> = r.get(4)?;
+            let detail: Option<String> = r.get(5)?;
+            Ok(SentCommand {
+                id: r.get(0)?,
+                command: r.get(1)?,
+                payload: r.get(2)?,
+                sent_at: r.get(3)?,
+                sent_by: r.get(6)?,
+                result: ok.map(|ok| (ok, detail.unwrap_or_default())),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// The device's status and stats messages as stored.
+pub fn device(conn: &Connection, device: &str) -> Result<Option<(Option<String>, Option<String>)>> {
+    Ok(conn
+        .query_row(
+            "SELECT status, stats FROM devices WHERE device = ?1",
+            params![device],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// Row counts for /metrics: verdicts, evidence, open alerts.
+pub fn counts(conn: &Connection) -> Result<[i64; 3]> {
+    Ok(conn.query_row(
+        "SELECT (SELECT count(*) FROM verdicts), (SELECT count(*) FROM evidence),
+                (SELECT count(*) FROM alerts WHERE acked_at IS NULL)",
+        [],
+        |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
+    )?)
+}

@@ -1,0 +1,119 @@
+//! The tables, and opening the database (creating and migrating the schema).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY,
+    state TEXT NOT NULL DEFAULT 'unknown',
+    status TEXT,
+    status_at INTEGER,
+    status_ts INTEGER,
+    last_seen INTEGER NOT NULL,
+    stats TEXT,
+    stats_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    part_id TEXT,
+    verdict TEXT NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    reasons TEXT NOT NULL,
+    model TEXT NOT NULL,
+    latency_ms REAL,
+    map_png BLOB,
+    raw TEXT NOT NULL,
+    UNIQUE (device, seq)
+);
+CREATE INDEX IF NOT EXISTS verdicts_ts ON verdicts (ts_ms);
+CREATE INDEX IF NOT EXISTS verdicts_received ON verdicts (received);
+CREATE INDEX IF NOT EXISTS verdicts_device_ts ON verdicts (device, ts_ms);
+CREATE TABLE IF NOT EXISTS evidence (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    jpeg BLOB NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    message TEXT NOT NULL,
+    seq INTEGER,
+    raw TEXT NOT NULL,
+    acked_by TEXT,
+    acked_at INTEGER,
+    UNIQUE (device, ts, kind, message)
+);
+CREATE INDEX IF NOT EXISTS alerts_open ON alerts (acked_at, received);
+CREATE TABLE IF NOT EXISTS stats_samples (
+    device TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    defect INTEGER NOT NULL,
+    suspect INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stats_samples_at ON stats_samples (device, at);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    command TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    sent_by TEXT
+);
+CREATE TABLE IF NOT EXISTS cmd_results (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    cmd_id TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    UNIQUE (device, ts, command, cmd_id)
+);
+"#;
+
+/// Opens (creating if needed) the database for writing.
+pub fn open(path: &Path) -> Result<Connection> {
+    let conn =
+        Connection::open(path).with_context(|| format!("--db {}: cannot open", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .with_context(|| format!("--db {}: not a usable SQLite database", path.display()))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)
+        .with_context(|| format!("--db {}: cannot create the schema", path.display()))?;
+    // Databases from before logins: commands gain who sent them.
+    let has_sent_by: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('commands') WHERE name = 'sent_by'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_sent_by {
+        conn.execute_batch("ALTER TABLE commands ADD COLUMN sent_by TEXT")?;
+    }
+    Ok(conn)
+}
+
+/// A connection for a web request.
+pub fn open_read(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
