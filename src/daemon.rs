@@ -3,16 +3,16 @@
 //! then inference (finishing its frame), then the spool is drained to the broker within the
 //! deadline and flushed to disk.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::config::{Config, SourceConfig, Trigger};
-use crate::pipeline::{self, InferenceSetup, LatestSlot, Shared, Stats};
+use crate::pipeline::{self, Inbox, InferenceSetup, LatestSlot};
+use crate::shared::{model_id, Device, Shared, StatsCell, Status};
 use crate::source::{FrameSource, HttpSnapshot, Replay};
 use crate::spool::Spool;
 use crate::tasks::Supervisor;
@@ -172,30 +172,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         .thread("spool", spool_body)
         .context("starting the spool thread")?;
     let shared = Arc::new(Shared {
-        device: cfg.device_id.clone(),
-        prefix: cfg.mqtt.prefix.clone(),
-        started: Instant::now(),
-        stop: stop.clone(),
-        paused: AtomicBool::new(false),
-        camera_ok: AtomicBool::new(true),
-        triggered: cfg.source.trigger() == Trigger::Mqtt,
-        rules: RwLock::new(cfg.verdict.clone()),
+        device: Device {
+            id: cfg.device_id.clone(),
+            prefix: cfg.mqtt.prefix.clone(),
+        },
+        status: Status::new(model_id(&ex.model), ex.model.variant.clone()),
+        stats: StatsCell::default(),
         spool,
-        stats: Mutex::new(Stats::default()),
         health: Default::default(),
         slot: LatestSlot::default(),
-        triggers: Mutex::new(VecDeque::new()),
-        trigger_ready: Condvar::new(),
-        status_notify: tokio::sync::Notify::new(),
-        model_id: RwLock::new((
-            ex.model.name.clone(),
-            ex.model.version.clone(),
-            ex.model.sha256.clone(),
-        )),
-        reload: Mutex::new(None),
-        reloading: AtomicBool::new(false),
-        hold_publisher: hooks.hold_publisher,
-        variant: RwLock::new(ex.model.variant.clone()),
+        stop: stop.clone(),
+        inbox: Inbox::new(cfg.source.trigger() == Trigger::Mqtt, cfg.verdict.clone()),
     });
 
     let publish_ok = cfg.mqtt.publish_ok;
@@ -205,14 +192,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         method,
         publish_ok,
         // A reload chooses the variant again (the cache key has the files' hashes).
-        reload: {
-            let sh = shared.clone();
-            Box::new(move |sha| {
-                let ex = load_explainer_in(&reload_cfg, sha, state_dir.as_deref())?;
-                *sh.variant.write().unwrap_or_else(|e| e.into_inner()) = ex.model.variant.clone();
-                Ok(ex)
-            })
-        },
+        reload: Box::new(move |sha| load_explainer_in(&reload_cfg, sha, state_dir.as_deref())),
         on_verdict: hooks.on_verdict,
         watchdog: crate::sdnotify::Watchdog::from_env(),
     };
@@ -234,6 +214,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
             Duration::from_secs(cfg.stats.interval_s),
             stop_rx.clone(),
             Duration::from_secs(5),
+            hooks.hold_publisher,
         ),
     );
     let http = if let Some(addr) = cfg.http.listen {
@@ -250,14 +231,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
 
     // The model is loaded, the spool is open and the threads run: verdicts are produced and kept
     // whether or not the broker is reachable yet.
-    let model_id = shared
-        .model_id
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let model = shared.status.model();
     crate::sdnotify::notify(&format!(
         "READY=1\nSTATUS=inspecting with {} {}, {depth} message(s) in the spool",
-        model_id.0, model_id.1,
+        model.name, model.version,
     ));
 
     // Whichever comes first: the caller's shutdown, or a supervised task failing.
@@ -266,8 +243,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         f = sup.failed() => Some(f),
     };
     stop.store(true, Ordering::SeqCst);
-    shared.trigger_ready.notify_all();
-    shared.status_notify.notify_one();
+    shared.status.changed();
     if let Some(f) = failure {
         // Something died: keep what is stored (a bounded flush) and exit so systemd restarts
         // us; the spool sends everything unacknowledged again after the restart.

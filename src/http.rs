@@ -16,17 +16,20 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::pipeline::Shared;
+use crate::shared::Shared;
 
 /// Prometheus text exposition of the daemon's counters and latency quantiles.
 pub fn metrics_text(shared: &Shared) -> String {
-    let st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let st = shared.stats.lock();
     let sp = shared.spool.counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let camera_ok = shared.camera_ok.load(Ordering::Relaxed);
+    let camera_ok = shared.status.camera_ok();
     // A registry per scrape, filled from the counters the daemon keeps anyway; every series
     // carries the device. Counter names are registered without `_total`: the encoder appends it.
-    let device = (Cow::Borrowed("device"), Cow::Owned(shared.device.clone()));
+    let device = (
+        Cow::Borrowed("device"),
+        Cow::Owned(shared.device.id.clone()),
+    );
     let mut r = Registry::with_labels(std::iter::once(device));
     r.register(
         "inspectd_frames",
@@ -97,12 +100,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         "1 while inference and publisher turn, the camera delivers and the spool stores",
         ConstGauge::new(i64::from(shared.health.report(camera_ok, sp).healthy)),
     );
-    if let Some(v) = shared
-        .variant
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
+    if let Some(v) = shared.status.variant().as_ref() {
         // A forced variant that was never timed still shows which one runs (NaN: not timed).
         let mut times = v.forward_ms.clone();
         times.entry(v.name.clone()).or_insert(f64::NAN);
@@ -132,7 +130,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     r.register(
         "inspectd_uptime_seconds",
         "Seconds since start",
-        ConstGauge::new(shared.started.elapsed().as_secs_f64()),
+        ConstGauge::new(shared.status.uptime().as_secs_f64()),
     );
     let mut o = String::new();
     // Writing to a String cannot fail.
@@ -155,10 +153,9 @@ async fn handle(mut sock: tokio::net::TcpStream, shared: Arc<Shared>) {
             metrics_text(&shared),
         ),
         "/healthz" => {
-            let r = shared.health.report(
-                shared.camera_ok.load(Ordering::Relaxed),
-                shared.spool.counters(),
-            );
+            let r = shared
+                .health
+                .report(shared.status.camera_ok(), shared.spool.counters());
             let status = if r.healthy {
                 "200 OK"
             } else {

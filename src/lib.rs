@@ -14,6 +14,7 @@ pub mod http;
 pub mod mqtt;
 pub mod pipeline;
 pub mod sdnotify;
+pub mod shared;
 pub mod source;
 pub mod spool;
 pub mod spooler;

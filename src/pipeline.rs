@@ -12,10 +12,9 @@ use base64::Engine;
 use inspectd_contract::v1;
 
 use crate::config::PublishOk;
-use crate::health::Health;
+use crate::shared::{model_id, Shared};
 use crate::source::{Frame, FrameSource, SourceError};
 use crate::spool::{Message, Priority};
-use crate::spooler::SpoolHandle;
 use crate::verdict::{decide, Kind, Rules};
 use inspectd_cam::heatmap;
 use inspectd_cam::model::preprocess::{fit, to_tensor};
@@ -102,80 +101,90 @@ pub struct TriggerReq {
     pub part_id: String,
 }
 
-/// Everything the threads and the publisher share.
-pub struct Shared {
-    pub device: String,
-    pub prefix: String,
-    pub started: Instant,
-    pub stop: Arc<AtomicBool>,
-    pub paused: AtomicBool,
-    pub camera_ok: AtomicBool,
-    /// `source.trigger = "mqtt"`: frames are inspected only on a trigger.
-    pub triggered: bool,
-    pub rules: RwLock<Rules>,
-    /// The spool's owner thread (every spool read and write goes through it).
-    pub spool: SpoolHandle,
-    pub stats: Mutex<Stats>,
-    pub health: Health,
-    pub slot: LatestSlot,
-    pub triggers: Mutex<VecDeque<TriggerReq>>,
-    pub trigger_ready: Condvar,
-    /// Wakes the publisher: the status changed (camera, model).
-    pub status_notify: tokio::sync::Notify,
-    /// Model identity for status and verdicts: (name, version, sha256).
-    pub model_id: RwLock<(String, String, String)>,
-    /// The pending `reload_model` request: at most one (a second is answered `busy` while
-    /// `reloading` is set, from the request until its answer).
-    pub reload: Mutex<Option<ReloadReq>>,
-    pub reloading: AtomicBool,
-    /// Tests only (`daemon::Hooks::hold_publisher`).
-    pub hold_publisher: Option<Arc<AtomicBool>>,
-    /// The running model variant and the timings it was chosen on (status, `/metrics`).
-    pub variant: RwLock<Option<inspectd_cam::model::variant::Selection>>,
-}
-
 pub const MAX_TRIGGERS: usize = 64;
 
-impl Shared {
-    pub fn topic(&self, leaf: &str) -> String {
-        format!("{}/{}/{}", self.prefix, self.device, leaf)
-    }
+/// The commands for the inference thread, from the MQTT side: triggers (a bounded queue), the
+/// rules in force, and at most one model reload at a time. Both ends go through its methods.
+pub struct Inbox {
+    /// `source.trigger = "mqtt"`: frames are inspected only on a trigger.
+    triggered: bool,
+    rules: RwLock<Rules>,
+    triggers: (flume::Sender<TriggerReq>, flume::Receiver<TriggerReq>),
+    reload: (flume::Sender<ReloadReq>, flume::Receiver<ReloadReq>),
+    /// Set from a reload request until its answer: a second one is answered `busy`.
+    reloading: AtomicBool,
+}
 
-    /// Writes a message to the spool (from a thread: blocks while the spool's request channel
-    /// is full).
-    pub fn enqueue(&self, msg: Message) {
-        self.spool.push(msg);
-    }
-
-    /// An alert of this device, now, with only the fields every kind has (the kind's own
-    /// fields go in with struct update syntax).
-    pub fn new_alert(&self, kind: &str, severity: &str, message: &str) -> v1::Alert {
-        v1::Alert::new(
-            &self.device,
-            inspectd_contract::timefmt::now(),
-            kind,
-            severity,
-            message,
-        )
-    }
-
-    /// The message of an alert.
-    pub fn alert_message(&self, alert: &v1::Alert) -> Message {
-        Message {
-            topic: self.topic("alert"),
-            payload: alert.to_json(),
-            retain: false,
-            priority: Priority::High,
+impl Inbox {
+    pub fn new(triggered: bool, rules: Rules) -> Inbox {
+        Inbox {
+            triggered,
+            rules: RwLock::new(rules),
+            triggers: flume::bounded(MAX_TRIGGERS),
+            reload: flume::bounded(1),
+            reloading: AtomicBool::new(false),
         }
     }
 
-    /// Publishes an alert (through the spool) from a thread.
-    pub fn alert(&self, alert: v1::Alert) {
-        self.enqueue(self.alert_message(&alert));
+    pub fn triggered(&self) -> bool {
+        self.triggered
     }
 
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+    /// The verdict rules in force.
+    pub fn rules(&self) -> Rules {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New rules, used from the next frame on.
+    pub fn set_rules(&self, rules: Rules) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
+    }
+
+    /// Queues a trigger; refused on a continuous box and when the queue is full.
+    pub fn trigger(&self, part_id: String) -> Result<(), String> {
+        if !self.triggered {
+            return Err(
+                "this box inspects continuously; set source.trigger = \"mqtt\" to inspect on triggers"
+                    .into(),
+            );
+        }
+        self.triggers
+            .0
+            .try_send(TriggerReq { part_id })
+            .map_err(|_| format!("trigger queue full ({MAX_TRIGGERS})"))
+    }
+
+    /// Asks the inference thread to load the model again (between frames); the answer comes on
+    /// the returned channel. Refused while another reload has not answered.
+    pub fn reload(
+        &self,
+        sha256: Option<String>,
+    ) -> Result<flume::Receiver<Result<String, String>>, String> {
+        if self.reloading.swap(true, Ordering::SeqCst) {
+            return Err(
+                "busy: a reload_model is already in progress; try again when it has answered"
+                    .into(),
+            );
+        }
+        let (tx, rx) = flume::bounded(1);
+        if self.reload.0.try_send((sha256, tx)).is_err() {
+            self.reloading.store(false, Ordering::SeqCst);
+            return Err("busy: a reload_model is already waiting".into());
+        }
+        Ok(rx)
+    }
+
+    /// The reload asked for has answered (or timed out): the next may come.
+    pub fn reload_answered(&self) {
+        self.reloading.store(false, Ordering::SeqCst);
+    }
+
+    fn take_reload(&self) -> Option<ReloadReq> {
+        self.reload.1.try_recv().ok()
+    }
+
+    fn wait_trigger(&self, timeout: Duration) -> Option<TriggerReq> {
+        self.triggers.1.recv_timeout(timeout).ok()
     }
 }
 
@@ -225,31 +234,22 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
         let lost = match src.next_frame() {
             Ok(f) => {
                 bad_in_a_row = 0;
-                if !shared.camera_ok.swap(true, Ordering::SeqCst) {
+                if shared.status.set_camera_ok(true) {
                     tracing::info!("source {} recovered", src.describe());
-                    shared.alert(shared.new_alert(
+                    shared.alert(shared.device.new_alert(
                         "camera_recovered",
                         "info",
                         &format!("source {} is back", src.describe()),
                     ));
-                    shared.status_notify.notify_one();
                 }
                 backoff.reset();
-                shared
-                    .stats
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .frames += 1;
+                shared.stats.lock().frames += 1;
                 shared.slot.put(f);
                 None
             }
             Err(SourceError::BadFrame(m)) => {
                 tracing::warn!("bad frame: {m}");
-                shared
-                    .stats
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .bad_frames += 1;
+                shared.stats.lock().bad_frames += 1;
                 bad_in_a_row = bad_in_a_row.saturating_add(1);
                 (bad_in_a_row >= max_bad)
                     .then(|| format!("{bad_in_a_row} bad frames in a row, the last: {m}"))
@@ -257,13 +257,12 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
             Err(SourceError::Lost(m)) => Some(m),
         };
         if let Some(m) = lost {
-            if shared.camera_ok.swap(false, Ordering::SeqCst) {
+            if shared.status.set_camera_ok(false) {
                 tracing::warn!("source lost: {m}");
                 shared.alert(v1::Alert {
                     source: Some(src.describe()),
-                    ..shared.new_alert("camera_lost", "critical", &m)
+                    ..shared.device.new_alert("camera_lost", "critical", &m)
                 });
-                shared.status_notify.notify_one();
             }
             let d = backoff.next_delay();
             let until = Instant::now() + d;
@@ -313,39 +312,25 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
             setup.watchdog.ping();
         }
         // A pending reload_model runs between frames.
-        let pending = shared
-            .reload
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some((sha, reply)) = pending {
+        if let Some((sha, reply)) = shared.inbox.take_reload() {
             match (setup.reload)(sha.as_deref()) {
                 Ok(new) => {
-                    let id = (
-                        new.model.name.clone(),
-                        new.model.version.clone(),
-                        new.model.sha256.clone(),
-                    );
+                    let id = model_id(&new.model);
+                    shared
+                        .status
+                        .set_model(id.clone(), new.model.variant.clone());
                     ex = new;
-                    *shared.model_id.write().unwrap_or_else(|e| e.into_inner()) = id.clone();
-                    shared.status_notify.notify_one();
-                    let short: String = id.2.chars().take(12).collect();
-                    let _ = reply.send(Ok(format!("loaded {} {} ({short})", id.0, id.1)));
+                    let short: String = id.sha256.chars().take(12).collect();
+                    let _ = reply.send(Ok(format!("loaded {} {} ({short})", id.name, id.version)));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(format!("{e:#}")));
                 }
             }
         }
-        let part_id = if shared.triggered {
-            let q = shared.triggers.lock().unwrap_or_else(|e| e.into_inner());
-            let (mut q, _) = shared
-                .trigger_ready
-                .wait_timeout_while(q, Duration::from_millis(200), |q| q.is_empty())
-                .unwrap_or_else(|e| e.into_inner());
-            match q.pop_front() {
+        let part_id = if shared.inbox.triggered() {
+            match shared.inbox.wait_trigger(Duration::from_millis(200)) {
                 Some(t) => {
-                    drop(q);
                     // The part is in front of the camera now: use a frame captured after this.
                     shared.slot.clear();
                     Some(t.part_id)
@@ -361,7 +346,7 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
                 let Some(f) = shared.slot.take(Duration::from_secs(5)) else {
                     shared.alert(v1::Alert {
                         part_id: Some(part_id.clone()),
-                        ..shared.new_alert(
+                        ..shared.device.new_alert(
                             "trigger_timeout",
                             "warning",
                             "no frame within 5 s of a trigger",
@@ -373,7 +358,7 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
             }
             continue;
         };
-        if shared.paused.load(Ordering::Relaxed) {
+        if shared.status.paused() {
             continue;
         }
         guarded(&shared, &ex, &setup, frame, part_id, &mut ok_count);
@@ -402,12 +387,12 @@ fn guarded(
 /// Counts and alerts a failure of the model on one frame; the loop goes on with the next.
 fn model_error(shared: &Shared, stage: &str, e: &anyhow::Error) {
     tracing::error!("{stage} failed: {e:#}");
-    shared
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .errors += 1;
-    shared.alert(shared.new_alert("model_error", "critical", &format!("{stage} failed: {e:#}")));
+    shared.stats.lock().errors += 1;
+    shared.alert(shared.device.new_alert(
+        "model_error",
+        "critical",
+        &format!("{stage} failed: {e:#}"),
+    ));
 }
 
 fn process(
@@ -430,11 +415,7 @@ fn process(
     };
     let t1 = Instant::now();
     // Decide which class the verdict is about first, then explain that class.
-    let rules = shared
-        .rules
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let rules = shared.inbox.rules();
     let labels = &ex.model.output.labels;
     let ok_idx = ex
         .model
@@ -472,11 +453,7 @@ fn process(
         _ => true,
     };
     let peak = e.map.argmax();
-    let model_id = shared
-        .model_id
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let model = shared.status.model();
     // Decode → verdict ready to publish (queue wait in the slot is reported separately).
     let total = frame.decode_ms + ms(t0.elapsed());
     let scores = labels
@@ -499,7 +476,7 @@ fn process(
             w,
         },
         confidence: d.confidence as f64,
-        device: shared.device.clone(),
+        device: shared.device.id.clone(),
         frame: v1::FrameInfo {
             height: frame.image.height(),
             origin: frame.origin.clone(),
@@ -515,11 +492,7 @@ fn process(
             total,
             verdict: ms(t_verdict),
         }),
-        model: v1::ModelId {
-            name: model_id.0,
-            sha256: model_id.2,
-            version: model_id.1,
-        },
+        model,
         part_id: part_id.clone(),
         reasons,
         schema: v1::VerdictSchema,
@@ -536,8 +509,8 @@ fn process(
         } else {
             Priority::High
         };
-        let topic = shared.topic("verdict");
-        let evidence_topic = shared.topic("evidence/");
+        let topic = shared.device.topic("verdict");
+        let evidence_topic = shared.device.topic("evidence/");
         let mut payload_v = v.clone();
         let res = shared.spool.push_seq(Box::new(move |seq| {
             payload_v.seq = seq;
@@ -566,11 +539,7 @@ fn process(
             }
             Err(e) => {
                 tracing::error!("verdict not stored: {e}");
-                shared
-                    .stats
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .errors += 1;
+                shared.stats.lock().errors += 1;
             }
         }
         if d.kind == Kind::Suspect {
@@ -581,7 +550,7 @@ fn process(
                 part_id: Some(part_id),
                 reasons: Some(v.reasons.clone()),
                 seq: Some(seq),
-                ..shared.new_alert(
+                ..shared.device.new_alert(
                     "suspect",
                     "warning",
                     &format!(
@@ -596,7 +565,7 @@ fn process(
     }
     let spool_ms = ms(t_spool.elapsed());
     {
-        let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = shared.stats.lock();
         st.verdicts[kind_ix] += 1;
         if !publish {
             st.unpublished_ok += 1;

@@ -17,7 +17,7 @@ use rumqttc::{
 };
 
 use crate::health::Broker;
-use crate::pipeline::{Shared, TriggerReq, MAX_TRIGGERS};
+use crate::shared::Shared;
 use crate::spool::{Message, Priority};
 use commands::Command;
 use feed::{Feed, READ_AHEAD};
@@ -35,43 +35,34 @@ const STABLE: Duration = Duration::from_secs(10);
 const CONNECT_WARN_EVERY: Duration = Duration::from_secs(30);
 
 fn status_payload(shared: &Shared, state: v1::State) -> Vec<u8> {
-    let (name, version, sha) = shared
-        .model_id
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let variant = shared
-        .variant
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|v| {
-            use inspectd_cam::model::variant::How;
-            v1::Variant {
-                forward_ms: v.forward_ms.clone(),
-                how: match v.how {
-                    How::Timed => "timed",
-                    How::Cached => "cached",
-                    How::Forced => "forced",
-                }
-                .into(),
-                name: v.name.clone(),
+    let model = shared.status.model();
+    let variant = shared.status.variant().map(|v| {
+        use inspectd_cam::model::variant::How;
+        v1::Variant {
+            forward_ms: v.forward_ms.clone(),
+            how: match v.how {
+                How::Timed => "timed",
+                How::Cached => "cached",
+                How::Forced => "forced",
             }
-        });
+            .into(),
+            name: v.name.clone(),
+        }
+    });
     v1::Status {
-        camera: if shared.camera_ok.load(Ordering::Relaxed) {
+        camera: if shared.status.camera_ok() {
             "ok"
         } else {
             "lost"
         }
         .into(),
-        device: shared.device.clone(),
+        device: shared.device.id.clone(),
         inference: shared.health.inference_state().into(),
         model: v1::StatusModel {
-            name,
-            sha256: sha,
+            name: model.name,
+            sha256: model.sha256,
             variant,
-            version,
+            version: model.version,
         },
         // Only a live connection publishes this; the last will (`offline`) says the rest.
         mqtt: if state == v1::State::Offline {
@@ -80,11 +71,11 @@ fn status_payload(shared: &Shared, state: v1::State) -> Vec<u8> {
             "connected"
         }
         .into(),
-        paused: shared.paused.load(Ordering::Relaxed),
+        paused: shared.status.paused(),
         schema: v1::StatusSchema,
         state,
         ts: inspectd_contract::timefmt::now(),
-        uptime_s: shared.started.elapsed().as_secs(),
+        uptime_s: shared.status.uptime().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
     }
     .to_json()
@@ -105,7 +96,7 @@ pub fn rss_bytes() -> u64 {
 
 /// The stats message; `fps` is computed by the caller over its interval.
 pub fn stats_json(shared: &Shared, fps: f64) -> v1::Stats {
-    let st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let st = shared.stats.lock();
     let latency_ms = st
         .latency
         .iter()
@@ -123,13 +114,13 @@ pub fn stats_json(shared: &Shared, fps: f64) -> v1::Stats {
     v1::Stats {
         bad_frames: st.bad_frames,
         commands_unanswered: st.commands_unanswered,
-        device: shared.device.clone(),
+        device: shared.device.id.clone(),
         dropped_frames: shared.slot.dropped(),
         errors: st.errors,
         fps,
         frames: st.frames,
         latency_ms,
-        paused: shared.paused.load(Ordering::Relaxed),
+        paused: shared.status.paused(),
         rss_bytes: rss_bytes(),
         schema: v1::StatsSchema,
         spool: v1::SpoolStats {
@@ -142,7 +133,7 @@ pub fn stats_json(shared: &Shared, fps: f64) -> v1::Stats {
         },
         ts: inspectd_contract::timefmt::now(),
         unpublished_ok: st.unpublished_ok,
-        uptime_s: shared.started.elapsed().as_secs_f64(),
+        uptime_s: shared.status.uptime().as_secs_f64(),
         verdicts: v1::VerdictCounts {
             defect: st.verdicts[1],
             ok: st.verdicts[0],
@@ -152,13 +143,7 @@ pub fn stats_json(shared: &Shared, fps: f64) -> v1::Stats {
 }
 
 fn verdict_total(shared: &Shared) -> u64 {
-    shared
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .verdicts
-        .iter()
-        .sum()
+    shared.stats.lock().verdicts.iter().sum()
 }
 
 /// Answers a command on `{p}/cmd_result`, through the spool (awaiting room in its channel).
@@ -169,7 +154,7 @@ async fn cmd_result(
     result: Result<String, String>,
 ) {
     let v = v1::CmdResult::new(
-        &shared.device,
+        &shared.device.id,
         inspectd_contract::timefmt::now(),
         name,
         id,
@@ -181,7 +166,7 @@ async fn cmd_result(
     shared
         .spool
         .push_async(Message {
-            topic: shared.topic("cmd_result"),
+            topic: shared.device.topic("cmd_result"),
             payload: v.to_json(),
             retain: false,
             priority: Priority::High,
@@ -240,13 +225,13 @@ async fn handle_command(
     payload: &[u8],
     retained: bool,
 ) {
-    let prefix = shared.topic("cmd/");
+    let prefix = shared.device.topic("cmd/");
     let Some(level) = topic.strip_prefix(&prefix) else {
         return;
     };
     if !budget.take() {
         let n = {
-            let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = shared.stats.lock();
             st.commands_unanswered += 1;
             st.commands_unanswered
         };
@@ -261,54 +246,35 @@ async fn handle_command(
         }
         return;
     }
-    let rules = shared
-        .rules
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let rules = shared.inbox.rules();
     let (name, id, parsed) = commands::route(level, payload, retained, &rules);
     let result = match parsed {
         Err(e) => Err(e),
-        Ok(Command::Trigger { .. }) if !shared.triggered => Err(
-            "this box inspects continuously; set source.trigger = \"mqtt\" to inspect on triggers"
-                .into(),
-        ),
-        Ok(Command::Trigger { part_id }) => {
-            let mut q = shared.triggers.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_TRIGGERS {
-                Err(format!("trigger queue full ({MAX_TRIGGERS})"))
-            } else {
-                q.push_back(TriggerReq {
-                    part_id: part_id.clone(),
-                });
-                shared.trigger_ready.notify_one();
-                Ok(format!("queued part {part_id}"))
-            }
-        }
+        Ok(Command::Trigger { part_id }) => shared
+            .inbox
+            .trigger(part_id.clone())
+            .map(|()| format!("queued part {part_id}")),
         Ok(Command::Set(r)) => {
-            *shared.rules.write().unwrap_or_else(|e| e.into_inner()) = *r;
+            shared.inbox.set_rules(*r);
             Ok("rules updated".into())
         }
         Ok(Command::Pause) => {
-            shared.paused.store(true, Ordering::SeqCst);
-            shared.status_notify.notify_one();
+            shared.status.set_paused(true);
             Ok("paused".into())
         }
         Ok(Command::Resume) => {
-            shared.paused.store(false, Ordering::SeqCst);
-            shared.status_notify.notify_one();
+            shared.status.set_paused(false);
             Ok("resumed".into())
         }
         Ok(Command::Rebirth) => {
-            shared.status_notify.notify_one();
+            shared.status.changed();
             Ok("status re-sent".into())
         }
-        Ok(Command::ReloadModel { .. }) if shared.reloading.swap(true, Ordering::SeqCst) => Err(
-            "busy: a reload_model is already in progress; try again when it has answered".into(),
-        ),
         Ok(Command::ReloadModel { sha256 }) => {
-            let (tx, rx) = flume::bounded(1);
-            *shared.reload.lock().unwrap_or_else(|e| e.into_inner()) = Some((sha256, tx));
+            let rx = match shared.inbox.reload(sha256) {
+                Ok(rx) => rx,
+                Err(e) => return cmd_result(shared, &name, id, Err(e)).await,
+            };
             let sh = shared.clone();
             // The inference thread loads the model between frames; its answer is awaited off
             // this loop (one at a time: `reloading` is set until it answers).
@@ -318,7 +284,7 @@ async fn handle_command(
                     .ok()
                     .and_then(|r| r.ok())
                     .unwrap_or_else(|| Err("model reload timed out".into()));
-                sh.reloading.store(false, Ordering::SeqCst);
+                sh.inbox.reload_answered();
                 cmd_result(&sh, &name, id, r).await;
             });
             return;
@@ -389,6 +355,7 @@ pub async fn run(
     stats_every: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     deadline: Duration,
+    hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) {
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     opts.set_keep_alive(s.keep_alive);
@@ -400,7 +367,7 @@ pub async fn run(
     opts.set_max_packet_size(MAX_PACKET, 8 << 20);
     opts.set_inflight((WINDOW + 16) as u16);
     opts.set_last_will(LastWill::new(
-        shared.topic("status"),
+        shared.device.topic("status"),
         status_payload(&shared, v1::State::Offline),
         QoS::AtLeastOnce,
         true,
@@ -448,10 +415,10 @@ pub async fn run(
                         connected = Some(Instant::now());
                         failures = 0;
                         shared.health.set_broker(Broker::Connected);
-                        if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, v1::State::Online)).is_ok() {
+                        if client.try_publish(shared.device.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, v1::State::Online)).is_ok() {
                             infl.requested_untracked();
                         }
-                        let _ = client.try_subscribe(shared.topic("cmd/+"), QoS::AtLeastOnce);
+                        let _ = client.try_subscribe(shared.device.topic("cmd/+"), QoS::AtLeastOnce);
                         pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
                     }
                     Ok(Event::Incoming(Packet::PubAck(a))) => {
@@ -463,7 +430,7 @@ pub async fn run(
                         // backlog waits per message (stats `latency_ms.ack_to_publish`).
                         if pump(&client, &shared, &mut feed, &mut fetch, &mut infl) > 0 {
                             let ms = acked.elapsed().as_secs_f64() * 1e3;
-                            shared.stats.lock().unwrap_or_else(|e| e.into_inner())
+                            shared.stats.lock()
                                 .latency.entry("ack_to_publish").or_default().push(ms);
                         }
                     }
@@ -508,9 +475,9 @@ pub async fn run(
                     feed.stored();
                     pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
                 }
-                _ = shared.status_notify.notified(), if connected.is_some() => {
+                _ = shared.status.wait_changed(), if connected.is_some() => {
                     let state = if shared.stopping() { v1::State::Stopping } else { v1::State::Online };
-                    if client.try_publish(shared.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
+                    if client.try_publish(shared.device.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
                         infl.requested_untracked();
                     }
                 }
@@ -520,7 +487,7 @@ pub async fn run(
                         // Retries a read the spool's full channel refused.
                         pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
                     }
-                    if let Some(hold) = &shared.hold_publisher {
+                    if let Some(hold) = &hold {
                         while hold.load(Ordering::Relaxed) {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
@@ -529,7 +496,7 @@ pub async fn run(
                     let now = shared.health.inference_state();
                     if now != inference_state {
                         inference_state = now;
-                        shared.status_notify.notify_one();
+                        shared.status.changed();
                     }
                 }
                 _ = stats_tick.tick(), if connected.is_some() => {
@@ -538,7 +505,7 @@ pub async fn run(
                     let fps = if dt > 0.0 { (now.1 - last_stats.1) as f64 / dt } else { 0.0 };
                     last_stats = now;
                     let v = stats_json(&shared, fps);
-                    if client.try_publish(shared.topic("stats"), QoS::AtMostOnce, false, v.to_json()).is_ok() {
+                    if client.try_publish(shared.device.topic("stats"), QoS::AtMostOnce, false, v.to_json()).is_ok() {
                         infl.requested_untracked();
                     }
                 }
@@ -575,7 +542,7 @@ async fn goodbye(
 ) {
     let until = tokio::time::Instant::now() + deadline;
     let _ = client.try_publish(
-        shared.topic("status"),
+        shared.device.topic("status"),
         QoS::AtLeastOnce,
         true,
         status_payload(shared, v1::State::Stopping),
@@ -608,7 +575,7 @@ async fn goodbye(
         }
     }
     let _ = client.try_publish(
-        shared.topic("status"),
+        shared.device.topic("status"),
         QoS::AtLeastOnce,
         true,
         status_payload(shared, v1::State::Offline),
