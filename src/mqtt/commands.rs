@@ -1,12 +1,11 @@
 //! `{p}/cmd/{name}` payloads: parsed and validated before anything changes. A bad command gets
 //! an error `cmd_result` and changes nothing.
 
-use serde_json::{Map, Value};
+use inspectd_contract::limits::{MAX_COMMAND_PAYLOAD, MAX_ID_BYTES, MAX_PART_ID_BYTES};
+use inspectd_contract::v1;
+use serde_json::Value;
 
 use crate::verdict::Rules;
-
-/// Largest accepted command payload.
-pub const MAX_PAYLOAD: usize = 4096;
 
 /// A validated command.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,169 +24,124 @@ pub enum Command {
     Rebirth,
 }
 
-/// A command with its optional request id (echoed in the result).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Request {
-    pub id: Option<String>,
-    pub command: Command,
-}
-
-fn obj(payload: &[u8], name: &str) -> Result<Map<String, Value>, String> {
-    if payload.len() > MAX_PAYLOAD {
+/// The request id, read on its own so that a command refused for its other keys still echoes
+/// it. A bad id refuses the command, echoed without one.
+fn request_id(name: &str, payload: &[u8]) -> Result<Option<String>, String> {
+    if payload.len() > MAX_COMMAND_PAYLOAD {
         return Err(format!(
-            "payload of {} bytes is over the {MAX_PAYLOAD}-byte limit",
+            "payload of {} bytes is over the {MAX_COMMAND_PAYLOAD}-byte limit",
             payload.len()
         ));
     }
     if payload.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+        return Ok(None);
     }
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!("{name}: payload must be a JSON object")),
-        Err(e) => Err(format!("{name}: invalid JSON: {e}")),
+    let id = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(mut m)) => m.remove("id"),
+        Ok(_) => return Err(format!("{name}: payload must be a JSON object")),
+        Err(e) => return Err(format!("{name}: invalid JSON: {e}")),
+    };
+    match id {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() <= MAX_ID_BYTES => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(format!(
+            "{name}: id must be a string of at most {MAX_ID_BYTES} bytes or a number"
+        )),
     }
 }
 
-fn allow(m: &Map<String, Value>, name: &str, keys: &[&str]) -> Result<(), String> {
-    for k in m.keys() {
-        if k != "id" && !keys.contains(&k.as_str()) {
-            return Err(format!("{name}: unknown key {k:?}"));
+/// The command's values checked (its shape is the contract's, [`v1::Command`]).
+fn validate(command: v1::Command, rules: &Rules) -> Result<Command, String> {
+    Ok(match command {
+        v1::Command::Trigger(t) => {
+            if t.part_id.is_empty() || t.part_id.len() > MAX_PART_ID_BYTES {
+                return Err(format!(
+                    "trigger: part_id must be 1 to {MAX_PART_ID_BYTES} bytes"
+                ));
+            }
+            Command::Trigger { part_id: t.part_id }
         }
-    }
-    Ok(())
+        v1::Command::Set(s) => {
+            let v1::Set {
+                check_ok_evidence,
+                defect_threshold,
+                id: _,
+                max_ignore_fraction,
+                max_spread,
+                min_roi_fraction,
+                suspect_band,
+            } = s;
+            let mut r = rules.clone();
+            let mut changed = false;
+            let mut put = |slot: &mut f32, v: Option<f64>| {
+                if let Some(v) = v {
+                    *slot = v as f32;
+                    changed = true;
+                }
+            };
+            put(&mut r.defect_threshold, defect_threshold);
+            put(&mut r.min_roi_fraction, min_roi_fraction);
+            put(&mut r.max_ignore_fraction, max_ignore_fraction);
+            if let Some(v) = max_spread {
+                r.max_spread = v.map(|x| x as f32);
+                changed = true;
+            }
+            if let Some(v) = suspect_band {
+                r.suspect_band = v.map(|b| b.map(|x| x as f32));
+                changed = true;
+            }
+            if let Some(v) = check_ok_evidence {
+                r.check_ok_evidence = v;
+                changed = true;
+            }
+            if !changed {
+                return Err("set: nothing to change".into());
+            }
+            r.validate().map_err(|e| format!("set: {e}"))?;
+            Command::Set(Box::new(r))
+        }
+        v1::Command::ReloadModel(m) => Command::ReloadModel {
+            sha256: match m.sha256 {
+                None => None,
+                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(h.to_ascii_lowercase())
+                }
+                Some(_) => return Err("reload_model: sha256 must be 64 hex digits".into()),
+            },
+        },
+        v1::Command::Pause(_) => Command::Pause,
+        v1::Command::Resume(_) => Command::Resume,
+        v1::Command::Rebirth(_) => Command::Rebirth,
+    })
 }
 
-fn number(v: &Value, key: &str) -> Result<f32, String> {
-    v.as_f64()
-        .map(|x| x as f32)
-        .ok_or_else(|| format!("set: {key} must be a number"))
-}
-
-/// Parses `payload` for command `name` against the current `rules`.
+/// Parses `payload` for command `name` against the current `rules`: the request id, and the
+/// command read as the contract's [`v1::Command`] with its values checked, or why it is refused.
 pub fn parse(
     name: &str,
     payload: &[u8],
     rules: &Rules,
 ) -> (Option<String>, Result<Command, String>) {
-    let m = match obj(payload, name) {
-        Ok(m) => m,
+    let id = match request_id(name, payload) {
+        Ok(id) => id,
         Err(e) => return (None, Err(e)),
     };
-    let id = match m.get("id") {
-        None => None,
-        Some(Value::String(s)) if s.len() <= 128 => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => {
-            return (
-                None,
-                Err(format!(
-                    "{name}: id must be a string of at most 128 bytes or a number"
-                )),
-            )
-        }
-    };
-    let cmd = (|| -> Result<Command, String> {
-        match name {
-            "trigger" => {
-                allow(&m, name, &["part_id"])?;
-                match m.get("part_id") {
-                    Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => {
-                        Ok(Command::Trigger { part_id: s.clone() })
-                    }
-                    Some(Value::String(_)) => Err("trigger: part_id must be 1 to 128 bytes".into()),
-                    Some(_) => Err("trigger: part_id must be a string".into()),
-                    None => Err("trigger: part_id is required".into()),
-                }
-            }
-            "set" => {
-                let keys = [
-                    "defect_threshold",
-                    "suspect_band",
-                    "min_roi_fraction",
-                    "max_ignore_fraction",
-                    "max_spread",
-                    "check_ok_evidence",
-                ];
-                allow(&m, name, &keys)?;
-                let mut r = rules.clone();
-                let mut changed = false;
-                for (k, v) in &m {
-                    if k == "id" {
-                        continue;
-                    }
-                    changed = true;
-                    match k.as_str() {
-                        "defect_threshold" => r.defect_threshold = number(v, k)?,
-                        "min_roi_fraction" => r.min_roi_fraction = number(v, k)?,
-                        "max_ignore_fraction" => r.max_ignore_fraction = number(v, k)?,
-                        "max_spread" => {
-                            r.max_spread = if v.is_null() {
-                                None
-                            } else {
-                                Some(number(v, k)?)
-                            }
-                        }
-                        "check_ok_evidence" => {
-                            r.check_ok_evidence = v
-                                .as_bool()
-                                .ok_or("set: check_ok_evidence must be true or false")?
-                        }
-                        "suspect_band" => {
-                            r.suspect_band = match v {
-                                Value::Null => None,
-                                Value::Array(a) if a.len() == 2 => {
-                                    Some([number(&a[0], k)?, number(&a[1], k)?])
-                                }
-                                _ => {
-                                    return Err(
-                                        "set: suspect_band must be [low, high] or null".into()
-                                    )
-                                }
-                            }
-                        }
-                        _ => unreachable!("keys were checked"),
-                    }
-                }
-                if !changed {
-                    return Err("set: nothing to change".into());
-                }
-                r.validate().map_err(|e| format!("set: {e}"))?;
-                Ok(Command::Set(Box::new(r)))
-            }
-            "reload_model" => {
-                allow(&m, name, &["sha256"])?;
-                let sha256 = match m.get("sha256") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(h))
-                        if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                    {
-                        Some(h.to_ascii_lowercase())
-                    }
-                    Some(_) => {
-                        return Err("reload_model: sha256 must be 64 hex digits".into());
-                    }
-                };
-                Ok(Command::ReloadModel { sha256 })
-            }
-            "pause" | "resume" | "rebirth" => {
-                allow(&m, name, &[])?;
-                Ok(match name {
-                    "pause" => Command::Pause,
-                    "resume" => Command::Resume,
-                    _ => Command::Rebirth,
-                })
-            }
-            other => Err(format!(
-                "unknown command {other:?} (trigger, set, pause, resume, reload_model, rebirth)"
+    if !v1::COMMANDS.contains(&name) {
+        return (
+            id,
+            Err(format!(
+                "unknown command {name:?} ({})",
+                v1::COMMANDS.join(", ")
             )),
-        }
-    })();
+        );
+    }
+    let cmd = v1::Command::from_json(name, payload).and_then(|c| validate(c, rules));
     (id, cmd)
 }
 
 /// Longest command name (topic level after `cmd/`) shown in a `cmd_result`, in characters.
-pub const MAX_NAME_CHARS: usize = 64;
+pub use inspectd_contract::limits::MAX_NAME_CHARS;
 
 /// The command name as it may be echoed back: at most [`MAX_NAME_CHARS`] characters, cut on a
 /// character boundary (a topic level is any UTF-8 a client cares to send).
@@ -278,22 +232,48 @@ mod tests {
             ("trigger", "{not json", "invalid JSON"),
             ("trigger", "[1,2]", "JSON object"),
             ("trigger", r#"{"part_id":17}"#, "string"),
-            ("trigger", "{}", "required"),
-            ("set", r#"{"defect_threshold":"high"}"#, "number"),
+            ("trigger", "{}", "missing field `part_id`"),
+            (
+                "set",
+                r#"{"defect_threshold":"high"}"#,
+                "defect_threshold: invalid type",
+            ),
             ("set", r#"{"defect_threshold":3}"#, "defect_threshold"),
-            ("set", r#"{"colour":1}"#, "unknown key"),
+            ("set", r#"{"colour":1}"#, "unknown field `colour`"),
             ("set", "{}", "nothing"),
-            ("pause", r#"{"now":true}"#, "unknown key"),
+            ("pause", r#"{"now":true}"#, "unknown field `now`"),
             ("explode", "{}", "unknown command"),
             ("reload_model", r#"{"sha256":"abc"}"#, "64 hex digits"),
-            ("reload_model", r#"{"sha256":7}"#, "64 hex digits"),
-            ("reload_model", r#"{"path":"/etc/passwd"}"#, "unknown key"),
+            ("reload_model", r#"{"sha256":7}"#, "sha256: invalid type"),
+            (
+                "reload_model",
+                r#"{"path":"/etc/passwd"}"#,
+                "unknown field `path`",
+            ),
         ] {
             let e = p(name, payload).unwrap_err();
             assert!(e.contains(needle), "{name} {payload}: {e}");
         }
         let big = format!(r#"{{"part_id":"{}"}}"#, "x".repeat(5000));
         assert!(p("trigger", &big).unwrap_err().contains("limit"));
+        let long = format!(r#"{{"part_id":"{}"}}"#, "é".repeat(65));
+        assert!(p("trigger", &long).unwrap_err().contains("1 to 128 bytes"));
+        // A refused command still echoes its id (a number as its decimal text); a bad id is
+        // refused without one.
+        let (id, r) = parse("set", br#"{"id":"r-1","colour":1}"#, &Rules::default());
+        assert_eq!((id.as_deref(), r.is_err()), (Some("r-1"), true));
+        let (id, r) = parse("explode", br#"{"id":7}"#, &Rules::default());
+        assert_eq!((id.as_deref(), r.is_err()), (Some("7"), true));
+        let (id, r) = parse("pause", br#"{"id":[7]}"#, &Rules::default());
+        assert_eq!(id, None);
+        assert!(r.unwrap_err().contains("id must be"));
+        let (id, r) = parse(
+            "pause",
+            format!(r#"{{"id":"{}"}}"#, "i".repeat(129)).as_bytes(),
+            &Rules::default(),
+        );
+        assert_eq!(id, None);
+        assert!(r.unwrap_err().contains("at most 128 bytes"));
     }
 
     #[test]

@@ -117,15 +117,54 @@ impl Daemon {
     }
 }
 
-/// Collects publishes on `filter` until `done` says so or `timeout` passes.
+/// Collects publishes on `filter` until `done` says so or `timeout` passes, each payload read
+/// as JSON (`null` if it is not), by topic leaf (`evidence` for every `evidence/{seq}`).
 pub async fn collect(
     host: &str,
     port: u16,
     filter: &str,
     timeout: Duration,
-    mut send: Vec<(String, Vec<u8>)>,
-    mut done: impl FnMut(&BTreeMap<String, Vec<serde_json::Value>>) -> bool,
+    send: Vec<(String, Vec<u8>)>,
+    done: impl FnMut(&BTreeMap<String, Vec<serde_json::Value>>) -> bool,
 ) -> BTreeMap<String, Vec<serde_json::Value>> {
+    observe(
+        host,
+        port,
+        filter,
+        timeout,
+        send,
+        |_, p| json_or_null(p),
+        done,
+    )
+    .await
+}
+
+/// As [`collect`], with each message's topic and payload bytes as they arrived.
+pub async fn collect_raw(
+    host: &str,
+    port: u16,
+    filter: &str,
+    timeout: Duration,
+    send: Vec<(String, Vec<u8>)>,
+    done: impl FnMut(&BTreeMap<String, Vec<(String, Vec<u8>)>>) -> bool,
+) -> BTreeMap<String, Vec<(String, Vec<u8>)>> {
+    let read = |t: &str, p: &[u8]| (t.to_string(), p.to_vec());
+    observe(host, port, filter, timeout, send, read, done).await
+}
+
+fn json_or_null(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null)
+}
+
+async fn observe<T>(
+    host: &str,
+    port: u16,
+    filter: &str,
+    timeout: Duration,
+    mut send: Vec<(String, Vec<u8>)>,
+    read: impl Fn(&str, &[u8]) -> T,
+    mut done: impl FnMut(&BTreeMap<String, Vec<T>>) -> bool,
+) -> BTreeMap<String, Vec<T>> {
     // Client ids must be unique per broker: tests run concurrently.
     // Unique per call too: a test that collects twice in a row on one filter reconnected with
     // the id of the observer it had just dropped, and the broker, still closing that one, reset
@@ -142,16 +181,14 @@ pub async fn collect(
     opts.set_max_packet_size(8 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(opts, 64);
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let mut got: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut got: BTreeMap<String, Vec<T>> = BTreeMap::new();
     let t0 = Instant::now();
     while t0.elapsed() < timeout && !done(&got) {
         match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                 let leaf = p.topic.rsplit('/').next().unwrap_or("").to_string();
-                let v: serde_json::Value =
-                    serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
                 // Commands go out once the daemon is online (and so subscribed to them).
-                if leaf == "status" && v["state"] == "online" {
+                if leaf == "status" && json_or_null(&p.payload)["state"] == "online" {
                     for (t, p) in send.drain(..) {
                         client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
                     }
@@ -161,7 +198,7 @@ pub async fn collect(
                 } else {
                     leaf
                 };
-                got.entry(key).or_default().push(v);
+                got.entry(key).or_default().push(read(&p.topic, &p.payload));
             }
             Ok(Err(e)) => panic!("observer lost the broker: {e}"),
             _ => {}

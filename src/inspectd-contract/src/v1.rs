@@ -578,7 +578,8 @@ impl CmdResult {
 // commands
 
 /// A command as sent on `{p}/cmd/{name}`. Every payload may carry an `id` (echoed in the
-/// `cmd_result`; at most [`crate::limits::MAX_ID_BYTES`]); an empty payload is an empty object.
+/// `cmd_result`; a string of at most [`crate::limits::MAX_ID_BYTES`], or a number, read as its
+/// decimal text); an empty payload is an empty object.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Capture now, for this part.
@@ -597,7 +598,11 @@ pub enum Command {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "request_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     pub part_id: String,
 }
@@ -611,7 +616,11 @@ pub struct Set {
     pub check_ok_evidence: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defect_threshold: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "request_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ignore_fraction: Option<f64>,
@@ -635,7 +644,11 @@ pub struct Set {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadModel {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "request_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -645,8 +658,27 @@ pub struct ReloadModel {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plain {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "request_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
+}
+
+/// A request id: a string, or a number (its decimal text, as echoed in the `cmd_result`).
+fn request_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string or a number")]
+    enum Id {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    Ok(match Option::<Id>::deserialize(d)? {
+        None => None,
+        Some(Id::Text(s)) => Some(s),
+        Some(Id::Number(n)) => Some(n.to_string()),
+    })
 }
 
 /// The command names a device knows.
@@ -689,8 +721,12 @@ impl Command {
         } else {
             payload
         };
+        // The error names the key it is about: `set: defect_threshold: invalid type: ...`.
         fn de<'a, T: Deserialize<'a>>(name: &str, p: &'a [u8]) -> Result<T, String> {
-            serde_json::from_slice(p).map_err(|e| format!("{name}: {e}"))
+            let mut d = serde_json::Deserializer::from_slice(p);
+            let t = serde_path_to_error::deserialize(&mut d).map_err(|e| format!("{name}: {e}"))?;
+            d.end().map_err(|e| format!("{name}: {e}"))?;
+            Ok(t)
         }
         Ok(match name {
             "trigger" => Command::Trigger(de(name, payload)?),

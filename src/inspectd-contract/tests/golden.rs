@@ -136,3 +136,20 @@ fn a_renamed_or_missing_key_does_not_decode() {
         Command::Rebirth(Default::default())
     );
 }
+
+#[test]
+fn a_command_id_may_be_a_number_and_errors_name_their_key() {
+    let Ok(Command::Pause(p)) = Command::from_json("pause", br#"{"id":17}"#) else {
+        panic!()
+    };
+    assert_eq!(p.id.as_deref(), Some("17"), "echoed as its decimal text");
+    let e = Command::from_json("pause", br#"{"id":[1]}"#).unwrap_err();
+    assert!(
+        e.contains("id") && e.contains("a string or a number"),
+        "{e}"
+    );
+    let e = Command::from_json("set", br#"{"defect_threshold":"high"}"#).unwrap_err();
+    assert!(e.starts_with("set: defect_threshold: invalid type"), "{e}");
+    let e = Command::from_json("trigger", br#"{"part_id":"A"} x"#).unwrap_err();
+    assert!(e.contains("trailing"), "{e}");
+}

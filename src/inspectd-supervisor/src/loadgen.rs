@@ -10,9 +10,10 @@ use anyhow::{anyhow, Context, Result};
 use base64::Engine as _;
 use clap::Args;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use inspectd_cam::error::bad_input;
+use inspectd_contract::v1;
 
 #[derive(Args, Debug, Clone)]
 pub struct LoadgenArgs {
@@ -64,25 +65,78 @@ fn stored(addr: &str) -> Result<i64> {
 /// A verdict payload like the daemon's, with a 16×16 map.
 fn payload(device: &str, seq: u64, map_b64: &str) -> Vec<u8> {
     let kind = match seq % 10 {
-        0 => "defect",
-        1 => "suspect",
-        _ => "ok",
+        0 => v1::Kind::Defect,
+        1 => v1::Kind::Suspect,
+        _ => v1::Kind::Ok,
     };
-    let reasons = if kind == "suspect" {
-        json!([{"code": "marginal", "text": "confidence 0.55 is in the suspect band [0.5, 0.7]"}])
+    let reasons = if kind == v1::Kind::Suspect {
+        vec![v1::Reason {
+            code: "marginal".into(),
+            text: "confidence 0.55 is in the suspect band [0.5, 0.7]".into(),
+            ..v1::Reason::default()
+        }]
     } else {
-        json!([])
+        Vec::new()
     };
-    json!({"schema": "inspect.verdict/1", "device": device, "seq": seq, "ts": inspectd_contract::timefmt::now(),
-           "part_id": format!("LOAD-{seq}"), "verdict": kind, "label": if kind == "ok" { "ok" } else { "scratch" },
-           "confidence": if kind == "suspect" { 0.55 } else { 0.97 },
-           "scores": {"ok": 0.03, "scratch": 0.97, "dent": 0.0, "stain": 0.0, "crack": 0.0}, "reasons": reasons,
-           "cam": {"method": "gradcam", "layer": "conv6", "class": 1, "w": 16, "h": 16, "png": map_b64, "peak": [5, 9], "raw_max": 1.2, "roi_fraction": 1.0},
-           "model": {"name": "surface-defect", "version": "3", "sha256": "0".repeat(64)},
-           "frame": {"origin": "loadgen", "width": 128, "height": 128},
-           "latency_ms": {"decode": 0.5, "queue": 0.1, "preprocess": 0.1, "forward": 5.4, "cam": 0.4, "verdict": 0.2, "total": 6.7}})
-    .to_string()
-    .into_bytes()
+    let scores = [
+        ("ok", 0.03),
+        ("scratch", 0.97),
+        ("dent", 0.0),
+        ("stain", 0.0),
+        ("crack", 0.0),
+    ];
+    v1::Verdict {
+        cam: v1::Cam {
+            class: 1,
+            h: 16,
+            layer: "conv6".into(),
+            method: "gradcam".into(),
+            peak: [5, 9],
+            png: Some(map_b64.into()),
+            raw_max: 1.2,
+            roi_fraction: 1.0,
+            w: 16,
+        },
+        confidence: if kind == v1::Kind::Suspect {
+            0.55
+        } else {
+            0.97
+        },
+        device: device.into(),
+        frame: v1::FrameInfo {
+            height: 128,
+            origin: "loadgen".into(),
+            width: 128,
+        },
+        label: if kind == v1::Kind::Ok {
+            "ok"
+        } else {
+            "scratch"
+        }
+        .into(),
+        latency_ms: Some(v1::Latency {
+            cam: 0.4,
+            decode: 0.5,
+            forward: 5.4,
+            preprocess: 0.1,
+            queue: 0.1,
+            total: 6.7,
+            verdict: 0.2,
+        }),
+        model: v1::ModelId {
+            name: "surface-defect".into(),
+            sha256: "0".repeat(64),
+            version: "3".into(),
+        },
+        part_id: Some(format!("LOAD-{seq}")),
+        reasons,
+        schema: v1::VerdictSchema,
+        scores: scores.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+        seq,
+        ts: inspectd_contract::timefmt::now(),
+        verdict: kind,
+    }
+    .to_json()
 }
 
 pub fn run(a: LoadgenArgs) -> Result<()> {
@@ -220,4 +274,24 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{classify, Incoming};
+
+    #[test]
+    fn synthetic_verdicts_pass_the_supervisors_contract_checks() {
+        let png = inspectd_cam::heatmap::map_png(&inspectd_cam::tensor::Tensor::zeros(&[16, 16]))
+            .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+        for seq in [10, 11, 12] {
+            let p = payload("load-0", seq, &b64);
+            match classify("inspect", "inspect/load-0/verdict", &p) {
+                Ok(Some(Incoming::Verdict(v))) => assert_eq!(v.seq, seq as i64),
+                other => panic!("seq {seq}: {other:?}"),
+            }
+        }
+    }
 }
