@@ -1149,6 +1149,17 @@ fn with_a_users_file_every_page_needs_a_login_and_the_name_is_recorded() {
             assert!(!page.contains("mallory"), "{page}");
             let (code, _, _) = http(&w, "POST", &format!("/device/{d}/cmd"), a, "command=pause");
             assert_eq!(code, 303);
+            // 100 characters, 200 bytes: over the device's limit, which counts bytes.
+            let long = "%C3%A9".repeat(100);
+            let (code, head, _) = http(
+                &w,
+                "POST",
+                &format!("/device/{d}/cmd"),
+                a,
+                &format!("command=trigger&part_id={long}"),
+            );
+            assert_eq!(code, 303);
+            assert!(head.contains("at%20most%20128%20bytes"), "{head}");
             let (_, _, page) = http(&w, "GET", &format!("/device/{d}"), a, "");
             assert!(page.contains("by <strong>anna</strong>"), "{page}");
         })

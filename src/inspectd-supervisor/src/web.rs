@@ -27,7 +27,9 @@ use super::access::Operator;
 use super::ingest::{Reject, KINDS};
 use super::store::{self, AlertRow, Cursor, Event, Filter, FleetRow, VerdictRow};
 use super::{Hub, Outgoing};
+use inspectd_contract::limits::MAX_PART_ID_BYTES;
 use inspectd_contract::timefmt::{now_ms, parse_ms, rfc3339_ms};
+use inspectd_contract::{topic, v1};
 
 const CSS: &str = include_str!("assets/app.css");
 const JS: &str = include_str!("assets/app.js");
@@ -590,20 +592,15 @@ async fn verdict_page(
         return Err(not_found(format!("verdict {device} #{seq}: not stored")));
     };
     let raw: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
-    let scores: Vec<Markup> = raw
-        .get("scores")
-        .and_then(Value::as_object)
-        .map(|m| {
-            let mut s: Vec<_> = m
-                .iter()
-                .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
-                .collect();
-            s.sort_by(|a, b| b.1.total_cmp(&a.1));
-            s.iter()
-                .map(|(k, v)| html! { tr { td { (k) } td.num { (format!("{v:.4}")) } } })
-                .collect()
-        })
+    // The scores as the contract has them (the stored payload passed the ingest's checks).
+    let mut scores: Vec<(String, f64)> = serde_json::from_value::<v1::Verdict>(raw.clone())
+        .map(|t| t.scores.into_iter().collect())
         .unwrap_or_default();
+    scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let scores: Vec<Markup> = scores
+        .iter()
+        .map(|(k, v)| html! { tr { td { (k) } td.num { (format!("{v:.4}")) } } })
+        .collect();
     let u = enc(&device);
     let pretty = serde_json::to_string_pretty(&raw).unwrap_or_default();
     let body = html! {
@@ -791,7 +788,7 @@ async fn device_page(
                 option value="resume" { "resume" }
                 option value="rebirth" { "rebirth (re-send status)" }
             } }
-            label { "part id " input name="part_id" maxlength="128" placeholder="for trigger"; }
+            label { "part id " input name="part_id" maxlength=(MAX_PART_ID_BYTES) placeholder="for trigger"; }
             button type="submit" { "Send" }
         }
         h2 { "Commands" }
@@ -841,19 +838,30 @@ async fn send_command(
     let part_id = f.get("part_id").map(|s| s.trim()).unwrap_or("");
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = format!("sup-{}-{}", now_ms(), NEXT.fetch_add(1, Ordering::Relaxed));
-    let payload = match command {
+    let plain = || v1::Plain {
+        id: Some(id.clone()),
+    };
+    let cmd = match command {
         "trigger" if part_id.is_empty() => return Ok(back(Some("trigger needs a part id".into()))),
-        "trigger" if part_id.chars().count() > 128 => {
-            return Ok(back(Some("part id: at most 128 characters".into())))
+        // The device's limit, in the contract's unit (bytes, not characters).
+        "trigger" if part_id.len() > MAX_PART_ID_BYTES => {
+            return Ok(back(Some(format!(
+                "part id: at most {MAX_PART_ID_BYTES} bytes (UTF-8)"
+            ))))
         }
-        "trigger" => json!({"id": id, "part_id": part_id}),
-        "pause" | "resume" | "rebirth" => json!({"id": id}),
+        "trigger" => v1::Command::Trigger(v1::Trigger {
+            id: Some(id.clone()),
+            part_id: part_id.to_string(),
+        }),
+        "pause" => v1::Command::Pause(plain()),
+        "resume" => v1::Command::Resume(plain()),
+        "rebirth" => v1::Command::Rebirth(plain()),
         other => return Ok(back(Some(format!("unknown command {other:?}")))),
-    }
-    .to_string();
+    };
+    let payload = String::from_utf8(cmd.to_json()).unwrap_or_default();
     let (done, rx) = tokio::sync::oneshot::channel();
     let out = Outgoing {
-        topic: format!("{}/{}/cmd/{command}", hub.prefix, device),
+        topic: topic::topic(&hub.prefix, &device, topic::Leaf::Cmd(cmd.name())),
         payload: payload.clone().into_bytes(),
         done,
     };
