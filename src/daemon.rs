@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::config::{Config, SourceConfig, Trigger};
-use crate::pipeline::{self, Inbox, InferenceSetup, LatestSlot};
-use crate::shared::{model_id, Device, Shared, StatsCell, Status};
+use crate::pipeline::{self, InferenceSetup};
+use crate::shared::{model_id, Device, Inbox, LatestSlot, Shared, StatsCell, Status};
 use crate::source::{FrameSource, HttpSnapshot, Replay};
 use crate::spool::Spool;
 use crate::tasks::Supervisor;

@@ -1,11 +1,10 @@
-//! Wiring: the source thread fills a latest-frame slot (a stale frame is replaced and counted,
-//! never queued); the inference thread explains each frame, decides the verdict and writes it to
-//! the spool, which is the bounded buffer towards the publisher (it drops `ok` verdicts first
-//! when full and counts every drop). CPU work stays on these two OS threads, never on tokio.
+//! The two CPU threads: the source thread fills the latest-frame slot (a stale frame is
+//! replaced and counted, never queued); the inference thread explains each frame, decides the
+//! verdict and writes it to the spool, which is the bounded buffer towards the publisher (it
+//! drops `ok` verdicts first when full and counts every drop). CPU work stays on these two OS
+//! threads, never on tokio. What they share is in [`crate::shared`].
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -15,178 +14,11 @@ use crate::config::PublishOk;
 use crate::shared::{model_id, Shared};
 use crate::source::{Frame, FrameSource, SourceError};
 use crate::spool::{Message, Priority};
-use crate::verdict::{decide, Kind, Rules};
+use crate::verdict::{decide, Kind};
 use inspectd_cam::heatmap;
 use inspectd_cam::model::preprocess::{fit, to_tensor};
 use inspectd_cam::{ClassChoice, Explainer, Method};
 use inspectd_contract::client::Backoff;
-
-/// Holds at most one frame: the newest. `put` replaces an unread frame (counted as dropped).
-#[derive(Default)]
-pub struct LatestSlot {
-    frame: Mutex<Option<Frame>>,
-    ready: Condvar,
-    dropped: AtomicU64,
-}
-
-impl LatestSlot {
-    /// Stores a frame, dropping (and counting) any frame not yet taken. Never blocks.
-    pub fn put(&self, f: Frame) {
-        let mut g = self.frame.lock().unwrap_or_else(|e| e.into_inner());
-        if g.replace(f).is_some() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        self.ready.notify_one();
-    }
-
-    /// Takes the frame, waiting up to `timeout` for one.
-    pub fn take(&self, timeout: Duration) -> Option<Frame> {
-        let g = self.frame.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut g, _) = self
-            .ready
-            .wait_timeout_while(g, timeout, |f| f.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        g.take()
-    }
-
-    /// Discards a waiting frame without counting it (a trigger wants a fresh one).
-    pub fn clear(&self) {
-        self.frame.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
-
-/// A bounded sample of recent latencies for percentiles.
-#[derive(Default, Clone)]
-pub struct Ring {
-    v: VecDeque<f64>,
-}
-
-impl Ring {
-    const CAP: usize = 2048;
-
-    pub fn push(&mut self, x: f64) {
-        if self.v.len() == Self::CAP {
-            self.v.pop_front();
-        }
-        self.v.push_back(x);
-    }
-
-    /// Percentile `p` (0..100) by nearest rank, or `None` when empty.
-    pub fn percentile(&self, p: f64) -> Option<f64> {
-        let mut s: Vec<f64> = self.v.iter().copied().collect();
-        inspectd_cam::stats::percentile(&mut s, p)
-    }
-}
-
-/// Counters and latency samples shared by the threads.
-#[derive(Default)]
-pub struct Stats {
-    pub frames: u64,
-    pub bad_frames: u64,
-    pub verdicts: [u64; 3],
-    pub unpublished_ok: u64,
-    pub errors: u64,
-    /// Commands not answered because they came faster than the answer budget.
-    pub commands_unanswered: u64,
-    pub latency: HashMap<&'static str, Ring>,
-}
-
-/// A trigger from `cmd/trigger`.
-#[derive(Clone, Debug)]
-pub struct TriggerReq {
-    pub part_id: String,
-}
-
-pub const MAX_TRIGGERS: usize = 64;
-
-/// The commands for the inference thread, from the MQTT side: triggers (a bounded queue), the
-/// rules in force, and at most one model reload at a time. Both ends go through its methods.
-pub struct Inbox {
-    /// `source.trigger = "mqtt"`: frames are inspected only on a trigger.
-    triggered: bool,
-    rules: RwLock<Rules>,
-    triggers: (flume::Sender<TriggerReq>, flume::Receiver<TriggerReq>),
-    reload: (flume::Sender<ReloadReq>, flume::Receiver<ReloadReq>),
-    /// Set from a reload request until its answer: a second one is answered `busy`.
-    reloading: AtomicBool,
-}
-
-impl Inbox {
-    pub fn new(triggered: bool, rules: Rules) -> Inbox {
-        Inbox {
-            triggered,
-            rules: RwLock::new(rules),
-            triggers: flume::bounded(MAX_TRIGGERS),
-            reload: flume::bounded(1),
-            reloading: AtomicBool::new(false),
-        }
-    }
-
-    pub fn triggered(&self) -> bool {
-        self.triggered
-    }
-
-    /// The verdict rules in force.
-    pub fn rules(&self) -> Rules {
-        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// New rules, used from the next frame on.
-    pub fn set_rules(&self, rules: Rules) {
-        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
-    }
-
-    /// Queues a trigger; refused on a continuous box and when the queue is full.
-    pub fn trigger(&self, part_id: String) -> Result<(), String> {
-        if !self.triggered {
-            return Err(
-                "this box inspects continuously; set source.trigger = \"mqtt\" to inspect on triggers"
-                    .into(),
-            );
-        }
-        self.triggers
-            .0
-            .try_send(TriggerReq { part_id })
-            .map_err(|_| format!("trigger queue full ({MAX_TRIGGERS})"))
-    }
-
-    /// Asks the inference thread to load the model again (between frames); the answer comes on
-    /// the returned channel. Refused while another reload has not answered.
-    pub fn reload(
-        &self,
-        sha256: Option<String>,
-    ) -> Result<flume::Receiver<Result<String, String>>, String> {
-        if self.reloading.swap(true, Ordering::SeqCst) {
-            return Err(
-                "busy: a reload_model is already in progress; try again when it has answered"
-                    .into(),
-            );
-        }
-        let (tx, rx) = flume::bounded(1);
-        if self.reload.0.try_send((sha256, tx)).is_err() {
-            self.reloading.store(false, Ordering::SeqCst);
-            return Err("busy: a reload_model is already waiting".into());
-        }
-        Ok(rx)
-    }
-
-    /// The reload asked for has answered (or timed out): the next may come.
-    pub fn reload_answered(&self) {
-        self.reloading.store(false, Ordering::SeqCst);
-    }
-
-    fn take_reload(&self) -> Option<ReloadReq> {
-        self.reload.1.try_recv().ok()
-    }
-
-    fn wait_trigger(&self, timeout: Duration) -> Option<TriggerReq> {
-        self.triggers.1.recv_timeout(timeout).ok()
-    }
-}
 
 /// The `spool_full` alert for `dropped` messages dropped so far.
 pub fn spool_full_alert(device: &str, topic: String, dropped: u64) -> Message {
@@ -273,9 +105,6 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
         }
     }
 }
-
-/// A `reload_model` request: the sha256 the file must have (if given) and where to answer.
-pub type ReloadReq = (Option<String>, flume::Sender<Result<String, String>>);
 
 /// Builds a fresh explainer for `reload_model` (argument: an expected sha256).
 pub type ReloadFn = Box<dyn Fn(Option<&str>) -> anyhow::Result<Explainer> + Send>;
@@ -585,53 +414,5 @@ fn process(
     shared.health.verdict(ms(t0.elapsed()));
     if let Some(cb) = &setup.on_verdict {
         cb(&v, spool_ms);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::SystemTime;
-
-    fn frame(tag: &str) -> Frame {
-        Frame {
-            image: image::RgbImage::new(1, 1),
-            origin: tag.into(),
-            captured: Instant::now(),
-            wall: SystemTime::now(),
-            decode_ms: 0.0,
-        }
-    }
-
-    #[test]
-    fn the_slot_keeps_only_the_newest_frame_and_counts_the_rest() {
-        let slot = LatestSlot::default();
-        slot.put(frame("a"));
-        slot.put(frame("b"));
-        slot.put(frame("c"));
-        assert_eq!(slot.dropped(), 2);
-        assert_eq!(slot.take(Duration::from_millis(1)).unwrap().origin, "c");
-        assert!(slot.take(Duration::from_millis(1)).is_none());
-    }
-
-    #[test]
-    fn a_waiting_reader_gets_the_next_frame() {
-        let slot = Arc::new(LatestSlot::default());
-        let s2 = slot.clone();
-        let t = std::thread::spawn(move || s2.take(Duration::from_secs(5)).map(|f| f.origin));
-        std::thread::sleep(Duration::from_millis(50));
-        slot.put(frame("x"));
-        assert_eq!(t.join().unwrap().as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let mut r = Ring::default();
-        for i in 1..=100 {
-            r.push(i as f64);
-        }
-        assert_eq!(r.percentile(50.0), Some(50.0));
-        assert_eq!(r.percentile(99.0), Some(99.0));
-        assert_eq!(Ring::default().percentile(50.0), None);
     }
 }
