@@ -402,6 +402,8 @@ fn explain_one(
             "class": e.class,
             "label": labels[e.class],
             "top1": {"class": top, "label": labels[top], "score": e.scores[top]},
+            // The explained class's probability, named as the verdicts name it.
+            "p_label": e.scores[e.class],
             "scores": e.scores,
             "logits": e.logits,
             "cam": {"width": w, "height": h, "values": e.map.data(), "raw_max": e.raw_max},
@@ -412,7 +414,7 @@ fn explain_one(
     } else {
         let peak = e.map.argmax();
         Ok(format!(
-            "{}: {} {:.3} (top-1 {} {:.3}) · {} of class {} on {} [{}×{}], peak at ({}, {}) · {:.1} ms forward, {:.2} ms cam",
+            "{}: {} p_label {:.3} (top-1 {} {:.3}) · {} of class {} on {} [{}×{}], peak at ({}, {}) · {:.1} ms forward, {:.2} ms cam",
             path.display(),
             labels[e.class],
             e.scores[e.class],

@@ -221,8 +221,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         println!("stops after {n} verdicts from each device");
     }
     println!(
-        "{:<13}  {:>5}  {:<24} {:<8} {:<8} {:>6}  {:>8}  reasons",
-        "device", "seq", "frame", "verdict", "label", "conf", "total ms"
+        "{:<13}  {:>5}  {:<24} {:<8} {:<8} {:>8} {:>7}  {:>8}  reasons",
+        "device", "seq", "frame", "verdict", "label", "p_defect", "p_label", "total ms"
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -305,13 +305,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
 fn print_line(device: &str, v: &Verdict) {
     let reasons: Vec<&str> = v.reasons.iter().map(|r| r.text.as_str()).collect();
     println!(
-        "{:<13}  {:>5}  {:<24} {:<8} {:<8} {:>6.3}  {:>8.1}  {}",
+        "{:<13}  {:>5}  {:<24} {:<8} {:<8} {:>8.3} {:>7.3}  {:>8.1}  {}",
         device,
         v.seq,
         v.frame.origin.chars().take(24).collect::<String>(),
         v.verdict.as_str(),
         v.label,
-        v.confidence,
+        v.p_defect.unwrap_or(v.confidence),
+        v.p_label.unwrap_or(f64::NAN),
         v.latency_ms.as_ref().map_or(0.0, |l| l.total),
         reasons.join("; ")
     );

@@ -322,6 +322,8 @@ fn process(
             verdict: ms(t_verdict),
         }),
         model,
+        p_defect: Some(d.p_defect as f64),
+        p_label: Some(d.p_label as f64),
         part_id: part_id.clone(),
         reasons,
         schema: v1::VerdictSchema,

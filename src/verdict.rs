@@ -267,7 +267,13 @@ pub struct Decision {
     pub kind: Kind,
     pub class: usize,
     pub label: String,
+    /// The probability of the decision: `p_defect` for a defect, P(ok) for an ok part.
     pub confidence: f32,
+    /// The probability that the part is defective (what `defect_threshold` is compared with):
+    /// 1 − P(ok) with an ok label, a single sigmoid score, P(top-1) otherwise.
+    pub p_defect: f32,
+    /// The probability of the class `label` names.
+    pub p_label: f32,
     pub reasons: Vec<Reason>,
     /// Share of map mass inside the ROI (whole frame = 1 when no ROI).
     pub roi_fraction: f32,
@@ -414,11 +420,23 @@ pub fn decide(
     } else {
         Kind::Ok
     };
+    let p_defect = match ok {
+        _ if scores.len() == 1 => scores[0],
+        Some(o) if o < scores.len() => 1.0 - scores[o],
+        _ => scores.get(class).copied().unwrap_or(0.0),
+    };
+    let p_label = if scores.len() == 1 {
+        confidence
+    } else {
+        scores.get(class).copied().unwrap_or(0.0)
+    };
     Decision {
         kind,
         class,
         label,
         confidence,
+        p_defect,
+        p_label,
         reasons,
         roi_fraction,
     }
@@ -513,6 +531,38 @@ mod tests {
         );
         assert_eq!(d.kind, Kind::Suspect);
         assert!(matches!(d.reasons[0], Reason::Marginal { .. }));
+    }
+
+    #[test]
+    fn p_defect_is_what_the_threshold_sees_and_p_label_the_named_class() {
+        // P(ok) 0.3: the part is defective with 0.7, split between two defect kinds; the
+        // verdict names the likelier one, whose own probability is only 0.42.
+        let d = decide(
+            &Rules::default(),
+            &[0.3, 0.28, 0.42],
+            &labels(),
+            Some(0),
+            &peak_at(0, 0),
+            4,
+            4,
+        );
+        assert_eq!((d.kind, d.class), (Kind::Defect, 2));
+        assert!((d.p_defect - 0.7).abs() < 1e-6);
+        assert!((d.p_label - 0.42).abs() < 1e-6);
+        assert!((d.confidence - d.p_defect).abs() < 1e-6);
+        // An ok part: p_defect stays the defect probability, p_label is P(ok).
+        let d = decide(
+            &Rules::default(),
+            &[0.8, 0.1, 0.1],
+            &labels(),
+            Some(0),
+            &peak_at(0, 0),
+            4,
+            4,
+        );
+        assert_eq!(d.kind, Kind::Ok);
+        assert!((d.p_defect - 0.2).abs() < 1e-6);
+        assert!((d.p_label - 0.8).abs() < 1e-6);
     }
 
     #[test]

@@ -203,6 +203,8 @@ impl Kind {
 pub struct Verdict {
     #[serde(default)]
     pub cam: Cam,
+    /// The probability of the decision itself: `p_defect` for a defect (or suspect defect),
+    /// P(ok) for an ok verdict. Kept for v1 consumers; new ones read `p_defect` and `p_label`.
     #[serde(deserialize_with = "nan_if_null")]
     pub confidence: f64,
     #[serde(default)]
@@ -215,6 +217,14 @@ pub struct Verdict {
     pub latency_ms: Option<Latency>,
     #[serde(default)]
     pub model: ModelId,
+    /// The probability that the part is defective, as the decision computed it: 1 − P(ok) with
+    /// an ok label, the score of a single-output (sigmoid) model, P(top-1) otherwise. Absent
+    /// from publishers before it was added (then read `confidence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_defect: Option<f64>,
+    /// The probability of the class `label` names (the top class the verdict is about).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_label: Option<f64>,
     /// The part id of a triggered capture, `null` otherwise.
     #[serde(default)]
     pub part_id: Option<String>,

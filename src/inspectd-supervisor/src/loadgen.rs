@@ -128,6 +128,8 @@ fn payload(device: &str, seq: u64, map_b64: &str) -> Vec<u8> {
             sha256: "0".repeat(64),
             version: "3".into(),
         },
+        p_defect: Some(0.97),
+        p_label: Some(0.97),
         part_id: Some(format!("LOAD-{seq}")),
         reasons,
         schema: v1::VerdictSchema,
