@@ -95,10 +95,11 @@ pub struct ValidateArgs {
     /// Print the metrics as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// CAM method used for localization.
-    #[arg(long, value_parser = parse_method, default_value = "gradcam")]
-    pub method: Method,
-    /// Target layer (default: sidecar or auto).
+    /// CAM method used for localization and the decisions (default: the --config's cam.method,
+    /// else gradcam).
+    #[arg(long, value_parser = parse_method)]
+    pub method: Option<Method>,
+    /// Target layer (default: the --config's cam.layer, else the sidecar's or auto).
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
     /// Most images shown per report gallery.
@@ -583,24 +584,45 @@ fn validate(a: ValidateArgs) -> Result<()> {
         Some(p) => Some(crate::gate::Gate::load(p)?.overridden_by(&flags)),
         None => (!flags.is_empty()).then_some(flags),
     };
-    let (rules, rules_source) = match &a.config {
-        Some(p) => (
-            crate::config::Config::load(p)?.verdict,
-            p.display().to_string(),
-        ),
-        None => (
+    // With a daemon config, its verdict rules and CAM decide as the deployment would.
+    let cfg = a
+        .config
+        .as_ref()
+        .map(|p| crate::config::Config::load(p))
+        .transpose()?;
+    let (rules, rules_source) = match (&cfg, &a.config) {
+        (Some(c), Some(p)) => (c.verdict.clone(), p.display().to_string()),
+        _ => (
             crate::verdict::Rules::default(),
             "built-in defaults (no --config)".to_string(),
         ),
     };
+    let method = a
+        .method
+        .or(cfg.as_ref().map(|c| c.cam.method))
+        .unwrap_or(Method::GradCam);
+    let layer = a.layer.clone().or_else(|| {
+        cfg.as_ref()
+            .and_then(|c| c.cam.layer.name().map(str::to_string))
+    });
+    if let Some(c) = &cfg {
+        let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        if same(&c.model.path) != same(&a.model.model) {
+            eprintln!(
+                "inspectd: note: validating {}, while the config deploys {}",
+                a.model.model.display(),
+                c.model.path.display()
+            );
+        }
+    }
     let explainer = a.model.explainer(&ExplainerOptions {
-        layer: a.layer.clone(),
+        layer,
         topk: None,
-        gradients: a.method.needs_gradients(),
+        gradients: method.needs_gradients(),
     })?;
     let items = crate::validate::scan(&a.data, &explainer.model.output.labels)?;
     let opts = crate::validate::ValidateOptions {
-        method: a.method,
+        method,
         report: a.report.clone(),
         gallery_limit: a.gallery,
         rules,

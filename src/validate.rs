@@ -380,8 +380,8 @@ pub fn metrics(
 /// Energy below this share marks an image's evidence as "outside the mask" in the report.
 pub(crate) const LOW_ENERGY: f32 = 0.5;
 
-/// Examples shown per cell of the decision confusion.
-const EXAMPLES_PER_CELL: usize = 4;
+/// Examples shown per cell of the decision confusion (at most one per true class).
+const EXAMPLES_PER_CELL: usize = 8;
 
 #[derive(Clone)]
 struct Shown {
@@ -541,7 +541,11 @@ pub fn run(ex: &Explainer, items: &[Item], opts: &ValidateOptions) -> Result<Out
             }
         }
         let cell = truth_row(item.label, ok_idx) * 3 + kind_col(d.kind);
-        if opts.report.is_some() && cells[cell].len() < EXAMPLES_PER_CELL {
+        // One example per true class in each cell, so that a cell shows its variety.
+        if opts.report.is_some()
+            && cells[cell].len() < EXAMPLES_PER_CELL
+            && !cells[cell].iter().any(|s| s.record.truth == item.label)
+        {
             // What the daemon would show: the decision's map, the configured zones, the
             // annotations (mask white, watermark magenta).
             let mut ov = heatmap::overlay(&img, &de.map, crop, 0.5);
@@ -728,7 +732,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f
 figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px solid #999}}\
 .pass{{background:#d9f2d9;font-weight:bold}}.fail{{background:#f8c4c4;font-weight:bold}}\
 .banner{{font-size:1.4em;padding:.4em .8em;display:inline-block;border-radius:4px}}\
-.cell{{border:1px solid #ccc;padding:.5em;margin:.5em 0}}\
+.cell{{border:1px solid #ccc;padding:.5em;margin:.5em 0}}figcaption code{{word-break:break-all}}\
 </style></head><body>",
         esc(&ex.model.name)
     );
