@@ -56,15 +56,21 @@ impl Gate {
     /// Parses a gate text; `origin` names the file in errors, which name the key and its line.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Gate> {
         let g: Gate = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim();
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-            bad_input(format!(
-                "gate {origin}{at}: {} (keys: {})",
-                e.message().trim(),
-                KEYS.join(", ")
-            ))
+            // The key on that line, unless the message names it already.
+            let key = line
+                .and_then(|l| text.lines().nth(l - 1))
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !msg.contains(&format!("`{k}`")))
+                .map(|k| format!("{k}: "))
+                .unwrap_or_default();
+            // An unknown key's message lists the known ones.
+            bad_input(format!("gate {origin}{at}: {key}{msg}"))
         })?;
         for (key, v) in g.values() {
             if let Some(v) = v {
@@ -230,7 +236,7 @@ mod tests {
             "{:#}",
             Gate::parse("min_recall = \"high\"\n", "g.toml").unwrap_err()
         );
-        assert!(e.contains("line 1"), "{e}");
+        assert!(e.contains("line 1") && e.contains("min_recall: "), "{e}");
     }
 
     #[test]
