@@ -380,8 +380,9 @@ pub fn metrics(
 /// Energy below this share marks an image's evidence as "outside the mask" in the report.
 pub(crate) const LOW_ENERGY: f32 = 0.5;
 
-/// Examples shown per cell of the decision confusion (at most one per true class).
+/// Examples shown per cell of the decision confusion, and per true class in a cell.
 const EXAMPLES_PER_CELL: usize = 8;
+const EXAMPLES_PER_CLASS: usize = 2;
 
 #[derive(Clone)]
 struct Shown {
@@ -541,10 +542,14 @@ pub fn run(ex: &Explainer, items: &[Item], opts: &ValidateOptions) -> Result<Out
             }
         }
         let cell = truth_row(item.label, ok_idx) * 3 + kind_col(d.kind);
-        // One example per true class in each cell, so that a cell shows its variety.
+        // A few examples per true class in each cell, so that a cell shows its variety.
         if opts.report.is_some()
             && cells[cell].len() < EXAMPLES_PER_CELL
-            && !cells[cell].iter().any(|s| s.record.truth == item.label)
+            && cells[cell]
+                .iter()
+                .filter(|s| s.record.truth == item.label)
+                .count()
+                < EXAMPLES_PER_CLASS
         {
             // What the daemon would show: the decision's map, the configured zones, the
             // annotations (mask white, watermark magenta).
