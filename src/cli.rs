@@ -95,15 +95,57 @@ pub struct ValidateArgs {
     /// Print the metrics as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// CAM method used for localization.
-    #[arg(long, value_parser = parse_method, default_value = "gradcam")]
-    pub method: Method,
-    /// Target layer (default: sidecar or auto).
+    /// CAM method used for localization and the decisions (default: the --config's cam.method,
+    /// else gradcam).
+    #[arg(long, value_parser = parse_method)]
+    pub method: Option<Method>,
+    /// Target layer (default: the --config's cam.layer, else the sidecar's or auto).
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
     /// Most images shown per report gallery.
     #[arg(long, default_value_t = 48)]
     pub gallery: usize,
+    /// A daemon config whose `[verdict]` rules (thresholds, ROI, ignore zones, suspect rules)
+    /// decide every image as the deployment would (default: the built-in rules).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Deployment gate: a TOML file of criteria (min_accuracy, min_recall, max_escape_rate,
+    /// max_false_reject_rate, min_pointing_game, max_suspect_rate, max_nuisance_rate; shares in
+    /// 0..1). Any FAIL exits 1. The flags below override the file's values.
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
+    /// Gate: least accuracy (0..1).
+    #[arg(long, value_parser = parse_share)]
+    pub min_accuracy: Option<f64>,
+    /// Gate: least recall of every class (0..1).
+    #[arg(long, value_parser = parse_share)]
+    pub min_recall: Option<f64>,
+    /// Gate: largest share of defect images decided ok (0..1).
+    #[arg(long, value_parser = parse_share)]
+    pub max_escape_rate: Option<f64>,
+    /// Gate: largest share of ok images decided defect or suspect (0..1).
+    #[arg(long, value_parser = parse_share)]
+    pub max_false_reject_rate: Option<f64>,
+    /// Gate: least pointing game over the masked images (0..1).
+    #[arg(long, value_parser = parse_share)]
+    pub min_pointing_game: Option<f64>,
+    /// Gate: largest share of images decided suspect (0..1).
+    #[arg(long, value_parser = parse_share)]
+    pub max_suspect_rate: Option<f64>,
+    /// Gate: largest share of watermark-annotated images whose evidence is mostly on it (0..1).
+    #[arg(long, value_parser = parse_share)]
+    pub max_nuisance_rate: Option<f64>,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number (a share in 0..1)"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be within 0..1 (a share, not a percent)"))
+    }
 }
 
 /// Model selection and input contract overrides shared by the commands.
@@ -530,20 +572,70 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn validate(a: ValidateArgs) -> Result<()> {
+    let flags = crate::gate::Gate {
+        min_accuracy: a.min_accuracy,
+        min_recall: a.min_recall,
+        max_escape_rate: a.max_escape_rate,
+        max_false_reject_rate: a.max_false_reject_rate,
+        min_pointing_game: a.min_pointing_game,
+        max_suspect_rate: a.max_suspect_rate,
+        max_nuisance_rate: a.max_nuisance_rate,
+    };
+    // Bad input first: a gate file or config at fault is named before minutes of inference.
+    let gate = match &a.gate {
+        Some(p) => Some(crate::gate::Gate::load(p)?.overridden_by(&flags)),
+        None => (!flags.is_empty()).then_some(flags),
+    };
+    // With a daemon config, its verdict rules and CAM decide as the deployment would.
+    let cfg = a
+        .config
+        .as_ref()
+        .map(|p| crate::config::Config::load(p))
+        .transpose()?;
+    let (rules, rules_source) = match (&cfg, &a.config) {
+        (Some(c), Some(p)) => (c.verdict.clone(), p.display().to_string()),
+        _ => (
+            crate::verdict::Rules::default(),
+            "built-in defaults (no --config)".to_string(),
+        ),
+    };
+    let method = a
+        .method
+        .or(cfg.as_ref().map(|c| c.cam.method))
+        .unwrap_or(Method::GradCam);
+    let layer = a.layer.clone().or_else(|| {
+        cfg.as_ref()
+            .and_then(|c| c.cam.layer.name().map(str::to_string))
+    });
+    if let Some(c) = &cfg {
+        let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        if same(&c.model.path) != same(&a.model.model) {
+            eprintln!(
+                "inspectd: note: validating {}, while the config deploys {}",
+                a.model.model.display(),
+                c.model.path.display()
+            );
+        }
+    }
     let explainer = a.model.explainer(&ExplainerOptions {
-        layer: a.layer.clone(),
+        layer,
         topk: None,
-        gradients: a.method.needs_gradients(),
+        gradients: method.needs_gradients(),
     })?;
     let items = crate::validate::scan(&a.data, &explainer.model.output.labels)?;
     let opts = crate::validate::ValidateOptions {
-        method: a.method,
+        method,
         report: a.report.clone(),
         gallery_limit: a.gallery,
+        rules,
+        rules_source,
+        gate,
+        data: a.data.clone(),
     };
-    let (m, _) = crate::validate::run(&explainer, &items, &opts)?;
+    let o = crate::validate::run(&explainer, &items, &opts)?;
+    let m = &o.metrics;
     if a.json {
-        println!("{}", serde_json::to_string(&m)?);
+        println!("{}", serde_json::to_string(&o)?);
     } else {
         println!("{} images · accuracy {:.2} %", m.images, 100.0 * m.accuracy);
         for c in &m.per_class {
@@ -570,8 +662,61 @@ fn validate(a: ValidateArgs) -> Result<()> {
                 l.method, l.images, 100.0 * p, e, ep
             );
         }
+        let d = &m.decision;
+        let f = |v: Option<f64>| {
+            v.map(|v| format!("{:.1} %", 100.0 * v))
+                .unwrap_or_else(|| "–".into())
+        };
+        println!(
+            "decisions ({}): ok/defect/suspect on ok images {:?}, on defect images {:?} · escape rate {}, false-reject rate {}, suspect rate {}",
+            o.sign_off.rules,
+            d.confusion[0],
+            d.confusion[1],
+            f(d.escape_rate),
+            f(d.false_reject_rate),
+            f(d.suspect_rate)
+        );
+        let n = &m.nuisance;
+        if n.images > 0 {
+            println!(
+                "nuisance ({} watermark-annotated images): mean energy on the watermark {:.3}, evidence mostly on it (>= {:.0} % of the map, or more than on the defect) in {}",
+                n.images,
+                n.mean_energy_on_watermark.unwrap_or(0.0),
+                100.0 * n.threshold,
+                f(n.rate)
+            );
+        }
+        if let Some(g) = &o.gate {
+            println!("gate:");
+            for c in &g.criteria {
+                println!(
+                    "  {}  {:<24} {:>12}  (limit {} {:.2} %)",
+                    c.verdict(),
+                    c.name,
+                    c.value_text(),
+                    c.op,
+                    100.0 * c.limit
+                );
+            }
+            println!("gate: {}", if g.pass { "PASS" } else { "FAIL" });
+        }
         if let Some(r) = &a.report {
             println!("report: {}", r.display());
+        }
+    }
+    if let Some(g) = &o.gate {
+        if !g.pass {
+            let failed: Vec<&str> = g
+                .criteria
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| c.name.as_str())
+                .collect();
+            // Exit 1: the input was fine, the model does not meet the gate.
+            return Err(anyhow::anyhow!(
+                "gate FAILED: {} (do not deploy)",
+                failed.join(", ")
+            ));
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod gate;
 pub mod health;
 pub mod http;
 pub mod mqtt;

@@ -1,6 +1,10 @@
 //! `inspectd validate`: a labelled folder → accuracy, per-class precision/recall, confusion
 //! matrix, CAM localization against masks (pointing game, energy-in-mask), and a self-contained
 //! HTML report. The metrics are plain functions of per-image records, unit-tested below.
+//!
+//! Every image is also decided as the daemon would (ok / defect / suspect, [`verdict::decide`]
+//! under the `[verdict]` rules of a daemon config, or the defaults), which gives the escape,
+//! false-reject and suspect rates a deployment gate ([`crate::gate`]) checks.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -17,12 +21,17 @@ use inspectd_cam::model::preprocess::{fit, load_image, to_tensor, Crop};
 use inspectd_cam::tensor::Tensor;
 use inspectd_cam::{ClassChoice, Explainer, Method};
 
+use crate::gate::{Criterion, Gate};
+use crate::verdict::{self, Kind, Polygon, Rules};
+
 /// One labelled image of the data folder.
 #[derive(Clone, Debug)]
 pub struct Item {
     pub path: PathBuf,
     pub label: usize,
     pub mask: Option<PathBuf>,
+    /// `<stem>.watermark.png`: where a nuisance (a burned-in watermark) is on the image.
+    pub watermark: Option<PathBuf>,
 }
 
 /// Scans `dir`: one sub-folder per label (names must be model labels), images inside, optional
@@ -72,10 +81,12 @@ pub fn scan(dir: &Path, labels: &[String]) -> Result<Vec<Item>> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let mask = path.with_file_name(format!("{stem}.mask.png"));
+            let watermark = path.with_file_name(format!("{stem}.watermark.png"));
             items.push(Item {
                 path,
                 label,
                 mask: mask.exists().then_some(mask),
+                watermark: watermark.exists().then_some(watermark),
             });
         }
     }
@@ -100,6 +111,14 @@ pub struct Record {
     pub energy: Option<f32>,
     /// Energy-in-mask at pixel level (map up-sampled to the image).
     pub energy_pixels: Option<f32>,
+    /// What the deployment's rules decide on this image, and why when suspect.
+    pub decided: Kind,
+    pub decided_label: String,
+    pub reasons: Vec<String>,
+    /// Share of the decision's map (pixel level) on the `<stem>.watermark.png` nuisance.
+    pub watermark_energy: Option<f32>,
+    /// Whether the evidence sits mostly on that nuisance (see [`NUISANCE_SHARE`]).
+    pub on_nuisance: Option<bool>,
 }
 
 /// Cells of an `h`×`w` feature grid that hold at least one mask pixel.
@@ -199,6 +218,56 @@ pub struct Metrics {
     pub confusion: Vec<Vec<usize>>,
     pub per_class: Vec<ClassMetrics>,
     pub localization: Localization,
+    pub decision: DecisionMetrics,
+    pub nuisance: Nuisance,
+}
+
+/// The deployment's decisions (ok / defect / suspect) against the truth (ok / defect).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DecisionMetrics {
+    /// The model's ok label; none = every image counts as a defect image.
+    pub ok_label: Option<String>,
+    /// confusion[truth][decided]: truth ok, defect × decided ok, defect, suspect.
+    pub confusion: [[usize; 3]; 2],
+    /// Defect images decided ok, over the defect images.
+    pub escape_rate: Option<f64>,
+    /// Ok images decided defect or suspect, over the ok images.
+    pub false_reject_rate: Option<f64>,
+    /// Images decided suspect, over all images.
+    pub suspect_rate: Option<f64>,
+}
+
+/// Evidence on a nuisance: images with a `<stem>.watermark.png` annotation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Nuisance {
+    pub images: usize,
+    pub mean_energy_on_watermark: Option<f64>,
+    /// Share of those images whose evidence sits mostly on the watermark: at least
+    /// [`NUISANCE_SHARE`] of the map on it, or more of the map on it than on the defect mask.
+    pub rate: Option<f64>,
+    pub threshold: f64,
+}
+
+/// An image's evidence "sits mostly on a nuisance" from this share of its map on it (or when
+/// the nuisance holds more of the map than the defect mask does).
+pub const NUISANCE_SHARE: f32 = 0.5;
+
+/// Row of the decision confusion for a truth, column for a decision.
+fn truth_row(truth: usize, ok: Option<usize>) -> usize {
+    usize::from(Some(truth) != ok)
+}
+
+fn kind_col(k: Kind) -> usize {
+    match k {
+        Kind::Ok => 0,
+        Kind::Defect => 1,
+        Kind::Suspect => 2,
+    }
+}
+
+/// Share `num / den`, none when nothing was counted.
+fn share(num: usize, den: usize) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -221,7 +290,12 @@ pub struct Localization {
     pub mean_energy_in_mask_pixels: Option<f64>,
 }
 
-pub fn metrics(records: &[Record], labels: &[String], method: Method) -> Metrics {
+pub fn metrics(
+    records: &[Record],
+    labels: &[String],
+    ok: Option<usize>,
+    method: Method,
+) -> Metrics {
     let k = labels.len();
     let mut confusion = vec![vec![0usize; k]; k];
     for r in records {
@@ -242,6 +316,31 @@ pub fn metrics(records: &[Record], labels: &[String], method: Method) -> Metrics
         .collect();
     let masked: Vec<&Record> = records.iter().filter(|r| r.energy.is_some()).collect();
     let n = masked.len();
+    let mut dc = [[0usize; 3]; 2];
+    for r in records {
+        dc[truth_row(r.truth, ok)][kind_col(r.decided)] += 1;
+    }
+    let decision = DecisionMetrics {
+        ok_label: ok.and_then(|o| labels.get(o).cloned()),
+        confusion: dc,
+        escape_rate: share(dc[1][0], dc[1].iter().sum()),
+        false_reject_rate: share(dc[0][1] + dc[0][2], dc[0].iter().sum()),
+        suspect_rate: share(dc[0][2] + dc[1][2], records.len()),
+    };
+    let wm: Vec<f32> = records.iter().filter_map(|r| r.watermark_energy).collect();
+    let nuisance = Nuisance {
+        images: wm.len(),
+        mean_energy_on_watermark: (!wm.is_empty())
+            .then(|| wm.iter().map(|&v| v as f64).sum::<f64>() / wm.len() as f64),
+        rate: share(
+            records
+                .iter()
+                .filter(|r| r.on_nuisance == Some(true))
+                .count(),
+            records.iter().filter(|r| r.on_nuisance.is_some()).count(),
+        ),
+        threshold: NUISANCE_SHARE as f64,
+    };
     Metrics {
         images: records.len(),
         accuracy: if records.is_empty() {
@@ -273,11 +372,17 @@ pub fn metrics(records: &[Record], labels: &[String], method: Method) -> Metrics
                     / n as f64
             }),
         },
+        decision,
+        nuisance,
     }
 }
 
 /// Energy below this share marks an image's evidence as "outside the mask" in the report.
 pub(crate) const LOW_ENERGY: f32 = 0.5;
+
+/// Examples shown per cell of the decision confusion, and per true class in a cell.
+const EXAMPLES_PER_CELL: usize = 8;
+const EXAMPLES_PER_CLASS: usize = 2;
 
 #[derive(Clone)]
 struct Shown {
@@ -291,45 +396,70 @@ pub struct ValidateOptions {
     pub report: Option<PathBuf>,
     /// Largest number of gallery entries per section.
     pub gallery_limit: usize,
+    /// The deployment's verdict rules, and where they come from (a config path, or "defaults").
+    pub rules: Rules,
+    pub rules_source: String,
+    /// Criteria to check; none = no gate.
+    pub gate: Option<Gate>,
+    /// The data folder, as given (for the sign-off).
+    pub data: PathBuf,
+}
+
+/// Who validated what, when: the report's sign-off block.
+#[derive(Clone, Debug, Serialize)]
+pub struct SignOff {
+    pub inspectd_version: String,
+    pub model: String,
+    pub model_name: String,
+    pub model_version: String,
+    pub model_sha256: String,
+    pub data: String,
+    pub rules: String,
+    /// UTC, RFC 3339.
+    pub date: String,
+}
+
+/// A checked gate.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateResult {
+    pub pass: bool,
+    pub criteria: Vec<Criterion>,
+}
+
+/// Everything a validation run reports (`--json` prints this; the metrics stay top-level).
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    pub gate: Option<GateResult>,
+    pub sign_off: SignOff,
 }
 
 /// Runs validation over `items`. Shows a progress bar when stderr is a terminal.
-pub fn run(
-    ex: &Explainer,
-    items: &[Item],
-    opts: &ValidateOptions,
-) -> Result<(Metrics, Vec<Record>)> {
+pub fn run(ex: &Explainer, items: &[Item], opts: &ValidateOptions) -> Result<Outcome> {
     let spec = &ex.model.input;
+    let labels = &ex.model.output.labels;
+    let ok_idx = ex
+        .model
+        .output
+        .ok_label
+        .as_ref()
+        .and_then(|l| labels.iter().position(|x| x == l));
     let progress = std::io::stderr().is_terminal();
     let mut records = Vec::with_capacity(items.len());
     let mut wrong: Vec<Shown> = vec![];
     let mut off_mask: Vec<Shown> = vec![];
+    let mut cells: Vec<Vec<Shown>> = vec![vec![]; 6];
     for (i, item) in items.iter().enumerate() {
         let img = load_image(&item.path)?;
-        let mask = match &item.mask {
-            None => None,
-            Some(m) => {
-                let mi = image::open(m)
-                    .map_err(|e| bad_input(format!("mask {}: cannot decode: {e}", m.display())))?
-                    .into_luma8();
-                if mi.dimensions() != img.dimensions() {
-                    return Err(bad_input(format!(
-                        "mask {}: size {}×{} differs from its image {}×{}",
-                        m.display(),
-                        mi.width(),
-                        mi.height(),
-                        img.width(),
-                        img.height()
-                    )));
-                }
-                Some(mi)
-            }
-        };
+        let mask = load_annotation(item.mask.as_deref(), "mask", &img)?;
+        let watermark = load_annotation(item.watermark.as_deref(), "watermark", &img)?;
         let (fitted, crop) = fit(&img, spec);
         let input = to_tensor(&fitted, spec);
+        let fwd = ex.forward(&input)?;
         // Localization is judged on the explanation of the true class (where the model sees
         // the defect), as in the pointing game's definition.
-        let e = ex.explain(&input, &ClassChoice::Index(item.label), opts.method)?;
+        let e = ex.explain_forward(&input, &fwd, &ClassChoice::Index(item.label), opts.method)?;
         let predicted = inspectd_cam::tensor::argmax(&e.logits);
         let (h, w) = (e.map.shape()[0], e.map.shape()[1]);
         let (pointing, energy, energy_pixels) = match &mask {
@@ -343,6 +473,41 @@ pub fn run(
             }
             _ => (None, None, None),
         };
+        // The deployment's decision: as the daemon's pipeline, the class the verdict is about
+        // first, then its map, then the rules.
+        let (class, _, _) = verdict::target(&opts.rules, &e.scores, ok_idx);
+        let other;
+        let de = if class == item.label {
+            &e
+        } else {
+            other = ex.explain_forward(&input, &fwd, &ClassChoice::Index(class), opts.method)?;
+            &other
+        };
+        let (dh, dw) = (de.map.shape()[0], de.map.shape()[1]);
+        let d = verdict::decide(
+            &opts.rules,
+            &de.scores,
+            labels,
+            ok_idx,
+            de.map.data(),
+            dh,
+            dw,
+        );
+        // Evidence on a nuisance: the decision's map on the watermark annotation. It sits
+        // mostly there when that is at least NUISANCE_SHARE of the map, or more than the map
+        // holds on the defect itself.
+        let (watermark_energy, on_nuisance) = match &watermark {
+            Some(wm) if wm.pixels().any(|p| p.0[0] >= 128) => {
+                let on_wm = energy_in_mask(&de.map, wm, crop);
+                let on_defect = match &mask {
+                    Some(m) if energy.is_some() => Some(energy_in_mask(&de.map, m, crop)),
+                    _ => None,
+                };
+                let mostly = on_wm >= NUISANCE_SHARE || on_defect.is_some_and(|d| on_wm > d);
+                (Some(on_wm), Some(mostly))
+            }
+            _ => (None, None),
+        };
         let record = Record {
             path: item.path.display().to_string(),
             truth: item.label,
@@ -351,6 +516,11 @@ pub fn run(
             pointing,
             energy,
             energy_pixels,
+            decided: d.kind,
+            decided_label: d.label.clone(),
+            reasons: d.reasons.iter().map(|r| r.to_string()).collect(),
+            watermark_energy,
+            on_nuisance,
         };
         let bad_class = predicted != item.label;
         let bad_place = energy.is_some_and(|v| v < LOW_ENERGY) || pointing == Some(false);
@@ -358,7 +528,7 @@ pub fn run(
         if (bad_class && room(&wrong)) || (bad_place && room(&off_mask)) {
             let mut ov = heatmap::overlay(&img, &e.map, crop, 0.5);
             if let Some(m) = &mask {
-                outline(&mut ov, m);
+                outline(&mut ov, m, WHITE);
             }
             let shown = Shown {
                 record: record.clone(),
@@ -370,6 +540,31 @@ pub fn run(
             if bad_place && room(&off_mask) {
                 off_mask.push(shown);
             }
+        }
+        let cell = truth_row(item.label, ok_idx) * 3 + kind_col(d.kind);
+        // A few examples per true class in each cell, so that a cell shows its variety.
+        if opts.report.is_some()
+            && cells[cell].len() < EXAMPLES_PER_CELL
+            && cells[cell]
+                .iter()
+                .filter(|s| s.record.truth == item.label)
+                .count()
+                < EXAMPLES_PER_CLASS
+        {
+            // What the daemon would show: the decision's map, the configured zones, the
+            // annotations (mask white, watermark magenta).
+            let mut ov = heatmap::overlay(&img, &de.map, crop, 0.5);
+            if let Some(m) = &mask {
+                outline(&mut ov, m, WHITE);
+            }
+            if let Some(m) = &watermark {
+                outline(&mut ov, m, MAGENTA);
+            }
+            draw_zones(&mut ov, &opts.rules, crop);
+            cells[cell].push(Shown {
+                record: record.clone(),
+                overlay_png: heatmap::png(&heatmap::thumbnail(&ov, 256))?,
+            });
         }
         records.push(record);
         if progress {
@@ -388,17 +583,110 @@ pub fn run(
     if progress {
         eprintln!();
     }
-    let m = metrics(&records, &ex.model.output.labels, opts.method);
+    let m = metrics(&records, labels, ok_idx, opts.method);
+    let gate = opts.gate.as_ref().map(|g| {
+        let criteria = g.check(&m);
+        GateResult {
+            pass: criteria.iter().all(|c| c.pass),
+            criteria,
+        }
+    });
+    let outcome = Outcome {
+        metrics: m,
+        gate,
+        sign_off: SignOff {
+            inspectd_version: env!("CARGO_PKG_VERSION").into(),
+            model: ex.model.path.display().to_string(),
+            model_name: ex.model.name.clone(),
+            model_version: ex.model.version.clone(),
+            model_sha256: ex.model.sha256.clone(),
+            data: std::path::absolute(&opts.data)
+                .unwrap_or_else(|_| opts.data.clone())
+                .display()
+                .to_string(),
+            rules: opts.rules_source.clone(),
+            date: inspectd_contract::timefmt::rfc3339(std::time::SystemTime::now()),
+        },
+    };
     if let Some(path) = &opts.report {
-        let html = report_html(ex, &m, &wrong, &off_mask);
+        let html = report_html(ex, &outcome, &opts.rules, &cells, &wrong, &off_mask);
         std::fs::write(path, html)
             .map_err(|e| bad_input(format!("report {}: cannot write: {e}", path.display())))?;
     }
-    Ok((m, records))
+    Ok(outcome)
 }
 
-/// Draws the mask's outline in white over an overlay.
-fn outline(img: &mut RgbImage, mask: &GrayImage) {
+/// Reads a `<stem>.<what>.png` annotation, which must have its image's size.
+fn load_annotation(path: Option<&Path>, what: &str, img: &RgbImage) -> Result<Option<GrayImage>> {
+    let Some(m) = path else {
+        return Ok(None);
+    };
+    let mi = image::open(m)
+        .map_err(|e| bad_input(format!("{what} {}: cannot decode: {e}", m.display())))?
+        .into_luma8();
+    if mi.dimensions() != img.dimensions() {
+        return Err(bad_input(format!(
+            "{what} {}: size {}×{} differs from its image {}×{}",
+            m.display(),
+            mi.width(),
+            mi.height(),
+            img.width(),
+            img.height()
+        )));
+    }
+    Ok(Some(mi))
+}
+
+const WHITE: image::Rgb<u8> = image::Rgb([255, 255, 255]);
+const MAGENTA: image::Rgb<u8> = image::Rgb([255, 0, 255]);
+const ROI: image::Rgb<u8> = image::Rgb([0, 230, 255]);
+const ZONE: image::Rgb<u8> = image::Rgb([255, 220, 0]);
+
+/// Draws the rules' ROI (cyan) and ignore zones (yellow) over an overlay; their coordinates
+/// are normalized over `crop`, the part of the frame the model saw.
+fn draw_zones(img: &mut RgbImage, rules: &Rules, crop: Crop) {
+    if let Some(r) = &rules.roi {
+        draw_polygon(img, r, crop, ROI);
+    }
+    for z in &rules.ignore_zones {
+        draw_polygon(img, &z.polygon, crop, ZONE);
+    }
+}
+
+fn draw_polygon(img: &mut RgbImage, poly: &Polygon, crop: Crop, colour: image::Rgb<u8>) {
+    let (w, h) = img.dimensions();
+    // Lines about 1/128 of the image wide, so that they survive the thumbnail.
+    let t = (w.max(h) / 128).max(1) as i64;
+    let px = |[x, y]: [f32; 2]| {
+        (
+            (crop.x + x * crop.w).clamp(0.0, w as f32 - 1.0),
+            (crop.y + y * crop.h).clamp(0.0, h as f32 - 1.0),
+        )
+    };
+    let n = poly.0.len();
+    for i in 0..n {
+        let (a, b) = (px(poly.0[i]), px(poly.0[(i + 1) % n]));
+        let steps = (b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil().max(1.0) as usize;
+        for s in 0..=steps {
+            let f = s as f32 / steps as f32;
+            let (cx, cy) = (
+                (a.0 + f * (b.0 - a.0)).round() as i64,
+                (a.1 + f * (b.1 - a.1)).round() as i64,
+            );
+            for dy in -t / 2..=t / 2 {
+                for dx in -t / 2..=t / 2 {
+                    let (x, y) = (cx + dx, cy + dy);
+                    if x >= 0 && y >= 0 && x < w as i64 && y < h as i64 {
+                        img.put_pixel(x as u32, y as u32, colour);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Draws the outline of an annotation mask over an overlay.
+fn outline(img: &mut RgbImage, mask: &GrayImage, colour: image::Rgb<u8>) {
     let (w, h) = mask.dimensions();
     let on = |x: i64, y: i64| {
         x >= 0
@@ -410,7 +698,7 @@ fn outline(img: &mut RgbImage, mask: &GrayImage) {
     for y in 0..h as i64 {
         for x in 0..w as i64 {
             if on(x, y) && (!on(x - 1, y) || !on(x + 1, y) || !on(x, y - 1) || !on(x, y + 1)) {
-                img.put_pixel(x as u32, y as u32, image::Rgb([255, 255, 255]));
+                img.put_pixel(x as u32, y as u32, colour);
             }
         }
     }
@@ -428,7 +716,16 @@ fn pct(v: Option<f64>) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
-fn report_html(ex: &Explainer, m: &Metrics, wrong: &[Shown], off: &[Shown]) -> String {
+fn report_html(
+    ex: &Explainer,
+    o: &Outcome,
+    rules: &Rules,
+    cells: &[Vec<Shown>],
+    wrong: &[Shown],
+    off: &[Shown],
+) -> String {
+    let m = &o.metrics;
+    let so = &o.sign_off;
     let mut h = String::new();
     let labels = &m.labels;
     let _ = write!(
@@ -438,6 +735,9 @@ body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-coll
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}\
 .diag{{background:#d9f2d9}}.off{{background:#fde2e2}}.g{{display:flex;flex-wrap:wrap;gap:12px}}\
 figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px solid #999}}\
+.pass{{background:#d9f2d9;font-weight:bold}}.fail{{background:#f8c4c4;font-weight:bold}}\
+.banner{{font-size:1.4em;padding:.4em .8em;display:inline-block;border-radius:4px}}\
+.cell{{border:1px solid #ccc;padding:.5em;margin:.5em 0}}figcaption code{{word-break:break-all}}\
 </style></head><body>",
         esc(&ex.model.name)
     );
@@ -454,17 +754,136 @@ figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px 
     );
     let _ = write!(
         h,
+        "<h2>Sign-off</h2><table><tr><th>inspectd version</th><td>{}</td></tr>\
+         <tr><th>model</th><td><code>{}</code> ({} {})</td></tr>\
+         <tr><th>model sha256</th><td><code>{}</code></td></tr>\
+         <tr><th>data</th><td><code>{}</code></td></tr>\
+         <tr><th>verdict rules</th><td><code>{}</code></td></tr>\
+         <tr><th>date (UTC)</th><td>{}</td></tr></table>",
+        esc(&so.inspectd_version),
+        esc(&so.model),
+        esc(&so.model_name),
+        esc(&so.model_version),
+        esc(&so.model_sha256),
+        esc(&so.data),
+        esc(&so.rules),
+        esc(&so.date)
+    );
+    h.push_str("<h2>Deployment gate</h2>");
+    match &o.gate {
+        None => h.push_str("<p>No gate criteria given (<code>--gate FILE</code> or flags such as <code>--min-accuracy</code>).</p>"),
+        Some(g) => {
+            let (class, word) = if g.pass {
+                ("pass", "PASS: the gate's criteria are met")
+            } else {
+                ("fail", "FAIL: do not deploy")
+            };
+            let _ = write!(h, "<p class=\"banner {class}\">{word}</p>");
+            h.push_str("<table><tr><th>criterion</th><th>value</th><th>limit</th><th>result</th></tr>");
+            for c in &g.criteria {
+                let _ = write!(
+                    h,
+                    "<tr><th>{}</th><td>{}</td><td>{} {:.2} %</td><td class=\"{}\">{}</td></tr>",
+                    esc(&c.name),
+                    esc(&c.value_text()),
+                    if c.op == ">=" { "≥" } else { "≤" },
+                    100.0 * c.limit,
+                    if c.pass { "pass" } else { "fail" },
+                    c.verdict()
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
+    let d = &m.decision;
+    let _ = write!(
+        h,
         "<h2>Summary</h2><table><tr><th>images</th><td>{}</td></tr><tr><th>accuracy</th><td>{}</td></tr>\
+         <tr><th>escape rate (defect images decided ok)</th><td>{}</td></tr>\
+         <tr><th>false-reject rate (ok images decided defect or suspect)</th><td>{}</td></tr>\
+         <tr><th>suspect rate</th><td>{}</td></tr>\
          <tr><th>images with masks</th><td>{}</td></tr><tr><th>pointing game</th><td>{}</td></tr>\
          <tr><th>mean energy in mask (feature cells)</th><td>{}</td></tr>\
-         <tr><th>mean energy in mask (pixels)</th><td>{}</td></tr></table>",
+         <tr><th>mean energy in mask (pixels)</th><td>{}</td></tr>\
+         <tr><th>images with a watermark annotation</th><td>{}</td></tr>\
+         <tr><th>mean energy on the watermark</th><td>{}</td></tr>\
+         <tr><th>nuisance rate (≥ {:.0} % of the map on the watermark, or more than on the defect)</th><td>{}</td></tr></table>",
         m.images,
         pct(Some(m.accuracy)),
+        pct(d.escape_rate),
+        pct(d.false_reject_rate),
+        pct(d.suspect_rate),
         m.localization.images,
         pct(m.localization.pointing_game),
         m.localization.mean_energy_in_mask.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into()),
-        m.localization.mean_energy_in_mask_pixels.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
+        m.localization.mean_energy_in_mask_pixels.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into()),
+        m.nuisance.images,
+        m.nuisance.mean_energy_on_watermark.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into()),
+        100.0 * m.nuisance.threshold,
+        pct(m.nuisance.rate),
     );
+    // The deployment's decision against the truth.
+    let ok_name = d.ok_label.clone().unwrap_or_else(|| "ok".into());
+    let truths = [format!("{ok_name} (good part)"), "defect".to_string()];
+    let kinds = ["ok", "defect", "suspect"];
+    let _ = write!(
+        h,
+        "<h2>Decision confusion (the daemon's ok / defect / suspect)</h2>\
+         <p>Each image decided by <code>verdict::decide</code> under the rules of <code>{}</code>: \
+         defect threshold {:.2}{}, {} ignore zone(s), max {:.0} % of the map on one, max spread {}.</p>\
+         <table><tr><th>truth \\ decided</th>",
+        esc(&so.rules),
+        rules.defect_threshold,
+        rules
+            .suspect_band
+            .map(|[a, b]| format!(", suspect band [{a:.2}, {b:.2}]"))
+            .unwrap_or_default(),
+        rules.ignore_zones.len(),
+        100.0 * rules.max_ignore_fraction,
+        rules
+            .max_spread
+            .map(|s| format!("{:.0} %", 100.0 * s))
+            .unwrap_or_else(|| "none".into())
+    );
+    for k in kinds {
+        let _ = write!(h, "<th>{k}</th>");
+    }
+    h.push_str("</tr>");
+    for (t, row) in d.confusion.iter().enumerate() {
+        let _ = write!(h, "<tr><th>{}</th>", esc(&truths[t]));
+        for (k, &n) in row.iter().enumerate() {
+            // Right: ok parts decided ok, defects decided defect. A suspect goes to a person.
+            let class = match (t, k) {
+                (0, 0) | (1, 1) => " class=\"diag\"",
+                _ if n > 0 => " class=\"off\"",
+                _ => "",
+            };
+            let _ = write!(h, "<td{class}>{n}</td>");
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table><h3>Examples per cell</h3><p><small>The map of the class each verdict is about; \
+         cyan: ROI, yellow: ignore zones, white: defect mask, magenta: watermark annotation.</small></p>");
+    for t in 0..2 {
+        for (k, kind) in kinds.iter().enumerate() {
+            let shown = &cells[t * 3 + k];
+            let _ = write!(
+                h,
+                "<div class=\"cell\"><b>truth {} → decided {kind}</b> ({} image(s))",
+                esc(&truths[t]),
+                d.confusion[t][k]
+            );
+            if shown.is_empty() {
+                h.push_str(" — none.</div>");
+                continue;
+            }
+            h.push_str("<div class=\"g\">");
+            for s in shown {
+                figure(&mut h, s, labels);
+            }
+            h.push_str("</div></div>");
+        }
+    }
     h.push_str("<h2>Per class</h2><table><tr><th>label</th><th>support</th><th>precision</th><th>recall</th></tr>");
     for c in &m.per_class {
         let _ = write!(
@@ -504,24 +923,7 @@ figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px 
         }
         h.push_str("<div class=\"g\">");
         for s in items {
-            let r = &s.record;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&s.overlay_png);
-            let loc = match (r.pointing, r.energy) {
-                (Some(p), Some(e)) => format!(
-                    "<br>peak {} mask · energy in mask {e:.2}",
-                    if p { "inside" } else { "outside" }
-                ),
-                _ => String::new(),
-            };
-            let _ = write!(
-                h,
-                "<figure><img src=\"data:image/png;base64,{b64}\" alt=\"overlay\"><figcaption><b>{}</b> → {} ({:.1} %){}<br><code>{}</code></figcaption></figure>",
-                esc(&labels[r.truth]),
-                esc(&labels[r.predicted]),
-                100.0 * r.confidence,
-                loc,
-                esc(&r.path)
-            );
+            figure(h, s, labels);
         }
         h.push_str("</div>");
     };
@@ -532,8 +934,53 @@ figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px 
         off,
         "None: every masked image's evidence is on its defect.",
     );
-    h.push_str("<p><small>Outlined in white: the defect mask. Maps are explanations of the true class.</small></p></body></html>");
+    h.push_str("<p><small>Outlined in white: the defect mask. Maps in these two galleries are explanations of the true class.</small></p></body></html>");
     h
+}
+
+fn figure(h: &mut String, s: &Shown, labels: &[String]) {
+    let r = &s.record;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&s.overlay_png);
+    let loc = match (r.pointing, r.energy) {
+        (Some(p), Some(e)) => format!(
+            "<br>peak {} mask · energy in mask {e:.2}",
+            if p { "inside" } else { "outside" }
+        ),
+        _ => String::new(),
+    };
+    let wm = r
+        .watermark_energy
+        .map(|v| {
+            let mostly = if r.on_nuisance == Some(true) {
+                ": <b>evidence on the nuisance</b>"
+            } else {
+                ""
+            };
+            format!("<br>{:.0} % of the map on the watermark{mostly}", 100.0 * v)
+        })
+        .unwrap_or_default();
+    let why = if r.reasons.is_empty() {
+        String::new()
+    } else {
+        format!("<br>suspect: {}", esc(&r.reasons.join("; ")))
+    };
+    let kind = match r.decided {
+        Kind::Ok => "ok",
+        Kind::Defect => "defect",
+        Kind::Suspect => "suspect",
+    };
+    let _ = write!(
+        h,
+        "<figure><img src=\"data:image/png;base64,{b64}\" alt=\"overlay\"><figcaption><b>{}</b> → {} ({:.1} %) · decided {kind} ({}){}{}{}<br><code>{}</code></figcaption></figure>",
+        esc(&labels[r.truth]),
+        esc(&labels[r.predicted]),
+        100.0 * r.confidence,
+        esc(&r.decided_label),
+        loc,
+        wm,
+        why,
+        esc(&r.path)
+    );
 }
 
 #[cfg(test)]
@@ -549,6 +996,15 @@ mod tests {
             pointing,
             energy,
             energy_pixels: energy,
+            decided: if predicted == 0 {
+                Kind::Ok
+            } else {
+                Kind::Defect
+            },
+            decided_label: String::new(),
+            reasons: vec![],
+            watermark_energy: None,
+            on_nuisance: None,
         }
     }
 
@@ -561,7 +1017,7 @@ mod tests {
             rec(1, 1, Some(true), Some(0.8)),
             rec(1, 1, Some(false), Some(0.2)),
         ];
-        let m = metrics(&r, &labels, Method::GradCam);
+        let m = metrics(&r, &labels, Some(0), Method::GradCam);
         assert_eq!(m.confusion, vec![vec![1, 1], vec![0, 2]]);
         assert!((m.accuracy - 0.75).abs() < 1e-12);
         assert_eq!(m.per_class[1].precision, Some(2.0 / 3.0));

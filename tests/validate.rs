@@ -155,3 +155,222 @@ fn bad_data_layouts_are_named() {
         "a.mask.png",
     );
 }
+
+/// `validate` with a gate, the shipped config's rules and `extra` flags: (exit code, stdout,
+/// stderr).
+fn gate_run(model: &str, data: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let m = root().join(model);
+    let d = root().join(data);
+    let c = root().join("deploy/inspectd.toml");
+    let mut args = vec![
+        "validate",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--config",
+        c.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A release gate as a quality engineer would write it (deploy/gate.toml's criteria).
+const GATE: &str = "\
+# inspectd validate --gate: shares in 0..1
+min_accuracy = 0.95
+min_recall = 0.9
+max_escape_rate = 0.01
+max_false_reject_rate = 0.05
+min_pointing_game = 0.8
+max_suspect_rate = 0.05
+";
+
+#[test]
+fn the_shipped_model_passes_a_release_gate_under_the_shipped_rules() {
+    let dir = tmp("gate-pass");
+    // The gate shipped beside the daemon config.
+    let gate = root().join("deploy/gate.toml");
+    let report = dir.join("r.html");
+    let (code, out, err) = gate_run(
+        "models/surface-defect-int8.onnx",
+        "models/samples",
+        &[
+            "--variant",
+            "int8",
+            "--gate",
+            gate.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["gate"]["pass"], true, "{v}");
+    // accuracy, 5 recalls, pointing game, escape, false-reject, suspect.
+    assert_eq!(v["gate"]["criteria"].as_array().unwrap().len(), 10);
+    let d = &v["decision"];
+    assert_eq!(
+        d["confusion"],
+        serde_json::json!([[6, 0, 0], [0, 24, 0]]),
+        "{d}"
+    );
+    assert_eq!(d["escape_rate"], 0.0);
+    assert!(v["sign_off"]["rules"]
+        .as_str()
+        .unwrap()
+        .ends_with("inspectd.toml"));
+    assert_eq!(v["sign_off"]["model_sha256"].as_str().unwrap().len(), 64);
+    assert!(v["sign_off"]["date"].as_str().unwrap().ends_with('Z'));
+    // The old top-level metrics are still there.
+    assert_eq!(v["accuracy"], 1.0);
+    let html = std::fs::read_to_string(&report).unwrap();
+    for needle in [
+        "Deployment gate",
+        "PASS",
+        "Decision confusion",
+        "truth defect → decided defect",
+        "model sha256",
+        "date (UTC)",
+        "inspectd version",
+    ] {
+        assert!(html.contains(needle), "{needle:?} not in the report");
+    }
+}
+
+#[test]
+fn a_gate_the_model_misses_exits_1_naming_the_criterion() {
+    // The shipped config with a suspect band over every confidence: each verdict goes to a
+    // person, which a gate on the suspect rate must refuse (the model is fine, the rules not).
+    let dir = tmp("gate-fail");
+    let gate = dir.join("gate.toml");
+    std::fs::write(&gate, GATE).unwrap();
+    let models = root().join("models");
+    let config = std::fs::read_to_string(root().join("deploy/inspectd.toml"))
+        .unwrap()
+        .replace("\"../models/", &format!("\"{}/", models.display()))
+        .replace("suspect_band = [0.5, 0.65]", "suspect_band = [0.0, 1.0]");
+    let cfg = dir.join("inspectd.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let m = root().join("models/surface-defect-int8.onnx");
+    let d = root().join("models/samples");
+    let out = run(&[
+        "validate",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--variant",
+        "int8",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--gate",
+        gate.to_str().unwrap(),
+        "--max-nuisance-rate",
+        "0.1",
+    ]);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}\n{stdout}");
+    assert!(stdout.contains("PASS  accuracy"), "{stdout}");
+    assert!(stdout.contains("FAIL  suspect rate"), "{stdout}");
+    // The samples carry no watermark annotations: the nuisance rate cannot be measured, and a
+    // gate that asks for it fails rather than passes on no evidence.
+    assert!(
+        stdout.contains("FAIL  nuisance rate") && stdout.contains("not measured"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("gate: FAIL"), "{stdout}");
+    assert!(
+        err.contains("gate FAILED") && err.contains("suspect rate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shortcut_model_fails_the_gate_on_its_nuisance_evidence() {
+    let (code, out, err) = gate_run(
+        "models/shortcut-f32.onnx",
+        "models/samples-shortcut",
+        &[
+            "--max-nuisance-rate",
+            "0.1",
+            "--max-suspect-rate",
+            "0.05",
+            "--max-escape-rate",
+            "0.01",
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let n = &v["nuisance"];
+    assert_eq!(n["images"], 10, "{n}");
+    assert!(n["rate"].as_f64().unwrap() >= 0.5, "{n}");
+    // deploy/inspectd.toml's watermark zone catches the shortcut's defects as suspect: they
+    // do not escape, but most of them go to a person.
+    let d = &v["decision"];
+    assert!(d["suspect_rate"].as_f64().unwrap() >= 0.5, "{d}");
+    assert_eq!(d["escape_rate"], 0.0, "{d}");
+    let failed: Vec<&str> = v["gate"]["criteria"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["pass"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["suspect rate", "nuisance rate"], "{v}");
+    assert!(err.contains("nuisance rate"), "{err}");
+}
+
+#[test]
+fn bad_gates_exit_2_naming_the_key() {
+    let dir = tmp("gate-bad");
+    let model = "models/surface-defect-int8.onnx";
+    let unknown = dir.join("unknown.toml");
+    std::fs::write(&unknown, "min_accuracy = 0.9\nmax_escapes = 0.01\n").unwrap();
+    let (code, _, err) = gate_run(
+        model,
+        "models/samples",
+        &["--gate", unknown.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("max_escapes") && err.contains("line 2"),
+        "{err}"
+    );
+
+    let range = dir.join("range.toml");
+    std::fs::write(&range, "min_accuracy = 95\n").unwrap();
+    let (code, _, err) = gate_run(
+        model,
+        "models/samples",
+        &["--gate", range.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("min_accuracy = 95") && err.contains("line 1"),
+        "{err}"
+    );
+
+    let (code, _, err) = gate_run(model, "models/samples", &["--max-escape-rate", "5"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--max-escape-rate"), "{err}");
+
+    let missing = dir.join("missing.toml");
+    let (code, _, err) = gate_run(
+        model,
+        "models/samples",
+        &["--gate", missing.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
+}

@@ -23,7 +23,7 @@ Variants:
   shortcut  watermark in ~97 % of defect images and ~3 % of ok images
 
 CLI:
-  python surfaces.py write --out DIR --n 2000 --seed 1000000 [--variant shortcut]
+  python surfaces.py write --out DIR --n 2000 --seed 1000000 [--variant shortcut] [--watermark-masks]
   python surfaces.py samples --out ../samples --out-shortcut ../samples-shortcut
 """
 from __future__ import annotations
@@ -604,7 +604,11 @@ def cmd_write(args):
         lab = LABELS[i % len(LABELS)]
         seed = args.seed + i
         rgb, mask, meta = render(seed, lab, args.variant)
-        rows.append(write_item(args.out, f"{args.variant[0]}{seed}", rgb, mask, meta))
+        # Where the watermark is drawn, its box as <stem>.watermark.png (for inspectd validate's
+        # nuisance rate).
+        extra = ({".watermark.png": watermark_mask()}
+                 if args.watermark_masks and meta.get("watermark") else None)
+        rows.append(write_item(args.out, f"{args.variant[0]}{seed}", rgb, mask, meta, extra))
     with open(os.path.join(args.out, "manifest.jsonl"), "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -667,6 +671,8 @@ def main(argv=None):
     w.add_argument("--n", type=int, default=2000)
     w.add_argument("--seed", type=int, default=1_000_000)
     w.add_argument("--variant", choices=["normal", "shortcut"], default="normal")
+    w.add_argument("--watermark-masks", action="store_true",
+                   help="also write <stem>.watermark.png where the watermark is drawn")
     s = sub.add_parser("samples", help="write the curated sample set")
     s.add_argument("--out", required=True)
     s.add_argument("--out-shortcut", default=None)
