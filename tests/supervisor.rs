@@ -1170,6 +1170,68 @@ fn with_a_users_file_every_page_needs_a_login_and_the_name_is_recorded() {
     });
 }
 
+#[test]
+fn a_thousand_repeated_alerts_are_one_row_acknowledged_in_one_click() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "group");
+    let db = dir.join("sup.sqlite");
+    let dev = format!("noisy-{}", std::process::id());
+    let rt = inspectd_contract::client::runtime().unwrap();
+    rt.block_on(async {
+        let (stop, task, web) = start(&host, port, &db, "group").await;
+        let c = mqtt(&host, port, "group-pub");
+        for i in 0..1000 {
+            c.publish(
+                format!("{}/{dev}/alert", prefix("group")),
+                QoS::AtLeastOnce,
+                false,
+                json!({"schema": "inspect.alert/1", "ts": format!("2026-11-30T05:00:{:02}.{:03}Z", i / 1000, i % 1000),
+                       "kind": "suspect", "severity": "warning", "seq": i,
+                       "message": format!("part P-{i}: confidence 0.{:03} is marginal", i % 997)})
+                .to_string(),
+            )
+            .unwrap();
+        }
+        let (w, d) = (web.clone(), dev.clone());
+        tokio::task::spawn_blocking(move || {
+            wait_for(Duration::from_secs(60), "1000 open alerts", || {
+                (get(&w, "/api/stats").ok()?["rows"]["open_alerts"] == 1000).then_some(())
+            });
+            let (code, page) = get_text(&w, "/alerts");
+            assert_eq!(code, 200);
+            assert!(page.len() < 1 << 20, "alerts page of {} bytes", page.len());
+            let rows = page.matches("<tr class=\"alert group ").count();
+            assert_eq!(rows, 1, "one grouped row: {page}");
+            assert!(page.contains("data-count=\"1000\""), "{page}");
+            assert!(page.contains("Acknowledge all 1000"), "{page}");
+            let at = page.find("data-id=\"").unwrap() + 9;
+            let id: i64 = page[at..at + page[at..].find('"').unwrap()].parse().unwrap();
+            // Filters: another device shows nothing; this one its group.
+            let (_, other) = get_text(&w, "/alerts?device=nobody");
+            assert!(other.contains("No open alerts."), "{other}");
+            let (_, mine) = get_text(&w, &format!("/alerts?device={d}&severity=warning"));
+            assert!(mine.contains("data-count=\"1000\""));
+            // One click: the group's form.
+            let (code, _, _) = http(
+                &w,
+                "POST",
+                &format!("/alerts/{id}/ack"),
+                &["Sec-Fetch-Site: same-origin"],
+                "scope=group&by=Dana",
+            );
+            assert_eq!(code, 303);
+            assert_eq!(get(&w, "/api/stats").unwrap()["rows"]["open_alerts"], 0);
+            let (_, page) = get_text(&w, "/alerts");
+            assert!(page.contains("No open alerts."), "{page}");
+            assert!(page.len() < 1 << 20);
+        })
+        .await
+        .unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
+}
+
 /// The peak resident memory of a process (VmHWM), in MB.
 fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::access::Operator;
 use super::ingest::{Reject, KINDS};
-use super::store::{self, AlertRow, Cursor, Event, Filter, FleetRow, VerdictRow};
+use super::store::{self, AlertGroup, AlertRow, Cursor, Event, Filter, FleetRow, VerdictRow};
 use super::{Hub, Outgoing};
 use inspectd_contract::limits::MAX_PART_ID_BYTES;
 use inspectd_contract::timefmt::{now_ms, parse_ms, rfc3339_ms};
@@ -50,6 +50,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/live", get(live_page))
         .route("/alerts", get(alerts_page))
         .route("/alerts/:id/ack", post(ack_alert))
+        .route("/fragment/alerts", get(alerts_fragment))
         .route("/history", get(history_page))
         .route("/history.csv", get(history_csv))
         .route("/verdict/:device/:seq", get(verdict_page))
@@ -348,7 +349,7 @@ pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> Markup {
             td { (a.ts) }
             td { a href={ "/device/" (enc(&a.device)) } { (a.device) } }
             td { span class={ "badge " (a.kind) } { (a.kind) } }
-            td { (a.severity) }
+            td { span class={ "sev " (a.severity) } { (a.severity) } }
             td { (a.message) }
             td {
                 @if let (Some(seq), true) = (a.seq, a.has_picture) {
@@ -387,20 +388,161 @@ fn alert_head() -> Markup {
     }
 }
 
-async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebError> {
-    let ((open, done), cursor) = db(&hub, |c| {
+fn group_head() -> Markup {
+    html! {
+        thead { tr {
+            th { "last / first" } th { "device" } th { "kind" } th { "severity" } th { "message" }
+            th { "count" } th { "evidence" } th {}
+        } }
+    }
+}
+
+/// The name field of an acknowledgement: none when logged in (the login's name is used).
+fn ack_name(who: Option<&str>) -> Markup {
+    html! {
+        @if who.is_none() {
+            input name="by" placeholder="your name" required maxlength="64";
+        }
+    }
+}
+
+/// One row for repeated open alerts (same device, kind and severity): the newest stands for
+/// them, with how many and since when; one click acknowledges them all, or the whole device.
+pub fn alert_group_row(g: &AlertGroup, who: Option<&str>) -> Markup {
+    let a = &g.newest;
+    html! {
+        tr class={ "alert group kind-" (a.kind) " sev-" (a.severity) } data-id=(a.id) data-device=(a.device)
+            data-kind=(a.kind) data-severity=(a.severity) data-count=(g.count) {
+            td {
+                (g.last_ts)
+                @if g.count > 1 { br; span.first { "since " (g.first_ts) } }
+            }
+            td { a href={ "/device/" (enc(&a.device)) } { (a.device) } }
+            td { span class={ "badge " (a.kind) } { (a.kind) } }
+            td { span class={ "sev " (a.severity) } { (a.severity) } }
+            td { (a.message) }
+            td.count { (g.count) }
+            td {
+                @if let (Some(seq), true) = (a.seq, a.has_picture) {
+                    (evidence_link(&a.device, seq))
+                }
+            }
+            td {
+                form.ack method="post" action={ "/alerts/" (a.id) "/ack" } {
+                    input type="hidden" name="scope" value="group";
+                    (ack_name(who))
+                    button type="submit" {
+                        "Acknowledge"
+                        @if g.count > 1 { " all " (g.count) }
+                        @if let Some(n) = who { " as " (n) }
+                    }
+                }
+                form.ack-device method="post" action={ "/alerts/" (a.id) "/ack" } {
+                    input type="hidden" name="scope" value="device";
+                    (ack_name(who))
+                    button type="submit" { "Acknowledge all of " (a.device) }
+                }
+            }
+        }
+    }
+}
+
+fn alert_filter_of(q: &HashMap<String, String>) -> store::AlertFilter {
+    let get = |k: &str| {
+        q.get(k)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    store::AlertFilter {
+        device: get("device"),
+        kind: get("kind"),
+        severity: get("severity"),
+        page: q
+            .get("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+            .min(100_000),
+    }
+}
+
+/// The query string of a filter, for links and the live fragment.
+fn alert_query(f: &store::AlertFilter, page: usize) -> String {
+    let mut q = format!("page={page}");
+    for (k, v) in [
+        ("device", &f.device),
+        ("kind", &f.kind),
+        ("severity", &f.severity),
+    ] {
+        if let Some(v) = v {
+            let _ = write!(q, "&{k}={}", enc(v));
+        }
+    }
+    q
+}
+
+fn alert_groups_rows(groups: &[AlertGroup], who: Option<&str>) -> Markup {
+    html! {
+        @if groups.is_empty() {
+            tr { td colspan="8" class="empty" { "No open alerts." } }
+        }
+        @for g in groups { (alert_group_row(g, who)) }
+    }
+}
+
+async fn alerts_page(
+    State(hub): Shared,
+    who: Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Html<String>, WebError> {
+    let f = alert_filter_of(&q);
+    let ff = f.clone();
+    let ((groups, total), done, facets, open, cursor) = db(&hub, move |c| {
         let t = c.unchecked_transaction()?;
-        Ok((store::alerts(&t, 100)?, store::cursor(&t)?))
+        Ok((
+            store::alert_groups(&t, &ff)?,
+            store::alerts_acked(&t, 100)?,
+            store::alert_facets(&t)?,
+            open_alert_count(&t)?,
+            store::cursor(&t)?,
+        ))
     })
     .await?;
     let now = now_ms();
     let name = name_of(&who);
+    let pages = total.div_ceil(store::GROUPS_PER_PAGE).max(1);
+    let select = |label: &str, key: &str, values: &[String], cur: &Option<String>| {
+        html! {
+            label { (label) " "
+                select name=(key) {
+                    option value="" { "any" }
+                    @for v in values { option value=(v) selected[cur.as_deref() == Some(v.as_str())] { (v) } }
+                }
+            }
+            " "
+        }
+    };
     let body = html! {
         h1 { "Alerts" }
-        p.hint { "Open alerts, newest first; suspect predictions are highlighted with their evidence." }
+        p.hint {
+            "Open alerts, critical first; repeats of one device, kind and severity are one row with their count. "
+            "Acknowledging a row acknowledges every alert it counts."
+        }
+        form.filters method="get" action="/alerts" {
+            (select("device", "device", &facets[0], &f.device))
+            (select("kind", "kind", &facets[1], &f.kind))
+            (select("severity", "severity", &facets[2], &f.severity))
+            button type="submit" { "Filter" }
+            " " a href="/alerts" { "clear" }
+        }
         table.grid.alerts data-cursor=(cursor.id()) {
-            (alert_head())
-            tbody #alerts { @for a in &open { (alert_row(a, now, name)) } }
+            (group_head())
+            tbody #alerts data-src={ "/fragment/alerts?" (alert_query(&f, f.page)) } { (alert_groups_rows(&groups, name)) }
+        }
+        p.pager {
+            (total) " groups · page " (f.page + 1) " of " (pages) " "
+            @if f.page > 0 { a rel="prev" href={ "/alerts?" (alert_query(&f, f.page - 1)) } { "← newer" } " " }
+            @if f.page + 1 < pages { a rel="next" href={ "/alerts?" (alert_query(&f, f.page + 1)) } { "older →" } }
         }
         h2 { "Acknowledged" }
         table.grid.alerts.done {
@@ -408,7 +550,19 @@ async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebEr
             tbody { @for a in &done { (alert_row(a, now, name)) } }
         }
     };
-    Ok(layout("Alerts", "alerts", body, open.len() as i64))
+    Ok(layout("Alerts", "alerts", body, open))
+}
+
+async fn alerts_fragment(
+    State(hub): Shared,
+    who: Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Html<String>, WebError> {
+    let f = alert_filter_of(&q);
+    let (groups, _) = db(&hub, move |c| store::alert_groups(c, &f)).await?;
+    Ok(Html(
+        alert_groups_rows(&groups, name_of(&who)).into_string(),
+    ))
 }
 
 async fn ack_alert(
@@ -431,8 +585,19 @@ async fn ack_alert(
             "acknowledge: give your name (at most 64 characters)".into(),
         ));
     }
-    let done = db(&hub, move |c| store::ack(c, id, &by, now_ms())).await?;
-    if !done {
+    let scope = match f.get("scope").map(String::as_str) {
+        None | Some("" | "one") => store::AckScope::One,
+        Some("group") => store::AckScope::Group,
+        Some("device") => store::AckScope::Device,
+        Some(s) => {
+            return Err(WebError(
+                StatusCode::BAD_REQUEST,
+                format!("acknowledge: scope {s:?} is none of one, group, device"),
+            ))
+        }
+    };
+    let done = db(&hub, move |c| store::ack_scope(c, id, scope, &by, now_ms())).await?;
+    if done == 0 {
         return Err(not_found(format!("alert {id}: no such open alert")));
     }
     Ok(Redirect::to("/alerts").into_response())

@@ -71,7 +71,9 @@
     }
   });
   es.addEventListener("alert", function (e) {
-    prepend("alerts", e.data, 1000);
+    // The alerts page groups repeats: its rows are refetched rather than prepended.
+    var t = document.getElementById("alerts");
+    if (t && t.getAttribute("data-src")) { refresh("alerts"); } else { prepend("alerts", e.data, 1000); }
     var c = document.getElementById("alert-count");
     if (c) { c.textContent = String(Number(c.textContent) + 1); c.className = "count hot"; }
   });

@@ -4,7 +4,7 @@ use crate::ingest::Incoming;
 use anyhow::Result;
 use rusqlite::{params, Connection, Transaction};
 
-use super::queries::{AlertRow, CmdRow, VerdictRow, PICTURE};
+use super::queries::{severity_class, AlertRow, CmdRow, VerdictRow, PICTURE};
 
 /// What the UI is told after a batch is stored.
 #[derive(Clone, Debug)]
@@ -146,7 +146,7 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         "INSERT OR IGNORE INTO alerts (device, ts, received, kind, severity, message, seq, raw)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )?
-                    .execute(params![a.device, a.ts, now, a.kind, a.severity, a.message, a.seq, a.raw])?;
+                    .execute(params![a.device, a.ts, now, a.kind, severity_class(&a.severity), a.message, a.seq, a.raw])?;
                 if n == 1 {
                     let id = tx.last_insert_rowid();
                     let has_picture = tx
@@ -158,7 +158,7 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         device: a.device.clone(),
                         ts: a.ts.clone(),
                         kind: a.kind.clone(),
-                        severity: a.severity.clone(),
+                        severity: severity_class(&a.severity).to_string(),
                         message: a.message.clone(),
                         seq: a.seq,
                         acked_by: None,

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     UNIQUE (device, ts, kind, message)
 );
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (acked_at, received);
+CREATE INDEX IF NOT EXISTS alerts_group ON alerts (acked_at, device, kind, severity);
 CREATE TABLE IF NOT EXISTS stats_samples (
     device TEXT NOT NULL,
     at INTEGER NOT NULL,
