@@ -168,8 +168,10 @@ fn layout(title: &str, page: &str, body: Markup, open_alerts: i64) -> Html<Strin
                             }
                         }
                     }
-                    span #conn.conn title="live updates" {}
+                    span #conn.conn title="live updates: not connected" {}
                 }
+                // Filled from the live stream's `link` event: the supervisor's own broker link.
+                div #link-banner.banner role="alert" hidden {}
                 main { (body) }
                 script src="/static/app.js" {}
             }
@@ -196,17 +198,44 @@ fn ago(ms: i64, now: i64) -> String {
     }
 }
 
-pub fn fleet_rows(rows: &[FleetRow], now: i64) -> Markup {
+/// A value from the box's latest stats: greyed, with its age, when it is not current.
+fn stat_cell(text: String, r: &FleetRow, current: bool, now: i64) -> Markup {
+    html! {
+        @match (current, r.stats_at) {
+            (false, Some(at)) if text != "–" => {
+                td.old title={ "last known, from " (rfc3339_ms(at)) } { (text) " " span.age { (ago(at, now)) } }
+            }
+            _ => { td { (text) } }
+        }
+    }
+}
+
+/// The fleet's rows; `lost` is since when the supervisor has no broker: the boxes' states are
+/// then unknown, not theirs to blame.
+pub fn fleet_rows(rows: &[FleetRow], now: i64, lost: Option<i64>) -> Markup {
     html! {
         @if rows.is_empty() {
             tr { td colspan="11" class="empty" { "No device has reported yet." } }
         }
         @for r in rows {
-            tr class={ "device state-" (r.state) } data-device=(r.device) data-state=(r.state) {
+            @let state = if lost.is_some() { "unknown" } else { r.state.as_str() };
+            @let current = lost.is_none() && r.stats_fresh && r.state == "online";
+            tr class={ "device state-" (state) @if r.critical { " critical" } } data-device=(r.device) data-state=(state)
+                data-open-alerts=(r.open_alerts) {
                 td { a href={ "/device/" (enc(&r.device)) } { (r.device) } }
                 td {
-                    span class={ "badge " (r.state) } { (r.state) }
+                    @if let Some(since) = lost {
+                        span.badge.unknown title={ "last known: " (r.state) } { "unknown" }
+                        " " span.age { "since " (rfc3339_ms(since)) }
+                    } @else {
+                        span class={ "badge " (r.state) } { (r.state) }
+                    }
                     @if r.paused { " " span.badge.paused { "paused" } }
+                    @if r.open_alerts > 0 {
+                        " " a.alerts href={ "/alerts?device=" (enc(&r.device)) } {
+                            span class={ "sev " @if r.critical { "critical" } @else { "warning" } } { (r.open_alerts) " open" }
+                        }
+                    }
                 }
                 td title=(rfc3339_ms(r.last_seen)) { (ago(r.last_seen, now)) }
                 td {
@@ -219,12 +248,29 @@ pub fn fleet_rows(rows: &[FleetRow], now: i64) -> Markup {
                         None => { "–" }
                     }
                 }
-                td { (r.fps.map_or("–".into(), |v| format!("{v:.1}"))) }
-                td { (r.p95_ms.map_or("–".into(), |v| format!("{v:.1} ms"))) }
-                td { (r.spool_depth.map_or("–".into(), |v| v.to_string())) }
+                (stat_cell(r.fps.map_or("–".into(), |v| format!("{v:.1}")), r, current, now))
+                (stat_cell(r.p95_ms.map_or("–".into(), |v| format!("{v:.1} ms")), r, current, now))
+                (stat_cell(r.spool_depth.map_or("–".into(), |v| v.to_string()), r, current, now))
                 td { (r.inspected) }
                 td { (pct(r.defect_rate)) }
                 td { (pct(r.suspect_rate)) }
+            }
+        }
+    }
+}
+
+/// Since when the supervisor has been without its broker, if it is.
+fn link_lost(hub: &Hub) -> Option<i64> {
+    let (up, since) = hub.metrics.link();
+    (!up).then_some(since)
+}
+
+fn link_banner(lost: Option<i64>) -> Markup {
+    html! {
+        @if let Some(since) = lost {
+            p.banner.lost role="alert" {
+                "supervisor lost the broker since " (rfc3339_ms(since))
+                " (" (ago(since, now_ms())) "): device states are unknown, not offline."
             }
         }
     }
@@ -236,11 +282,14 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
         Ok((store::fleet(c, now_ms(), stale)?, open_alert_count(c)?))
     })
     .await?;
+    let lost = link_lost(&hub);
     let body = html! {
         h1 { "Fleet" }
+        (link_banner(lost))
         p.hint {
             "State from each box's status and last will; " em { "stale" }
-            ": online but silent for " (stale / 1000) " s. Rates over the last hour."
+            ": online but silent for " (stale / 1000) " s; " em { "stopped" } ": a clean stop. "
+            "Boxes needing attention first. Rates over the last hour; greyed values are a box's last known, with their age."
         }
         table.grid {
             thead { tr {
@@ -248,7 +297,7 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
                 th { "fps" } th { "p95 latency" } th { "spool" } th { "parts (1 h)" }
                 th { "defect rate" } th { "suspect rate" }
             } }
-            tbody #fleet data-src="/fragment/fleet" { (fleet_rows(&rows, now_ms())) }
+            tbody #fleet data-src="/fragment/fleet" { (fleet_rows(&rows, now_ms(), lost)) }
         }
     };
     Ok(layout("Fleet", "fleet", body, open))
@@ -257,7 +306,9 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
 async fn fleet_fragment(State(hub): Shared) -> Result<Html<String>, WebError> {
     let stale = hub.stale_after_ms;
     let rows = db(&hub, move |c| store::fleet(c, now_ms(), stale)).await?;
-    Ok(Html(fleet_rows(&rows, now_ms()).into_string()))
+    Ok(Html(
+        fleet_rows(&rows, now_ms(), link_lost(&hub)).into_string(),
+    ))
 }
 
 fn picture_url(device: &str, seq: i64) -> String {
@@ -1077,6 +1128,14 @@ async fn events(
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(out)).keep_alive(KeepAlive::default())
 }
 
+/// `link`: whether the supervisor is connected to the broker, and since when.
+fn link_event(hub: &Hub) -> SseEvent {
+    let (up, since) = hub.metrics.link();
+    SseEvent::default()
+        .event("link")
+        .data(json!({"up": up, "since": rfc3339_ms(since)}).to_string())
+}
+
 fn verdict_event(v: &VerdictRow, cur: &mut Cursor) -> Option<SseEvent> {
     if v.id <= cur.verdict {
         return None;
@@ -1148,6 +1207,10 @@ async fn stream_events(
             Err(_) => return,
         },
     };
+    // First the supervisor's own state: the page shows whether it still hears the broker.
+    if tx.send(Ok(link_event(&hub))).await.is_err() {
+        return;
+    }
     if from.is_some() && !catch_up(&hub, &mut cur, who, &tx).await {
         return;
     }
@@ -1170,6 +1233,7 @@ async fn stream_events(
                     .data(json!({"device": c.device, "id": c.id}).to_string()),
             ),
             Ok(Event::Fleet) => Some(SseEvent::default().event("fleet").data("1")),
+            Ok(Event::Link) => Some(link_event(&hub)),
             // This client fell behind the broadcast: the rows come from the database instead,
             // and everything else is refreshed.
             Err(RecvError::Lagged(_)) => {
@@ -1321,7 +1385,8 @@ async fn api_fleet(State(hub): Shared) -> Result<Response, WebError> {
         .map(|r| {
             json!({"device": r.device, "state": r.state, "last_seen": rfc3339_ms(r.last_seen), "camera": r.camera,
                    "paused": r.paused, "model": r.model, "model_version": r.model_version, "fps": r.fps, "p95_ms": r.p95_ms,
-                   "spool_depth": r.spool_depth, "inspected_1h": r.inspected, "defect_rate": r.defect_rate, "suspect_rate": r.suspect_rate})
+                   "spool_depth": r.spool_depth, "stats_at": r.stats_at.map(rfc3339_ms), "stats_fresh": r.stats_fresh,
+                   "open_alerts": r.open_alerts, "inspected_1h": r.inspected, "defect_rate": r.defect_rate, "suspect_rate": r.suspect_rate})
         })
         .collect();
     Ok(axum::Json(v).into_response())

@@ -314,6 +314,73 @@ mod tests {
         );
     }
 
+    fn status(dev: &str, state: &str, extra: Value) -> Item {
+        let mut v =
+            json!({"schema": "inspect.status/1", "state": state, "ts": "2026-11-26T10:00:00Z"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        item(&format!("inspect/{dev}/status"), v)
+    }
+
+    fn offline_alerts(c: &Connection, dev: &str) -> i64 {
+        alert_groups(
+            c,
+            &AlertFilter {
+                device: Some(dev.into()),
+                kind: Some(DEVICE_OFFLINE.into()),
+                severity: Some("critical".into()),
+                page: 0,
+            },
+        )
+        .unwrap()
+        .0
+        .first()
+        .map_or(0, |g| g.count)
+    }
+
+    #[test]
+    fn a_lost_box_raises_one_critical_alert_and_a_clean_stop_none() {
+        let mut c = db("offline");
+        store(
+            &mut c,
+            &[
+                status("a", "online", json!({})),
+                status("b", "online", json!({})),
+            ],
+            1000,
+        );
+        // a's last will, twice (a replay): one alert. b stops cleanly.
+        store(&mut c, &[status("a", "offline", json!({}))], 2000);
+        store(&mut c, &[status("a", "offline", json!({}))], 3000);
+        store(
+            &mut c,
+            &[
+                status("b", "stopping", json!({})),
+                status("b", "offline", json!({"stopped": true})),
+            ],
+            2000,
+        );
+        assert_eq!((offline_alerts(&c, "a"), offline_alerts(&c, "b")), (1, 0));
+        let f = fleet(&c, 3000, 30_000).unwrap();
+        let states: Vec<(&str, &str)> = f
+            .iter()
+            .map(|r| (r.device.as_str(), r.state.as_str()))
+            .collect();
+        assert_eq!(states, [("a", "offline"), ("b", "stopped")], "lost first");
+        // A box gone silent: one alert once past the stale time, not again until heard from.
+        store(&mut c, &[status("s", "online", json!({}))], 10_000);
+        let tx = c.transaction().unwrap();
+        assert!(sweep_silent(&tx, 20_000, 30_000).unwrap().is_empty());
+        assert_eq!(sweep_silent(&tx, 41_000, 30_000).unwrap().len(), 2);
+        assert!(sweep_silent(&tx, 50_000, 30_000).unwrap().is_empty());
+        tx.commit().unwrap();
+        assert_eq!(offline_alerts(&c, "s"), 1);
+        // Its will after that: no second alert.
+        store(&mut c, &[status("s", "offline", json!({}))], 60_000);
+        assert_eq!(offline_alerts(&c, "s"), 1);
+    }
+
     #[test]
     fn rates_come_from_counter_steps_across_restarts() {
         assert_eq!(

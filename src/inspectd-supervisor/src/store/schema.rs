@@ -109,6 +109,15 @@ pub fn open(path: &Path) -> Result<Connection> {
     if !has_sent_by {
         conn.execute_batch("ALTER TABLE commands ADD COLUMN sent_by TEXT")?;
     }
+    // Databases from before offline alerts: when each device's last `device_offline` was raised.
+    let has_offline_alert: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('devices') WHERE name = 'offline_alert_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_offline_alert {
+        conn.execute_batch("ALTER TABLE devices ADD COLUMN offline_alert_at INTEGER")?;
+    }
     Ok(conn)
 }
 
