@@ -625,6 +625,21 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
         )),
         "online"
     );
+    // The lost box tops the fleet, and the supervisor raised a critical device_offline alert.
+    br.wait_true(
+        &format!("document.querySelector('tr.device').dataset.device === '{b}'"),
+        Duration::from_secs(10),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "line 2's device_offline alert",
+        || {
+            get_text(&web, &format!("/alerts?device={b}&kind=device_offline"))
+                .1
+                .contains("class=\"alert group kind-device_offline sev-critical\"")
+                .then_some(())
+        },
+    );
     br.screenshot(&out.join("fleet-offline.png"));
     eprintln!(
         "line 2 froze; its will came after {will:?}, the page showed it offline after {shown:?}; screenshots in {}",

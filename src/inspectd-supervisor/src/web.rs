@@ -265,17 +265,6 @@ fn link_lost(hub: &Hub) -> Option<i64> {
     (!up).then_some(since)
 }
 
-fn link_banner(lost: Option<i64>) -> Markup {
-    html! {
-        @if let Some(since) = lost {
-            p.banner.lost role="alert" {
-                "supervisor lost the broker since " (rfc3339_ms(since))
-                " (" (ago(since, now_ms())) "): device states are unknown, not offline."
-            }
-        }
-    }
-}
-
 async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
     let stale = hub.stale_after_ms;
     let (rows, open) = db(&hub, move |c| {
@@ -285,7 +274,6 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
     let lost = link_lost(&hub);
     let body = html! {
         h1 { "Fleet" }
-        (link_banner(lost))
         p.hint {
             "State from each box's status and last will; " em { "stale" }
             ": online but silent for " (stale / 1000) " s; " em { "stopped" } ": a clean stop. "
