@@ -340,6 +340,66 @@ mod tests {
     }
 
     #[test]
+    fn repeated_alerts_group_page_and_acknowledge_by_group_or_device() {
+        let mut c = db("groups");
+        let alert = |dev: &str, i: usize, kind: &str, sev: &str| {
+            item(
+                &format!("inspect/{dev}/alert"),
+                json!({"schema": "inspect.alert/1", "ts": format!("t{i}"), "kind": kind,
+                       "severity": sev, "message": format!("m {i}")}),
+            )
+        };
+        // 60 devices with one info alert each; device d0 also 5 suspect warnings and an error
+        // (critical), device d1 a camera warning.
+        let mut items: Vec<Item> = (0..60)
+            .map(|d| alert(&format!("d{d}"), 0, "note", "info"))
+            .collect();
+        items.extend((1..6).map(|i| alert("d0", i, "suspect", "warning")));
+        items.push(alert("d0", 9, "model_error", "error"));
+        items.push(alert("d1", 1, "camera_lost", "warning"));
+        store(&mut c, &items, 1000);
+        let page = |f: AlertFilter| alert_groups(&c, &f).unwrap();
+        let (p0, total) = page(AlertFilter::default());
+        assert_eq!((p0.len(), total), (GROUPS_PER_PAGE, 63));
+        assert_eq!(
+            (p0[0].newest.kind.as_str(), p0[0].newest.severity.as_str()),
+            ("model_error", "critical"),
+            "critical first"
+        );
+        let (p1, _) = page(AlertFilter {
+            page: 1,
+            ..Default::default()
+        });
+        assert_eq!(p1.len(), 13);
+        let (mine, n) = page(AlertFilter {
+            device: Some("d0".into()),
+            severity: Some("warning".into()),
+            ..Default::default()
+        });
+        assert_eq!((n, mine[0].count), (1, 5));
+        assert_eq!(
+            (mine[0].first_ts.as_str(), mine[0].last_ts.as_str()),
+            ("t1", "t5")
+        );
+        // One click on the group: its 5 alerts; then the rest of d0 at once.
+        assert_eq!(
+            ack_scope(&c, mine[0].newest.id, AckScope::Group, "ops", 2000).unwrap(),
+            5
+        );
+        let d0_info = p0
+            .iter()
+            .chain(&p1)
+            .find(|g| g.newest.device == "d0" && g.newest.kind == "note")
+            .unwrap();
+        let newest_d0 = d0_info.newest.id.max(p0[0].newest.id);
+        assert_eq!(
+            ack_scope(&c, newest_d0, AckScope::Device, "ops", 2000).unwrap(),
+            2
+        );
+        assert_eq!(counts(&c).unwrap()[2], 67 - 7);
+    }
+
+    #[test]
     fn a_lost_box_raises_one_critical_alert_and_a_clean_stop_none() {
         let mut c = db("offline");
         store(
