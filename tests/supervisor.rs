@@ -625,6 +625,21 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
         )),
         "online"
     );
+    // The lost box tops the fleet, and the supervisor raised a critical device_offline alert.
+    br.wait_true(
+        &format!("document.querySelector('tr.device').dataset.device === '{b}'"),
+        Duration::from_secs(10),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "line 2's device_offline alert",
+        || {
+            get_text(&web, &format!("/alerts?device={b}&kind=device_offline"))
+                .1
+                .contains("class=\"alert group kind-device_offline sev-critical\"")
+                .then_some(())
+        },
+    );
     br.screenshot(&out.join("fleet-offline.png"));
     eprintln!(
         "line 2 froze; its will came after {will:?}, the page showed it offline after {shown:?}; screenshots in {}",
@@ -646,6 +661,133 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
                 .iter()
                 .all(|r| r.starts_with(&format!("{a},")) && r.contains(",suspect,")),
         "{csv}"
+    );
+}
+
+#[test]
+fn a_killed_box_raises_a_critical_alert_and_tops_the_fleet_and_a_clean_stop_does_not() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "gone");
+    let pid = std::process::id();
+    let (a, b) = (format!("killed-{pid}"), format!("stopped-{pid}"));
+    let (_sup, web) = supervisor(&host, port, &dir.join("sup.sqlite"), "gone");
+    let mut da = daemon(&a, &host, port, &dir, "", &prefix("gone"));
+    let mut db = daemon(&b, &host, port, &dir, "", &prefix("gone"));
+    let fleet = |w: &str| {
+        get(w, "/api/fleet")
+            .ok()
+            .and_then(|f| f.as_array().cloned())
+    };
+    let state_of = |f: &[Value], d: &str| {
+        f.iter()
+            .find(|r| r["device"] == d)
+            .map(|r| r["state"].as_str().unwrap_or("").to_string())
+    };
+    wait_for(Duration::from_secs(90), "both boxes online", || {
+        let f = fleet(&web)?;
+        (state_of(&f, &a)? == "online" && state_of(&f, &b)? == "online").then_some(())
+    });
+    let alerts_of = |d: &str| get_text(&web, &format!("/alerts?device={d}")).1;
+    assert!(!alerts_of(&a).contains("kind-device_offline"));
+
+    // SIGKILL: the broker sends the box's last will.
+    let _ = da.0.kill();
+    let _ = da.0.wait();
+    wait_for(
+        Duration::from_secs(20),
+        "the killed box offline, on top",
+        || {
+            let f = fleet(&web)?;
+            (f.first()?["device"] == a.as_str() && f[0]["state"] == "offline").then_some(())
+        },
+    );
+    let page = wait_for(Duration::from_secs(10), "a device_offline alert", || {
+        let p = alerts_of(&a);
+        p.contains("kind-device_offline").then_some(p)
+    });
+    assert!(page.contains("sev-critical"), "{page}");
+    assert_eq!(page.matches("kind-device_offline").count(), 1, "{page}");
+
+    // A clean stop (SIGTERM): `stopped`, and no alert.
+    let term = Command::new("kill")
+        .args(["-TERM", &db.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    wait_for(
+        Duration::from_secs(30),
+        "the stopped box shown stopped",
+        || (state_of(&fleet(&web)?, &b)? == "stopped").then_some(()),
+    );
+    wait_for(Duration::from_secs(30), "the daemon's exit", || {
+        db.0.try_wait().ok().flatten()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(state_of(&fleet(&web).unwrap(), &b).unwrap(), "stopped");
+    let page = alerts_of(&b);
+    assert!(!page.contains("kind-device_offline"), "{page}");
+    // Still one alert for the killed box: its will is not counted twice.
+    assert_eq!(alerts_of(&a).matches("kind-device_offline").count(), 1);
+}
+
+#[test]
+fn when_the_supervisor_loses_the_broker_every_page_says_so_and_states_turn_unknown() {
+    // A broker of our own: this test stops it.
+    let port = free_port();
+    let broker = broker_process(port);
+    let host = "127.0.0.1";
+    let dir = tmp("sup", "blind");
+    let dev = format!("blind-{}", std::process::id());
+    let (_sup, web) = supervisor(host, port, &dir.join("sup.sqlite"), "blind");
+    let c = mqtt(host, port, "blind-pub");
+    c.publish(
+        format!("{}/{dev}/status", prefix("blind")),
+        QoS::AtLeastOnce,
+        false,
+        json!({"schema": "inspect.status/1", "state": "online", "ts": inspectd_contract::timefmt::now()})
+            .to_string(),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the box online", || {
+        let f = get(&web, "/api/fleet").ok()?;
+        (f[0]["state"] == "online").then_some(())
+    });
+    let mut br = Browser::start(&dir.join("chromium"));
+    let out = artifacts();
+    br.goto(&format!("http://{web}/"));
+    br.wait_true(
+        "document.getElementById('conn').className === 'conn up' && document.getElementById('link-banner').hidden",
+        Duration::from_secs(20),
+    );
+    let t0 = Instant::now();
+    drop(broker);
+    br.wait_true(
+        "!document.getElementById('link-banner').hidden && document.getElementById('link-banner').innerText.includes('supervisor lost the broker since')",
+        Duration::from_secs(5),
+    );
+    let shown = t0.elapsed();
+    assert!(shown < Duration::from_secs(5), "banner after {shown:?}");
+    assert_eq!(
+        br.eval("document.getElementById('conn').className"),
+        "conn half"
+    );
+    br.wait_true(
+        &format!("document.querySelector(\"tr.device[data-device='{dev}']\").dataset.state === 'unknown' && document.querySelector(\"tr.device[data-device='{dev}']\").innerText.includes('since')"),
+        Duration::from_secs(5),
+    );
+    br.screenshot(&out.join("fleet-broker-lost.png"));
+    // Another page, rendered while the broker is gone: the banner too.
+    br.goto(&format!("http://{web}/alerts"));
+    br.wait_true(
+        "!document.getElementById('link-banner').hidden",
+        Duration::from_secs(5),
+    );
+    br.screenshot(&out.join("alerts-broker-lost.png"));
+    // The broker back: the banner goes.
+    let _broker = broker_process(port);
+    br.wait_true(
+        "document.getElementById('link-banner').hidden && document.getElementById('conn').className === 'conn up'",
+        Duration::from_secs(30),
     );
 }
 
@@ -937,7 +1079,8 @@ fn sse_until(
         assert!(n > 0, "{path}: the stream ended; events so far: {got:?}");
         let l = line.trim_end_matches(['\r', '\n']);
         if l.is_empty() {
-            if !ev.0.is_empty() {
+            // Every stream begins with the supervisor's broker link state (`link`): not a row.
+            if !ev.0.is_empty() && ev.0 != "link" {
                 got.push(std::mem::take(&mut ev));
             }
             ev = Default::default();
@@ -1162,6 +1305,68 @@ fn with_a_users_file_every_page_needs_a_login_and_the_name_is_recorded() {
             assert!(head.contains("at%20most%20128%20bytes"), "{head}");
             let (_, _, page) = http(&w, "GET", &format!("/device/{d}"), a, "");
             assert!(page.contains("by <strong>anna</strong>"), "{page}");
+        })
+        .await
+        .unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn a_thousand_repeated_alerts_are_one_row_acknowledged_in_one_click() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "group");
+    let db = dir.join("sup.sqlite");
+    let dev = format!("noisy-{}", std::process::id());
+    let rt = inspectd_contract::client::runtime().unwrap();
+    rt.block_on(async {
+        let (stop, task, web) = start(&host, port, &db, "group").await;
+        let c = mqtt(&host, port, "group-pub");
+        for i in 0..1000 {
+            c.publish(
+                format!("{}/{dev}/alert", prefix("group")),
+                QoS::AtLeastOnce,
+                false,
+                json!({"schema": "inspect.alert/1", "ts": format!("2026-11-30T05:00:{:02}.{:03}Z", i / 1000, i % 1000),
+                       "kind": "suspect", "severity": "warning", "seq": i,
+                       "message": format!("part P-{i}: confidence 0.{:03} is marginal", i % 997)})
+                .to_string(),
+            )
+            .unwrap();
+        }
+        let (w, d) = (web.clone(), dev.clone());
+        tokio::task::spawn_blocking(move || {
+            wait_for(Duration::from_secs(60), "1000 open alerts", || {
+                (get(&w, "/api/stats").ok()?["rows"]["open_alerts"] == 1000).then_some(())
+            });
+            let (code, page) = get_text(&w, "/alerts");
+            assert_eq!(code, 200);
+            assert!(page.len() < 1 << 20, "alerts page of {} bytes", page.len());
+            let rows = page.matches("<tr class=\"alert group ").count();
+            assert_eq!(rows, 1, "one grouped row: {page}");
+            assert!(page.contains("data-count=\"1000\""), "{page}");
+            assert!(page.contains("Acknowledge all 1000"), "{page}");
+            let at = page.find("data-id=\"").unwrap() + 9;
+            let id: i64 = page[at..at + page[at..].find('"').unwrap()].parse().unwrap();
+            // Filters: another device shows nothing; this one its group.
+            let (_, other) = get_text(&w, "/alerts?device=nobody");
+            assert!(other.contains("No open alerts."), "{other}");
+            let (_, mine) = get_text(&w, &format!("/alerts?device={d}&severity=warning"));
+            assert!(mine.contains("data-count=\"1000\""));
+            // One click: the group's form.
+            let (code, _, _) = http(
+                &w,
+                "POST",
+                &format!("/alerts/{id}/ack"),
+                &["Sec-Fetch-Site: same-origin"],
+                "scope=group&by=Dana",
+            );
+            assert_eq!(code, 303);
+            assert_eq!(get(&w, "/api/stats").unwrap()["rows"]["open_alerts"], 0);
+            let (_, page) = get_text(&w, "/alerts");
+            assert!(page.contains("No open alerts."), "{page}");
+            assert!(page.len() < 1 << 20);
         })
         .await
         .unwrap();

@@ -74,6 +74,9 @@ fn status_payload(shared: &Shared, state: v1::State) -> Vec<u8> {
         paused: shared.status.paused(),
         schema: v1::StatusSchema,
         state,
+        // The last will is built while the box runs; only the final status of a clean stop
+        // says it stopped.
+        stopped: state == v1::State::Offline && shared.stopping(),
         ts: inspectd_contract::timefmt::now(),
         uptime_s: shared.status.uptime().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -105,7 +105,8 @@ to_json!(Status, Verdict, Alert, Stats, CmdResult);
 // ---------------------------------------------------------------------------------------------
 // status
 
-/// `online` while connected, `stopping` on a clean shutdown, `offline` from the last will.
+/// `online` while connected, `stopping` on a clean shutdown, `offline` from the last will or at
+/// the end of a clean shutdown (then with `stopped: true`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -144,6 +145,11 @@ pub struct Status {
     pub paused: bool,
     pub schema: StatusSchema,
     pub state: State,
+    /// On the last status of a clean stop (`state` `offline`): true. The last will leaves it out,
+    /// so a receiver tells a box that stopped from one that vanished. (Added within v1: older
+    /// receivers ignore it; from an older box it is absent, and every `offline` reads as lost.)
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stopped: bool,
     #[serde(default)]
     pub ts: String,
     #[serde(default)]
@@ -151,6 +157,10 @@ pub struct Status {
     /// The daemon's version.
     #[serde(default)]
     pub version: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The model a device runs.

@@ -48,6 +48,7 @@ fn every_golden_file_is_checked() {
             "command-set.json",
             "command-trigger.json",
             "stats.json",
+            "status-stopped.json",
             "status.json",
             "verdict-ok.json",
             "verdict.json",
@@ -60,6 +61,19 @@ fn a_status_encodes_back_to_its_bytes() {
     let s: Status = round_trip("status.json");
     assert_eq!(s.state.as_str(), "online");
     assert_eq!(s.model.variant.unwrap().name, "int8");
+    assert!(!s.stopped, "only a clean stop's last status says stopped");
+}
+
+#[test]
+fn a_clean_stops_last_status_says_stopped_and_a_last_will_does_not() {
+    let s: Status = round_trip("status-stopped.json");
+    assert_eq!((s.state.as_str(), s.stopped), ("offline", true));
+    // The last will (and every status from an older box) has no `stopped`: lost, not stopped.
+    let will = String::from_utf8(golden("status-stopped.json"))
+        .unwrap()
+        .replace(",\"stopped\":true", "");
+    let w: Status = serde_json::from_str(&will).unwrap();
+    assert!(!w.stopped);
 }
 
 #[test]

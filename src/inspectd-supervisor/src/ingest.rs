@@ -101,7 +101,7 @@ pub struct CmdResult {
 /// One accepted message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Incoming {
-    /// `state` is online, offline or stopping; `ts_ms` its `ts`, when it has one; `raw` the
+    /// `state` is online, offline, stopping or stopped (the end of a clean stop); `ts_ms` its `ts`, when it has one; `raw` the
     /// whole status.
     Status {
         device: String,
@@ -240,7 +240,12 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             let v = object(payload, v1::StatusSchema::SCHEMA, &device)?;
             let s: v1::Status = typed(&v, &what("status"))?;
             Ok(Some(Incoming::Status {
-                state: s.state.as_str().to_string(),
+                // A clean stop's final `offline` is told apart from the last will.
+                state: if s.state == v1::State::Offline && s.stopped {
+                    "stopped".to_string()
+                } else {
+                    s.state.as_str().to_string()
+                },
                 ts_ms: inspectd_contract::timefmt::parse_ms(&s.ts),
                 raw: v.to_string(),
                 device,

@@ -15,7 +15,7 @@ pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,8 @@ pub struct Metrics {
     pub db_errors: AtomicU64,
     pub connects: AtomicU64,
     pub connected: AtomicBool,
+    /// Since when (ms since the epoch) `connected` has been what it is.
+    pub link_since: AtomicI64,
     /// (when, messages received so far): for messages per second.
     rate: Mutex<std::collections::VecDeque<(Instant, u64)>>,
     pub started: Instant,
@@ -105,6 +107,7 @@ impl Metrics {
             db_errors: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            link_since: AtomicI64::new(inspectd_contract::timefmt::now_ms()),
             rate: Mutex::new(Default::default()),
             started: Instant::now(),
         }
@@ -146,6 +149,24 @@ impl Metrics {
         }
     }
 
+    /// Records the broker link going up or down; true if that is a change.
+    pub fn set_link(&self, up: bool) -> bool {
+        let was = self.connected.swap(up, Ordering::Relaxed);
+        if was != up {
+            self.link_since
+                .store(inspectd_contract::timefmt::now_ms(), Ordering::Relaxed);
+        }
+        was != up
+    }
+
+    /// Whether the supervisor is connected to the broker, and since when.
+    pub fn link(&self) -> (bool, i64) {
+        (
+            self.connected.load(Ordering::Relaxed),
+            self.link_since.load(Ordering::Relaxed),
+        )
+    }
+
     fn kind(kind: &str) -> usize {
         KINDS.iter().position(|k| *k == kind).unwrap_or(0)
     }
@@ -171,6 +192,8 @@ pub enum Work {
     Skip(Ack),
     /// Enforce the retention limits.
     Tick,
+    /// Look for boxes gone silent.
+    Sweep,
 }
 
 /// A command to publish, with the channel for the outcome.
@@ -200,7 +223,9 @@ fn flush_acks(client: &AsyncClient, pending: &mut std::collections::VecDeque<rum
     }
 }
 
-/// The MQTT side: one fresh client per connection, a persistent session, manual acks.
+/// The MQTT side: one fresh client per connection, a persistent session, manual acks. Tells the
+/// UI (`Event::Link`) when the broker connection goes up or down.
+#[allow(clippy::too_many_arguments)] // each is a distinct channel of one long-lived task
 async fn link(
     s: inspectd_contract::client::Settings,
     prefix: String,
@@ -208,6 +233,7 @@ async fn link(
     mut acks: mpsc::UnboundedReceiver<Ack>,
     mut commands: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
+    events: broadcast::Sender<Event>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
@@ -262,7 +288,9 @@ async fn link(
                     // Connected means subscribed: from here on nothing published is missed.
                     Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
                         tracing::info!("connected to {}:{}, subscribed to {filter}", s.host, s.port);
-                        metrics.connected.store(true, Ordering::Relaxed);
+                        if metrics.set_link(true) {
+                            let _ = events.send(Event::Link);
+                        }
                     }
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         let ack = (p.qos != QoS::AtMostOnce).then(|| Ack {
@@ -339,7 +367,9 @@ async fn link(
                 }
             }
         }
-        metrics.connected.store(false, Ordering::Relaxed);
+        if metrics.set_link(false) {
+            let _ = events.send(Event::Link);
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = shutdown.changed() => return,
@@ -357,9 +387,11 @@ fn writer(
     events: broadcast::Sender<Event>,
     metrics: Arc<Metrics>,
     retention: Retention,
+    stale_after_ms: i64,
 ) {
     const BATCH: usize = 4096;
     let mut retain_due = true;
+    let mut sweep_due = false;
     loop {
         let Some(first) = rx.blocking_recv() else {
             return;
@@ -375,6 +407,7 @@ fn writer(
                 }
                 Work::Skip(ack) => tokens.push(ack),
                 Work::Tick => retain_due = true,
+                Work::Sweep => sweep_due = true,
             }
             if items.len() < BATCH && tokens.len() < BATCH {
                 next = rx.try_recv().ok();
@@ -412,6 +445,34 @@ fn writer(
             }
             for e in applied.events {
                 let _ = events.send(e);
+            }
+        }
+        if sweep_due {
+            sweep_due = false;
+            // Boxes silent past --stale-after-s are lost, unless the supervisor itself was cut
+            // off from the broker meanwhile (then their silence says nothing).
+            let now = inspectd_contract::timefmt::now_ms();
+            let (up, since) = metrics.link();
+            if up && now - since >= stale_after_ms {
+                let r = conn
+                    .transaction()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|tx| {
+                        let e = store::sweep_silent(&tx, now, stale_after_ms)?;
+                        tx.commit()?;
+                        Ok(e)
+                    });
+                match r {
+                    Ok(evs) => {
+                        for e in evs {
+                            let _ = events.send(e);
+                        }
+                    }
+                    Err(e) => {
+                        metrics.db_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("looking for silent boxes: {e:#}");
+                    }
+                }
             }
         }
         if retain_due {
@@ -526,11 +587,22 @@ pub async fn serve(
         days: a.retain_days,
         max_verdicts: a.max_verdicts,
     };
+    let stale_after_ms = a.stale_after_s as i64 * 1000;
     let writer_thread = {
         let (events, metrics) = (events.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("supervisor-db".into())
-            .spawn(move || writer(conn, work_rx, ack_tx, events, metrics, retention))
+            .spawn(move || {
+                writer(
+                    conn,
+                    work_rx,
+                    ack_tx,
+                    events,
+                    metrics,
+                    retention,
+                    stale_after_ms,
+                )
+            })
             .context("starting the database thread")?
     };
     let hub = Arc::new(Hub {
@@ -548,6 +620,7 @@ pub async fn serve(
         ack_rx,
         cmd_rx,
         metrics.clone(),
+        events.clone(),
         stop_rx.clone(),
     ));
     // Once a second: the message rate and a fleet refresh (online turns stale by time alone);
@@ -567,6 +640,9 @@ pub async fn serve(
                 n += 1;
                 if n.is_multiple_of(5) {
                     let _ = events.send(Event::Fleet);
+                }
+                if work.send(Work::Sweep).await.is_err() {
+                    return;
                 }
                 if n.is_multiple_of(60) && work.send(Work::Tick).await.is_err() {
                     return;

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::access::Operator;
 use super::ingest::{Reject, KINDS};
-use super::store::{self, AlertRow, Cursor, Event, Filter, FleetRow, VerdictRow};
+use super::store::{self, AlertGroup, AlertRow, Cursor, Event, Filter, FleetRow, VerdictRow};
 use super::{Hub, Outgoing};
 use inspectd_contract::limits::MAX_PART_ID_BYTES;
 use inspectd_contract::timefmt::{now_ms, parse_ms, rfc3339_ms};
@@ -50,6 +50,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/live", get(live_page))
         .route("/alerts", get(alerts_page))
         .route("/alerts/:id/ack", post(ack_alert))
+        .route("/fragment/alerts", get(alerts_fragment))
         .route("/history", get(history_page))
         .route("/history.csv", get(history_csv))
         .route("/verdict/:device/:seq", get(verdict_page))
@@ -167,8 +168,10 @@ fn layout(title: &str, page: &str, body: Markup, open_alerts: i64) -> Html<Strin
                             }
                         }
                     }
-                    span #conn.conn title="live updates" {}
+                    span #conn.conn title="live updates: not connected" {}
                 }
+                // Filled from the live stream's `link` event: the supervisor's own broker link.
+                div #link-banner.banner role="alert" hidden {}
                 main { (body) }
                 script src="/static/app.js" {}
             }
@@ -195,17 +198,44 @@ fn ago(ms: i64, now: i64) -> String {
     }
 }
 
-pub fn fleet_rows(rows: &[FleetRow], now: i64) -> Markup {
+/// A value from the box's latest stats: greyed, with its age, when it is not current.
+fn stat_cell(text: String, r: &FleetRow, current: bool, now: i64) -> Markup {
+    html! {
+        @match (current, r.stats_at) {
+            (false, Some(at)) if text != "–" => {
+                td.old title={ "last known, from " (rfc3339_ms(at)) } { (text) " " span.age { (ago(at, now)) } }
+            }
+            _ => { td { (text) } }
+        }
+    }
+}
+
+/// The fleet's rows; `lost` is since when the supervisor has no broker: the boxes' states are
+/// then unknown, not theirs to blame.
+pub fn fleet_rows(rows: &[FleetRow], now: i64, lost: Option<i64>) -> Markup {
     html! {
         @if rows.is_empty() {
             tr { td colspan="11" class="empty" { "No device has reported yet." } }
         }
         @for r in rows {
-            tr class={ "device state-" (r.state) } data-device=(r.device) data-state=(r.state) {
+            @let state = if lost.is_some() { "unknown" } else { r.state.as_str() };
+            @let current = lost.is_none() && r.stats_fresh && r.state == "online";
+            tr class={ "device state-" (state) @if r.critical { " critical" } } data-device=(r.device) data-state=(state)
+                data-open-alerts=(r.open_alerts) {
                 td { a href={ "/device/" (enc(&r.device)) } { (r.device) } }
                 td {
-                    span class={ "badge " (r.state) } { (r.state) }
+                    @if let Some(since) = lost {
+                        span.badge.unknown title={ "last known: " (r.state) } { "unknown" }
+                        " " span.age { "since " (rfc3339_ms(since)) }
+                    } @else {
+                        span class={ "badge " (r.state) } { (r.state) }
+                    }
                     @if r.paused { " " span.badge.paused { "paused" } }
+                    @if r.open_alerts > 0 {
+                        " " a.alerts href={ "/alerts?device=" (enc(&r.device)) } {
+                            span class={ "sev " @if r.critical { "critical" } @else { "warning" } } { (r.open_alerts) " open" }
+                        }
+                    }
                 }
                 td title=(rfc3339_ms(r.last_seen)) { (ago(r.last_seen, now)) }
                 td {
@@ -218,9 +248,9 @@ pub fn fleet_rows(rows: &[FleetRow], now: i64) -> Markup {
                         None => { "–" }
                     }
                 }
-                td { (r.fps.map_or("–".into(), |v| format!("{v:.1}"))) }
-                td { (r.p95_ms.map_or("–".into(), |v| format!("{v:.1} ms"))) }
-                td { (r.spool_depth.map_or("–".into(), |v| v.to_string())) }
+                (stat_cell(r.fps.map_or("–".into(), |v| format!("{v:.1}")), r, current, now))
+                (stat_cell(r.p95_ms.map_or("–".into(), |v| format!("{v:.1} ms")), r, current, now))
+                (stat_cell(r.spool_depth.map_or("–".into(), |v| v.to_string()), r, current, now))
                 td { (r.inspected) }
                 td { (pct(r.defect_rate)) }
                 td { (pct(r.suspect_rate)) }
@@ -229,17 +259,25 @@ pub fn fleet_rows(rows: &[FleetRow], now: i64) -> Markup {
     }
 }
 
+/// Since when the supervisor has been without its broker, if it is.
+fn link_lost(hub: &Hub) -> Option<i64> {
+    let (up, since) = hub.metrics.link();
+    (!up).then_some(since)
+}
+
 async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
     let stale = hub.stale_after_ms;
     let (rows, open) = db(&hub, move |c| {
         Ok((store::fleet(c, now_ms(), stale)?, open_alert_count(c)?))
     })
     .await?;
+    let lost = link_lost(&hub);
     let body = html! {
         h1 { "Fleet" }
         p.hint {
             "State from each box's status and last will; " em { "stale" }
-            ": online but silent for " (stale / 1000) " s. Rates over the last hour."
+            ": online but silent for " (stale / 1000) " s; " em { "stopped" } ": a clean stop. "
+            "Boxes needing attention first. Rates over the last hour; greyed values are a box's last known, with their age."
         }
         table.grid {
             thead { tr {
@@ -247,7 +285,7 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
                 th { "fps" } th { "p95 latency" } th { "spool" } th { "parts (1 h)" }
                 th { "defect rate" } th { "suspect rate" }
             } }
-            tbody #fleet data-src="/fragment/fleet" { (fleet_rows(&rows, now_ms())) }
+            tbody #fleet data-src="/fragment/fleet" { (fleet_rows(&rows, now_ms(), lost)) }
         }
     };
     Ok(layout("Fleet", "fleet", body, open))
@@ -256,7 +294,9 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
 async fn fleet_fragment(State(hub): Shared) -> Result<Html<String>, WebError> {
     let stale = hub.stale_after_ms;
     let rows = db(&hub, move |c| store::fleet(c, now_ms(), stale)).await?;
-    Ok(Html(fleet_rows(&rows, now_ms()).into_string()))
+    Ok(Html(
+        fleet_rows(&rows, now_ms(), link_lost(&hub)).into_string(),
+    ))
 }
 
 fn picture_url(device: &str, seq: i64) -> String {
@@ -348,7 +388,7 @@ pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> Markup {
             td { (a.ts) }
             td { a href={ "/device/" (enc(&a.device)) } { (a.device) } }
             td { span class={ "badge " (a.kind) } { (a.kind) } }
-            td { (a.severity) }
+            td { span class={ "sev " (a.severity) } { (a.severity) } }
             td { (a.message) }
             td {
                 @if let (Some(seq), true) = (a.seq, a.has_picture) {
@@ -387,20 +427,161 @@ fn alert_head() -> Markup {
     }
 }
 
-async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebError> {
-    let ((open, done), cursor) = db(&hub, |c| {
+fn group_head() -> Markup {
+    html! {
+        thead { tr {
+            th { "last / first" } th { "device" } th { "kind" } th { "severity" } th { "message" }
+            th { "count" } th { "evidence" } th {}
+        } }
+    }
+}
+
+/// The name field of an acknowledgement: none when logged in (the login's name is used).
+fn ack_name(who: Option<&str>) -> Markup {
+    html! {
+        @if who.is_none() {
+            input name="by" placeholder="your name" required maxlength="64";
+        }
+    }
+}
+
+/// One row for repeated open alerts (same device, kind and severity): the newest stands for
+/// them, with how many and since when; one click acknowledges them all, or the whole device.
+pub fn alert_group_row(g: &AlertGroup, who: Option<&str>) -> Markup {
+    let a = &g.newest;
+    html! {
+        tr class={ "alert group kind-" (a.kind) " sev-" (a.severity) } data-id=(a.id) data-device=(a.device)
+            data-kind=(a.kind) data-severity=(a.severity) data-count=(g.count) {
+            td {
+                (g.last_ts)
+                @if g.count > 1 { br; span.first { "since " (g.first_ts) } }
+            }
+            td { a href={ "/device/" (enc(&a.device)) } { (a.device) } }
+            td { span class={ "badge " (a.kind) } { (a.kind) } }
+            td { span class={ "sev " (a.severity) } { (a.severity) } }
+            td { (a.message) }
+            td.count { (g.count) }
+            td {
+                @if let (Some(seq), true) = (a.seq, a.has_picture) {
+                    (evidence_link(&a.device, seq))
+                }
+            }
+            td {
+                form.ack method="post" action={ "/alerts/" (a.id) "/ack" } {
+                    input type="hidden" name="scope" value="group";
+                    (ack_name(who))
+                    button type="submit" {
+                        "Acknowledge"
+                        @if g.count > 1 { " all " (g.count) }
+                        @if let Some(n) = who { " as " (n) }
+                    }
+                }
+                form.ack-device method="post" action={ "/alerts/" (a.id) "/ack" } {
+                    input type="hidden" name="scope" value="device";
+                    (ack_name(who))
+                    button type="submit" { "Acknowledge all of " (a.device) }
+                }
+            }
+        }
+    }
+}
+
+fn alert_filter_of(q: &HashMap<String, String>) -> store::AlertFilter {
+    let get = |k: &str| {
+        q.get(k)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    store::AlertFilter {
+        device: get("device"),
+        kind: get("kind"),
+        severity: get("severity"),
+        page: q
+            .get("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+            .min(100_000),
+    }
+}
+
+/// The query string of a filter, for links and the live fragment.
+fn alert_query(f: &store::AlertFilter, page: usize) -> String {
+    let mut q = format!("page={page}");
+    for (k, v) in [
+        ("device", &f.device),
+        ("kind", &f.kind),
+        ("severity", &f.severity),
+    ] {
+        if let Some(v) = v {
+            let _ = write!(q, "&{k}={}", enc(v));
+        }
+    }
+    q
+}
+
+fn alert_groups_rows(groups: &[AlertGroup], who: Option<&str>) -> Markup {
+    html! {
+        @if groups.is_empty() {
+            tr { td colspan="8" class="empty" { "No open alerts." } }
+        }
+        @for g in groups { (alert_group_row(g, who)) }
+    }
+}
+
+async fn alerts_page(
+    State(hub): Shared,
+    who: Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Html<String>, WebError> {
+    let f = alert_filter_of(&q);
+    let ff = f.clone();
+    let ((groups, total), done, facets, open, cursor) = db(&hub, move |c| {
         let t = c.unchecked_transaction()?;
-        Ok((store::alerts(&t, 100)?, store::cursor(&t)?))
+        Ok((
+            store::alert_groups(&t, &ff)?,
+            store::alerts_acked(&t, 100)?,
+            store::alert_facets(&t)?,
+            open_alert_count(&t)?,
+            store::cursor(&t)?,
+        ))
     })
     .await?;
     let now = now_ms();
     let name = name_of(&who);
+    let pages = total.div_ceil(store::GROUPS_PER_PAGE).max(1);
+    let select = |label: &str, key: &str, values: &[String], cur: &Option<String>| {
+        html! {
+            label { (label) " "
+                select name=(key) {
+                    option value="" { "any" }
+                    @for v in values { option value=(v) selected[cur.as_deref() == Some(v.as_str())] { (v) } }
+                }
+            }
+            " "
+        }
+    };
     let body = html! {
         h1 { "Alerts" }
-        p.hint { "Open alerts, newest first; suspect predictions are highlighted with their evidence." }
+        p.hint {
+            "Open alerts, critical first; repeats of one device, kind and severity are one row with their count. "
+            "Acknowledging a row acknowledges every alert it counts."
+        }
+        form.filters method="get" action="/alerts" {
+            (select("device", "device", &facets[0], &f.device))
+            (select("kind", "kind", &facets[1], &f.kind))
+            (select("severity", "severity", &facets[2], &f.severity))
+            button type="submit" { "Filter" }
+            " " a href="/alerts" { "clear" }
+        }
         table.grid.alerts data-cursor=(cursor.id()) {
-            (alert_head())
-            tbody #alerts { @for a in &open { (alert_row(a, now, name)) } }
+            (group_head())
+            tbody #alerts data-src={ "/fragment/alerts?" (alert_query(&f, f.page)) } { (alert_groups_rows(&groups, name)) }
+        }
+        p.pager {
+            (total) " groups · page " (f.page + 1) " of " (pages) " "
+            @if f.page > 0 { a rel="prev" href={ "/alerts?" (alert_query(&f, f.page - 1)) } { "← newer" } " " }
+            @if f.page + 1 < pages { a rel="next" href={ "/alerts?" (alert_query(&f, f.page + 1)) } { "older →" } }
         }
         h2 { "Acknowledged" }
         table.grid.alerts.done {
@@ -408,7 +589,19 @@ async fn alerts_page(State(hub): Shared, who: Who) -> Result<Html<String>, WebEr
             tbody { @for a in &done { (alert_row(a, now, name)) } }
         }
     };
-    Ok(layout("Alerts", "alerts", body, open.len() as i64))
+    Ok(layout("Alerts", "alerts", body, open))
+}
+
+async fn alerts_fragment(
+    State(hub): Shared,
+    who: Who,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Html<String>, WebError> {
+    let f = alert_filter_of(&q);
+    let (groups, _) = db(&hub, move |c| store::alert_groups(c, &f)).await?;
+    Ok(Html(
+        alert_groups_rows(&groups, name_of(&who)).into_string(),
+    ))
 }
 
 async fn ack_alert(
@@ -431,8 +624,19 @@ async fn ack_alert(
             "acknowledge: give your name (at most 64 characters)".into(),
         ));
     }
-    let done = db(&hub, move |c| store::ack(c, id, &by, now_ms())).await?;
-    if !done {
+    let scope = match f.get("scope").map(String::as_str) {
+        None | Some("" | "one") => store::AckScope::One,
+        Some("group") => store::AckScope::Group,
+        Some("device") => store::AckScope::Device,
+        Some(s) => {
+            return Err(WebError(
+                StatusCode::BAD_REQUEST,
+                format!("acknowledge: scope {s:?} is none of one, group, device"),
+            ))
+        }
+    };
+    let done = db(&hub, move |c| store::ack_scope(c, id, scope, &by, now_ms())).await?;
+    if done == 0 {
         return Err(not_found(format!("alert {id}: no such open alert")));
     }
     Ok(Redirect::to("/alerts").into_response())
@@ -912,6 +1116,14 @@ async fn events(
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(out)).keep_alive(KeepAlive::default())
 }
 
+/// `link`: whether the supervisor is connected to the broker, and since when.
+fn link_event(hub: &Hub) -> SseEvent {
+    let (up, since) = hub.metrics.link();
+    SseEvent::default()
+        .event("link")
+        .data(json!({"up": up, "since": rfc3339_ms(since)}).to_string())
+}
+
 fn verdict_event(v: &VerdictRow, cur: &mut Cursor) -> Option<SseEvent> {
     if v.id <= cur.verdict {
         return None;
@@ -983,6 +1195,10 @@ async fn stream_events(
             Err(_) => return,
         },
     };
+    // First the supervisor's own state: the page shows whether it still hears the broker.
+    if tx.send(Ok(link_event(&hub))).await.is_err() {
+        return;
+    }
     if from.is_some() && !catch_up(&hub, &mut cur, who, &tx).await {
         return;
     }
@@ -1005,6 +1221,7 @@ async fn stream_events(
                     .data(json!({"device": c.device, "id": c.id}).to_string()),
             ),
             Ok(Event::Fleet) => Some(SseEvent::default().event("fleet").data("1")),
+            Ok(Event::Link) => Some(link_event(&hub)),
             // This client fell behind the broadcast: the rows come from the database instead,
             // and everything else is refreshed.
             Err(RecvError::Lagged(_)) => {
@@ -1156,7 +1373,8 @@ async fn api_fleet(State(hub): Shared) -> Result<Response, WebError> {
         .map(|r| {
             json!({"device": r.device, "state": r.state, "last_seen": rfc3339_ms(r.last_seen), "camera": r.camera,
                    "paused": r.paused, "model": r.model, "model_version": r.model_version, "fps": r.fps, "p95_ms": r.p95_ms,
-                   "spool_depth": r.spool_depth, "inspected_1h": r.inspected, "defect_rate": r.defect_rate, "suspect_rate": r.suspect_rate})
+                   "spool_depth": r.spool_depth, "stats_at": r.stats_at.map(rfc3339_ms), "stats_fresh": r.stats_fresh,
+                   "open_alerts": r.open_alerts, "inspected_1h": r.inspected, "defect_rate": r.defect_rate, "suspect_rate": r.suspect_rate})
         })
         .collect();
     Ok(axum::Json(v).into_response())

@@ -39,13 +39,47 @@
   var es = new EventSource("/events" +
     (cur ? "?after=" + encodeURIComponent(cur.getAttribute("data-cursor")) : ""));
   var dot = document.getElementById("conn");
+  var banner = document.getElementById("link-banner");
+  // The dot: green when this page hears the supervisor and the supervisor hears the broker;
+  // amber when only the first; grey when the page has lost the supervisor.
+  var streamUp = false, broker = null;
+  function showLink() {
+    if (!dot) { return; }
+    if (!streamUp) {
+      dot.className = "conn";
+      dot.title = "live updates: this page lost the supervisor";
+    } else if (broker && !broker.up) {
+      dot.className = "conn half";
+      dot.title = "live updates: the supervisor lost the broker since " + broker.since;
+    } else {
+      dot.className = "conn up";
+      dot.title = "live updates: connected";
+    }
+  }
   // Whatever changed between rendering the page and (re)connecting the stream is fetched once.
   es.onopen = function () {
-    if (dot) { dot.className = "conn up"; }
+    streamUp = true;
+    showLink();
     refresh("fleet");
     refresh("commands");
   };
-  es.onerror = function () { if (dot) { dot.className = "conn"; } };
+  es.onerror = function () { streamUp = false; showLink(); };
+  es.addEventListener("link", function (e) {
+    broker = JSON.parse(e.data);
+    streamUp = true;
+    showLink();
+    if (banner) {
+      if (broker.up) {
+        banner.hidden = true;
+        banner.textContent = "";
+      } else {
+        banner.textContent = "supervisor lost the broker since " + broker.since +
+          ": what this page shows may be out of date, and device states are unknown.";
+        banner.hidden = false;
+      }
+    }
+    refresh("fleet");
+  });
   es.addEventListener("verdict", function (e) {
     var t = document.getElementById("live");
     if (!t) { return; }
@@ -71,7 +105,9 @@
     }
   });
   es.addEventListener("alert", function (e) {
-    prepend("alerts", e.data, 1000);
+    // The alerts page groups repeats: its rows are refetched rather than prepended.
+    var t = document.getElementById("alerts");
+    if (t && t.getAttribute("data-src")) { refresh("alerts"); } else { prepend("alerts", e.data, 1000); }
     var c = document.getElementById("alert-count");
     if (c) { c.textContent = String(Number(c.textContent) + 1); c.className = "count hot"; }
   });

@@ -2,9 +2,9 @@
 
 use crate::ingest::Incoming;
 use anyhow::Result;
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::queries::{AlertRow, CmdRow, VerdictRow, PICTURE};
+use super::queries::{severity_class, AlertRow, CmdRow, VerdictRow, PICTURE};
 
 /// What the UI is told after a batch is stored.
 #[derive(Clone, Debug)]
@@ -18,6 +18,8 @@ pub enum Event {
     CmdResult(Box<CmdRow>),
     /// A device's status or stats changed.
     Fleet,
+    /// The supervisor's own broker connection went up or down.
+    Link,
 }
 
 /// One message to store; `retained` for a retained status replayed by the broker.
@@ -51,6 +53,16 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
             (Incoming::Status { ts_ms, .. }, true) => ts_ms.unwrap_or(0).min(now),
             _ => now,
         };
+        // What the device was before this status: a lost box (its last will) is an alert.
+        let before: Option<(String, i64, Option<i64>)> = match &it.msg {
+            Incoming::Status { .. } => tx
+                .prepare_cached(
+                    "SELECT state, last_seen, offline_alert_at FROM devices WHERE device = ?1",
+                )?
+                .query_row(params![dev], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?,
+            _ => None,
+        };
         if !matches!(it.msg, Incoming::Forget { .. }) {
             seen.execute(params![dev, seen_at])?;
         }
@@ -70,6 +82,22 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                          WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
                     )?
                     .execute(params![device, state, raw, now, ts_ms, state])?;
+                // The last will of a box that was up (not one already known lost or stopped,
+                // nor one already alerted since it was last heard): it vanished.
+                if let Some((prev, last_seen, alerted)) = &before {
+                    if state == "offline"
+                        && !matches!(prev.as_str(), "offline" | "stopped")
+                        && alerted.is_none_or(|t| t < *last_seen)
+                    {
+                        let a = raise_offline(
+                            tx,
+                            device,
+                            "the box is gone: its last will came (connection lost without a clean stop)",
+                            now,
+                        )?;
+                        out.events.extend(a);
+                    }
+                }
                 out.events.push(Event::Fleet);
                 n == 1
             }
@@ -146,7 +174,7 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         "INSERT OR IGNORE INTO alerts (device, ts, received, kind, severity, message, seq, raw)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )?
-                    .execute(params![a.device, a.ts, now, a.kind, a.severity, a.message, a.seq, a.raw])?;
+                    .execute(params![a.device, a.ts, now, a.kind, severity_class(&a.severity), a.message, a.seq, a.raw])?;
                 if n == 1 {
                     let id = tx.last_insert_rowid();
                     let has_picture = tx
@@ -158,7 +186,7 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         device: a.device.clone(),
                         ts: a.ts.clone(),
                         kind: a.kind.clone(),
-                        severity: a.severity.clone(),
+                        severity: severity_class(&a.severity).to_string(),
                         message: a.message.clone(),
                         seq: a.seq,
                         acked_by: None,
@@ -193,6 +221,67 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
         } else {
             out.duplicates.push(it.msg.kind());
         }
+    }
+    Ok(out)
+}
+
+/// Raises the supervisor's own `device_offline` alert (critical) for `device`, once until the
+/// box is heard from again.
+fn raise_offline(tx: &Connection, device: &str, message: &str, now: i64) -> Result<Option<Event>> {
+    let ts = inspectd_contract::timefmt::rfc3339_ms(now);
+    let raw = serde_json::json!({"schema": "inspect.alert/1", "device": device, "ts": ts,
+        "kind": DEVICE_OFFLINE, "severity": "critical", "message": message, "source": "supervisor"})
+    .to_string();
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO alerts (device, ts, received, kind, severity, message, seq, raw)
+             VALUES (?1, ?2, ?3, ?4, 'critical', ?5, NULL, ?6)",
+        )?
+        .execute(params![device, ts, now, DEVICE_OFFLINE, message, raw])?;
+    tx.prepare_cached("UPDATE devices SET offline_alert_at = ?2 WHERE device = ?1")?
+        .execute(params![device, now])?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Event::Alert(Box::new(AlertRow {
+        id: tx.last_insert_rowid(),
+        has_picture: false,
+        device: device.to_string(),
+        ts,
+        kind: DEVICE_OFFLINE.into(),
+        severity: "critical".into(),
+        message: message.to_string(),
+        seq: None,
+        acked_by: None,
+        acked_at: None,
+    }))))
+}
+
+/// The kind of the supervisor's own alert for a box that vanished.
+pub const DEVICE_OFFLINE: &str = "device_offline";
+
+/// Boxes silent past `stale_after` ms that neither stopped nor were already alerted since they
+/// were last heard: each gets a `device_offline` alert. Call only while the supervisor itself
+/// has been connected to the broker for `stale_after` (its own silence is not theirs).
+pub fn sweep_silent(tx: &Transaction, now: i64, stale_after: i64) -> Result<Vec<Event>> {
+    let silent: Vec<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT device, last_seen FROM devices WHERE state NOT IN ('offline', 'stopped')
+             AND last_seen < ?1 AND (offline_alert_at IS NULL OR offline_alert_at < last_seen)",
+        )?
+        .query_map(params![now - stale_after], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::new();
+    for (device, last_seen) in silent {
+        let msg = format!(
+            "the box is silent: nothing heard for {} s (since {})",
+            (now - last_seen) / 1000,
+            inspectd_contract::timefmt::rfc3339_ms(last_seen)
+        );
+        out.extend(raise_offline(tx, &device, &msg, now)?);
+    }
+    if !out.is_empty() {
+        out.push(Event::Fleet);
     }
     Ok(out)
 }

@@ -18,6 +18,13 @@ pub struct FleetRow {
     pub fps: Option<f64>,
     pub p95_ms: Option<f64>,
     pub spool_depth: Option<i64>,
+    /// When the latest stats (fps, latency, spool) came, and whether they are recent; on a box
+    /// that went away they are its last known values.
+    pub stats_at: Option<i64>,
+    pub stats_fresh: bool,
+    /// Open alerts of this device, and whether one of them is critical.
+    pub open_alerts: i64,
+    pub critical: bool,
     /// Over the last hour: inspected parts, defect and suspect shares.
     pub inspected: i64,
     pub defect_rate: Option<f64>,
@@ -76,9 +83,7 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
         // Stored payloads passed ingest: they decode (a failure reads as no status / stats).
         let status: Option<v1::Status> = status.and_then(|s| serde_json::from_str(&s).ok());
         let fresh_stats = stats_at.is_some_and(|t| now - t < stale_after.max(60_000));
-        let stats: Option<v1::Stats> = stats
-            .filter(|_| fresh_stats)
-            .and_then(|s| serde_json::from_str(&s).ok());
+        let stats: Option<v1::Stats> = stats.and_then(|s| serde_json::from_str(&s).ok());
         // Messages after an `offline` (a replayed last will, or a box that came back without a
         // status yet) prove the box alive.
         let alive_since_status = status_at.is_some_and(|t| last_seen > t + 5_000);
@@ -92,7 +97,7 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
             }
             "online" => "online",
             "offline" if alive_since_status => "online",
-            "stopping" => "stopped",
+            "stopping" | "stopped" => "stopped",
             "offline" => "offline",
             _ => "unknown",
         };
@@ -147,11 +152,45 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
             spool_depth: stats
                 .as_ref()
                 .map(|s| s.spool.depth.min(i64::MAX as u64) as i64),
+            stats_at: stats_at.filter(|_| stats.is_some()),
+            stats_fresh: fresh_stats && stats.is_some(),
+            open_alerts: 0,
+            critical: false,
             inspected,
             defect_rate: rate(counts[1]),
             suspect_rate: rate(counts[2]),
             device,
         });
     }
+    let mut open_q = conn.prepare(
+        "SELECT device, count(*), max(severity = 'critical') FROM alerts WHERE acked_at IS NULL GROUP BY device",
+    )?;
+    let open: std::collections::HashMap<String, (i64, bool)> = open_q
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+        .collect::<rusqlite::Result<_>>()?;
+    for r in &mut rows {
+        if let Some(&(n, crit)) = open.get(&r.device) {
+            (r.open_alerts, r.critical) = (n, crit);
+        }
+    }
+    // Worst first: lost boxes, silent ones, then those with open alerts (critical first).
+    rows.sort_by(|a, b| {
+        attention(a)
+            .cmp(&attention(b))
+            .then_with(|| a.device.cmp(&b.device))
+    });
     Ok(rows)
+}
+
+/// How much a row needs someone's attention: lower sorts first.
+pub fn attention(r: &FleetRow) -> u8 {
+    match r.state.as_str() {
+        "offline" => 0,
+        "stale" => 1,
+        _ if r.critical => 2,
+        "unknown" => 3,
+        _ if r.open_alerts > 0 => 4,
+        "online" => 5,
+        _ => 6,
+    }
 }

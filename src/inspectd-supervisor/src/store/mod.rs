@@ -314,6 +314,133 @@ mod tests {
         );
     }
 
+    fn status(dev: &str, state: &str, extra: Value) -> Item {
+        let mut v =
+            json!({"schema": "inspect.status/1", "state": state, "ts": "2026-11-26T10:00:00Z"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        item(&format!("inspect/{dev}/status"), v)
+    }
+
+    fn offline_alerts(c: &Connection, dev: &str) -> i64 {
+        alert_groups(
+            c,
+            &AlertFilter {
+                device: Some(dev.into()),
+                kind: Some(DEVICE_OFFLINE.into()),
+                severity: Some("critical".into()),
+                page: 0,
+            },
+        )
+        .unwrap()
+        .0
+        .first()
+        .map_or(0, |g| g.count)
+    }
+
+    #[test]
+    fn repeated_alerts_group_page_and_acknowledge_by_group_or_device() {
+        let mut c = db("groups");
+        let alert = |dev: &str, i: usize, kind: &str, sev: &str| {
+            item(
+                &format!("inspect/{dev}/alert"),
+                json!({"schema": "inspect.alert/1", "ts": format!("t{i}"), "kind": kind,
+                       "severity": sev, "message": format!("m {i}")}),
+            )
+        };
+        // 60 devices with one info alert each; device d0 also 5 suspect warnings and an error
+        // (critical), device d1 a camera warning.
+        let mut items: Vec<Item> = (0..60)
+            .map(|d| alert(&format!("d{d}"), 0, "note", "info"))
+            .collect();
+        items.extend((1..6).map(|i| alert("d0", i, "suspect", "warning")));
+        items.push(alert("d0", 9, "model_error", "error"));
+        items.push(alert("d1", 1, "camera_lost", "warning"));
+        store(&mut c, &items, 1000);
+        let page = |f: AlertFilter| alert_groups(&c, &f).unwrap();
+        let (p0, total) = page(AlertFilter::default());
+        assert_eq!((p0.len(), total), (GROUPS_PER_PAGE, 63));
+        assert_eq!(
+            (p0[0].newest.kind.as_str(), p0[0].newest.severity.as_str()),
+            ("model_error", "critical"),
+            "critical first"
+        );
+        let (p1, _) = page(AlertFilter {
+            page: 1,
+            ..Default::default()
+        });
+        assert_eq!(p1.len(), 13);
+        let (mine, n) = page(AlertFilter {
+            device: Some("d0".into()),
+            severity: Some("warning".into()),
+            ..Default::default()
+        });
+        assert_eq!((n, mine[0].count), (1, 5));
+        assert_eq!(
+            (mine[0].first_ts.as_str(), mine[0].last_ts.as_str()),
+            ("t1", "t5")
+        );
+        // One click on the group: its 5 alerts; then the rest of d0 at once.
+        assert_eq!(
+            ack_scope(&c, mine[0].newest.id, AckScope::Group, "ops", 2000).unwrap(),
+            5
+        );
+        let d0_info = p0
+            .iter()
+            .chain(&p1)
+            .find(|g| g.newest.device == "d0" && g.newest.kind == "note")
+            .unwrap();
+        let newest_d0 = d0_info.newest.id.max(p0[0].newest.id);
+        assert_eq!(
+            ack_scope(&c, newest_d0, AckScope::Device, "ops", 2000).unwrap(),
+            2
+        );
+        assert_eq!(counts(&c).unwrap()[2], 67 - 7);
+    }
+
+    #[test]
+    fn a_lost_box_raises_one_critical_alert_and_a_clean_stop_none() {
+        let mut c = db("offline");
+        store(
+            &mut c,
+            &[
+                status("a", "online", json!({})),
+                status("b", "online", json!({})),
+            ],
+            1000,
+        );
+        // a's last will, twice (a replay): one alert. b stops cleanly.
+        store(&mut c, &[status("a", "offline", json!({}))], 2000);
+        store(&mut c, &[status("a", "offline", json!({}))], 3000);
+        store(
+            &mut c,
+            &[
+                status("b", "stopping", json!({})),
+                status("b", "offline", json!({"stopped": true})),
+            ],
+            2000,
+        );
+        assert_eq!((offline_alerts(&c, "a"), offline_alerts(&c, "b")), (1, 0));
+        let f = fleet(&c, 3000, 30_000).unwrap();
+        let states: Vec<(&str, &str)> = f
+            .iter()
+            .map(|r| (r.device.as_str(), r.state.as_str()))
+            .collect();
+        assert_eq!(states, [("a", "offline"), ("b", "stopped")], "lost first");
+        // A box gone silent: one alert once past the stale time, not again until heard from.
+        store(&mut c, &[status("s", "online", json!({}))], 10_000);
+        let tx = c.transaction().unwrap();
+        assert!(sweep_silent(&tx, 20_000, 30_000).unwrap().is_empty());
+        assert_eq!(sweep_silent(&tx, 41_000, 30_000).unwrap().len(), 2);
+        assert!(sweep_silent(&tx, 50_000, 30_000).unwrap().is_empty());
+        tx.commit().unwrap();
+        assert_eq!(offline_alerts(&c, "s"), 1);
+        // Its will after that: no second alert.
+        store(&mut c, &[status("s", "offline", json!({}))], 60_000);
+        assert_eq!(offline_alerts(&c, "s"), 1);
+    }
+
     #[test]
     fn rates_come_from_counter_steps_across_restarts() {
         assert_eq!(

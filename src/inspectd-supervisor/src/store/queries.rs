@@ -198,10 +198,144 @@ pub fn alerts(conn: &Connection, acked: usize) -> Result<(Vec<AlertRow>, Vec<Ale
         .query_map([], alert_row)?
         .collect::<rusqlite::Result<_>>()?;
     let done = conn
-        .prepare(&format!("SELECT {cols} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC LIMIT {acked}"))?
+        .prepare(&format!("SELECT {cols} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC, id DESC LIMIT {acked}"))?
         .query_map([], alert_row)?
         .collect::<rusqlite::Result<_>>()?;
     Ok((open, done))
+}
+
+/// The three severities the UI knows; whatever a box sends maps onto one of them.
+pub fn severity_class(s: &str) -> &'static str {
+    match s.to_ascii_lowercase().as_str() {
+        "critical" | "error" | "fatal" | "alarm" => "critical",
+        "warning" | "warn" => "warning",
+        _ => "info",
+    }
+}
+
+/// Alerts filters (all optional) and the page (0-based) of groups.
+#[derive(Clone, Debug, Default)]
+pub struct AlertFilter {
+    pub device: Option<String>,
+    pub kind: Option<String>,
+    pub severity: Option<String>,
+    pub page: usize,
+}
+
+/// Repeated open alerts of one device, kind and severity, shown as one row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertGroup {
+    /// The newest alert of the group (its message, time and picture stand for the group).
+    pub newest: AlertRow,
+    pub count: i64,
+    /// Device times of the oldest and newest alert.
+    pub first_ts: String,
+    pub last_ts: String,
+}
+
+/// Groups per alerts page.
+pub const GROUPS_PER_PAGE: usize = 50;
+
+/// Open alerts grouped by device, kind and severity: critical first, then the most recent.
+/// Returns the page of groups asked for and the number of groups in all.
+pub fn alert_groups(conn: &Connection, f: &AlertFilter) -> Result<(Vec<AlertGroup>, usize)> {
+    let mut cond = String::from("acked_at IS NULL");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    for (col, v) in [
+        ("device", &f.device),
+        ("kind", &f.kind),
+        ("severity", &f.severity),
+    ] {
+        if let Some(v) = v {
+            args.push(v.clone().into());
+            cond.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    }
+    let total: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM (SELECT 1 FROM alerts WHERE {cond} GROUP BY device, kind, severity)"),
+        rusqlite::params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
+    let groups: Vec<(i64, i64, i64)> = conn
+        .prepare(&format!(
+            "SELECT max(id), count(*), min(id) FROM alerts WHERE {cond} GROUP BY device, kind, severity
+             ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, max(id) DESC
+             LIMIT {GROUPS_PER_PAGE} OFFSET {}",
+            f.page * GROUPS_PER_PAGE
+        ))?
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut one = conn.prepare_cached(&format!(
+        "SELECT {} FROM alerts a WHERE a.id = ?1",
+        alert_cols()
+    ))?;
+    let mut ts = conn.prepare_cached("SELECT ts FROM alerts WHERE id = ?1")?;
+    let mut out = Vec::with_capacity(groups.len());
+    for (newest, count, oldest) in groups {
+        let newest = one.query_row(params![newest], alert_row)?;
+        let first_ts: String = ts.query_row(params![oldest], |r| r.get(0))?;
+        out.push(AlertGroup {
+            last_ts: newest.ts.clone(),
+            first_ts,
+            count,
+            newest,
+        });
+    }
+    Ok((out, total as usize))
+}
+
+/// What the open devices, kinds and severities are (for the filters).
+pub fn alert_facets(conn: &Connection) -> Result<[Vec<String>; 3]> {
+    let mut out: [Vec<String>; 3] = Default::default();
+    for (i, col) in ["device", "kind", "severity"].iter().enumerate() {
+        out[i] = conn
+            .prepare(&format!(
+                "SELECT DISTINCT {col} FROM alerts WHERE acked_at IS NULL ORDER BY {col} LIMIT 500"
+            ))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(out)
+}
+
+/// How much one acknowledgement covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckScope {
+    /// The one alert.
+    One,
+    /// Its group: the open alerts of its device, kind and severity up to it (not those that
+    /// arrived after the operator saw the row).
+    Group,
+    /// Every open alert of its device up to it.
+    Device,
+}
+
+/// Acknowledges open alert `id` (and, by `scope`, its group or its device's); returns how many.
+pub fn ack_scope(conn: &Connection, id: i64, scope: AckScope, by: &str, now: i64) -> Result<usize> {
+    let cond = match scope {
+        AckScope::One => "id = ?1",
+        AckScope::Group => {
+            "id <= ?1 AND (device, kind, severity) = (SELECT device, kind, severity FROM alerts WHERE id = ?1)"
+        }
+        AckScope::Device => "id <= ?1 AND device = (SELECT device FROM alerts WHERE id = ?1)",
+    };
+    Ok(conn.execute(
+        &format!(
+            "UPDATE alerts SET acked_by = ?2, acked_at = ?3 WHERE acked_at IS NULL AND {cond}"
+        ),
+        params![id, by, now],
+    )?)
+}
+
+/// The newest `acked` acknowledged alerts (no open ones: those are grouped).
+pub fn alerts_acked(conn: &Connection, acked: usize) -> Result<Vec<AlertRow>> {
+    let done = conn
+        .prepare(&format!("SELECT {} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC, id DESC LIMIT {acked}", alert_cols()))?
+        .query_map([], alert_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(done)
 }
 
 /// Acknowledges an open alert; false if there is none with that id.

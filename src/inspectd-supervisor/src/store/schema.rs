@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     UNIQUE (device, ts, kind, message)
 );
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (acked_at, received);
+CREATE INDEX IF NOT EXISTS alerts_group ON alerts (acked_at, device, kind, severity);
 CREATE TABLE IF NOT EXISTS stats_samples (
     device TEXT NOT NULL,
     at INTEGER NOT NULL,
@@ -107,6 +108,15 @@ pub fn open(path: &Path) -> Result<Connection> {
     )?;
     if !has_sent_by {
         conn.execute_batch("ALTER TABLE commands ADD COLUMN sent_by TEXT")?;
+    }
+    // Databases from before offline alerts: when each device's last `device_offline` was raised.
+    let has_offline_alert: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('devices') WHERE name = 'offline_alert_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_offline_alert {
+        conn.execute_batch("ALTER TABLE devices ADD COLUMN offline_alert_at INTEGER")?;
     }
     Ok(conn)
 }
