@@ -77,7 +77,8 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// The rendering of the daemon's verdict stage on one frame: 8-bit PNG map, evidence JPEG.
+/// The rendering of the daemon's verdict stage on one frame: 8-bit PNG map, evidence JPEG (raw | overlay
+/// with an ROI and one ignore zone outlined).
 fn verdict_stage(
     c: &mut Criterion,
     name: &str,
