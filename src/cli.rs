@@ -244,6 +244,10 @@ pub struct ExplainArgs {
     /// Write one overlay PNG per image into this folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Longest side of the written overlay in pixels (the image is scaled up or down to it;
+    /// default: the image's own size).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub overlay_size: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -401,6 +405,17 @@ fn explain(a: ExplainArgs) -> Result<()> {
     }
 }
 
+/// `img` scaled (up or down) so its longer side is `side` pixels.
+fn resize_to_side(img: &image::RgbImage, side: u32) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let s = side as f32 / w.max(h).max(1) as f32;
+    let (nw, nh) = (
+        ((w as f32 * s).round() as u32).max(1),
+        ((h as f32 * s).round() as u32).max(1),
+    );
+    image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
+}
+
 fn explain_one(
     ex: &Explainer,
     path: &Path,
@@ -429,7 +444,17 @@ fn explain_one(
         _ => None,
     };
     if let Some(p) = &overlay_path {
-        let ov = heatmap::overlay(&img, &e.map, crop, 0.5);
+        // The daemon's rendering: heat above the floor, contours, legend (no zones: explain
+        // has no verdict rules).
+        let (base, crop) = match a.overlay_size {
+            Some(side) => {
+                let base = resize_to_side(&img, side);
+                let crop = heatmap::scale_crop(crop, img.dimensions(), base.dimensions());
+                (base, crop)
+            }
+            None => (img.clone(), crop),
+        };
+        let ov = heatmap::render_overlay(&base, &e.map, crop, &heatmap::Zones::default());
         ov.save(p)
             .map_err(|err| bad_input(format!("overlay {}: cannot write: {err}", p.display())))?;
     }

@@ -263,7 +263,15 @@ fn process(
     let d = decide(&rules, &e.scores, labels, ok_idx, e.map.data(), h, w);
     let png = heatmap::map_png(&e.map).unwrap_or_default();
     let evidence = if d.kind != Kind::Ok {
-        heatmap::evidence_jpeg(&frame.image, &e.map, crop).ok()
+        let zones = heatmap::Zones {
+            roi: rules.roi.as_ref().map(|p| p.0.as_slice()),
+            ignore: rules
+                .ignore_zones
+                .iter()
+                .map(|z| z.polygon.0.as_slice())
+                .collect(),
+        };
+        heatmap::evidence_jpeg(&frame.image, &e.map, crop, &zones).ok()
     } else {
         None
     };

@@ -110,6 +110,51 @@ fn explain_json_has_the_documented_fields_and_writes_the_overlay() {
 }
 
 #[test]
+fn explain_overlay_size_scales_the_overlay_and_draws_the_legend() {
+    let dir = tmpdir("size");
+    let overlay = dir.join("cam.png");
+    let model = fixture("resnet_gap.onnx");
+    let image = fixture("resnet_gap.png");
+    let out = run(&[
+        "explain",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--overlay",
+        s(&overlay),
+        "--overlay-size",
+        "256",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&overlay).unwrap().into_rgb8();
+    assert_eq!(img.dimensions(), (256, 256));
+    // The legend's white frame sits in the bottom-left corner, just above the last 2 rows.
+    let row = 256 - 2;
+    assert!(
+        (1..60).all(|x| img.get_pixel(x, row).0 == [255, 255, 255]),
+        "no legend frame on row {row}"
+    );
+    // Out of range sizes are bad input.
+    let bad = run(&[
+        "explain",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--overlay",
+        s(&overlay),
+        "--overlay-size",
+        "0",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
 fn explain_by_label_and_human_summary() {
     let model = fixture("resnet_gap.onnx");
     let image = fixture("resnet_gap.png");

@@ -1466,4 +1466,25 @@ fn eight_renders_of_an_oversized_map_stay_small() {
     wait_for(Duration::from_secs(20), "a sane map rendered", || {
         (status_of(&web, &format!("/heatmap/{device}/2")) == 200).then_some(())
     });
+    let (_, page) = get_text(&web, &format!("/verdict/{device}/2"));
+    assert!(
+        page.contains("class=\"big\"") && page.contains("class=\"legend\""),
+        "{page}"
+    );
+    // An ok verdict, map or not, has no picture on its page: nothing there is defect evidence.
+    let mut ok_v: Value = serde_json::from_slice(&verdict(device, 3, "ok", "ok")).unwrap();
+    ok_v["cam"] = v["cam"].clone();
+    c.publish(
+        format!("{}/{device}/verdict", prefix("bigmap")),
+        QoS::AtLeastOnce,
+        false,
+        ok_v.to_string(),
+    )
+    .unwrap();
+    let page = wait_for(Duration::from_secs(20), "the ok verdict stored", || {
+        let (code, page) = get_text(&web, &format!("/verdict/{device}/3"));
+        (code == 200).then_some(page)
+    });
+    assert!(page.contains("no defect evidence"), "{page}");
+    assert!(!page.contains("<img"), "{page}");
 }

@@ -77,7 +77,8 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// The rendering of the daemon's verdict stage on one frame: 8-bit PNG map, evidence JPEG.
+/// The rendering of the daemon's verdict stage on one frame: 8-bit PNG map, evidence JPEG (raw | overlay
+/// with an ROI and one ignore zone outlined).
 fn verdict_stage(
     c: &mut Criterion,
     name: &str,
@@ -92,11 +93,20 @@ fn verdict_stage(
     let e = ex
         .explain_forward(input, fwd, &ClassChoice::Top1, Method::GradCam)
         .unwrap();
+    // A verdict's zones as a configured line has them: an ROI and one ignore zone.
+    let (roi, sticker) = (
+        [[0.05, 0.05], [0.95, 0.05], [0.95, 0.95], [0.05, 0.95]],
+        [[0.7, 0.0], [1.0, 0.0], [1.0, 0.2], [0.7, 0.2]],
+    );
+    let zones = heatmap::Zones {
+        roi: Some(&roi),
+        ignore: vec![&sticker],
+    };
     c.bench_function(&format!("verdict-map-png/{name}"), |b| {
         b.iter(|| heatmap::map_png(&e.map).unwrap())
     });
     c.bench_function(&format!("verdict-evidence/{name}"), |b| {
-        b.iter(|| heatmap::evidence_jpeg(&frame, &e.map, crop).unwrap())
+        b.iter(|| heatmap::evidence_jpeg(&frame, &e.map, crop, &zones).unwrap())
     });
 }
 

@@ -817,20 +817,29 @@ async fn verdict_page(
             " · seq " (seq) " · " (v.ts) " · part " (v.part_id.as_deref().unwrap_or("–"))
             " · model " (v.model)
         }
-        div.pictures {
-            figure {
-                img.big alt="evidence" src=(picture_url(&device, seq));
-                figcaption {
-                    @if v.has_evidence { "frame with the heatmap (from the device)" }
-                    @else { "heatmap rendered from the map (no evidence picture)" }
-                }
-            }
-            @if v.has_map {
+        @if v.verdict == "ok" {
+            p.hint.no-evidence { "no defect evidence (an ok verdict carries no picture)" }
+        } @else {
+            div.pictures {
                 figure {
-                    img.big alt="heatmap" src={ "/heatmap/" (u) "/" (seq) };
-                    figcaption { "class activation map" }
+                    img.big.wide[v.has_evidence] alt="evidence" src=(picture_url(&device, seq));
+                    figcaption {
+                        @if v.has_evidence {
+                            "the frame as captured | with the heatmap, "
+                            span.roi { "ROI" } " and " span.ignore { "ignore zones" }
+                            " (from the device)"
+                        }
+                        @else { "heatmap rendered from the map (no evidence picture)" }
+                    }
+                }
+                @if v.has_map {
+                    figure {
+                        img.big alt="heatmap" src={ "/heatmap/" (u) "/" (seq) };
+                        figcaption { "class activation map" }
+                    }
                 }
             }
+            (heat_legend())
         }
         h2 { "Reasons" }
         ul.reasons { @for r in &v.reasons { li { (r) } } }
@@ -850,16 +859,38 @@ static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_R
 /// How long a render waits for its turn before the answer is 503.
 const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Renders a CAM map (8-bit grayscale PNG at feature resolution) as a jet-coloured PNG.
+/// Renders a CAM map (8-bit grayscale PNG at feature resolution) as the devices draw it: heat
+/// above the floor over a dark square, contours and the legend bar.
 pub fn render_heatmap(map_png: &[u8], side: usize) -> anyhow::Result<Vec<u8>> {
     let map = inspectd_cam::heatmap::map_from_png(map_png)?;
-    let (h, w) = (map.shape()[0], map.shape()[1]);
-    let up = inspectd_cam::heatmap::resize_bilinear(map.data(), h, w, side, side);
-    let mut img = image::RgbImage::new(side as u32, side as u32);
-    for (p, v) in img.pixels_mut().zip(up) {
-        *p = image::Rgb(inspectd_cam::heatmap::jet(v.clamp(0.0, 1.0)));
+    inspectd_cam::heatmap::png(&inspectd_cam::heatmap::map_image(&map, side as u32))
+}
+
+/// The heatmaps' colour key in HTML: the bar drawn into every picture, with its numbers.
+fn heat_legend() -> Markup {
+    use inspectd_cam::heatmap::{heat_alpha, jet, CONTOURS, FLOOR, LEGEND_BACKGROUND};
+    // The same blend as the pictures': jet at its opacity over the legend's dark background.
+    let stops: Vec<String> = (0..=10)
+        .map(|i| {
+            let v = i as f32 / 10.0;
+            let a = heat_alpha(v);
+            let c: Vec<String> = jet(v)
+                .iter()
+                .zip(LEGEND_BACKGROUND)
+                .map(|(&c, b)| format!("{}", (b as f32 * (1.0 - a) + c as f32 * a).round()))
+                .collect();
+            format!("rgb({}) {}%", c.join(","), i * 10)
+        })
+        .collect();
+    let levels: Vec<String> = CONTOURS.iter().map(|c| format!("{c}")).collect();
+    html! {
+        p.legend {
+            "map value 0 "
+            span.bar style={ "background:linear-gradient(to right," (stops.join(",")) ")" } {}
+            " 1 · nothing drawn below " (FLOOR) ", opacity rising with the value; white contours at "
+            (levels.join(" and "))
+        }
     }
-    inspectd_cam::heatmap::png(&img)
 }
 
 fn image_response(content_type: &'static str, bytes: Vec<u8>) -> Response {
@@ -1461,15 +1492,18 @@ mod tests {
     }
 
     #[test]
-    fn a_map_renders_as_a_jet_heatmap() {
+    fn a_map_renders_as_heat_over_a_dark_square() {
         let mut t = inspectd_cam::tensor::Tensor::zeros(&[4, 4]);
         t.data_mut()[5] = 1.0;
         let png = inspectd_cam::heatmap::map_png(&t).unwrap();
         let out = render_heatmap(&png, 32).unwrap();
         let img = image::load_from_memory(&out).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (32, 32));
-        // Cold corner blue, hot cell (row 1, col 1) red.
-        assert_eq!(img.get_pixel(31, 31).0, inspectd_cam::heatmap::jet(0.0));
+        // Cold corner left dark (nothing drawn below the floor), hot cell (row 1, col 1) red.
+        assert_eq!(
+            img.get_pixel(31, 0).0,
+            inspectd_cam::heatmap::LEGEND_BACKGROUND
+        );
         let hot = img.get_pixel(12, 12).0;
         assert!(hot[0] > hot[2], "{hot:?}");
         assert!(render_heatmap(b"not a png", 32).is_err());
