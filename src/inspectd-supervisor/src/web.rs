@@ -340,7 +340,7 @@ fn verdict_head() -> Markup {
     html! {
         thead { tr {
             th { "time" } th { "device" } th { "seq" } th { "part" } th { "verdict" } th { "label" }
-            th { "confidence" } th { "reasons" } th { "evidence" }
+            th title="the decision's probability: P(defect) for a defect or suspect defect, P(ok) for an ok part" { "P(verdict)" } th { "reasons" } th { "evidence" }
         } }
     }
 }
@@ -797,7 +797,12 @@ async fn verdict_page(
     };
     let raw: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
     // The scores as the contract has them (the stored payload passed the ingest's checks).
-    let mut scores: Vec<(String, f64)> = serde_json::from_value::<v1::Verdict>(raw.clone())
+    let typed = serde_json::from_value::<v1::Verdict>(raw.clone()).ok();
+    // One name for each meaning (older boxes send only `confidence`: shown as such).
+    let (p_defect, p_label) = typed
+        .as_ref()
+        .map_or((None, None), |t| (t.p_defect, t.p_label));
+    let mut scores: Vec<(String, f64)> = typed
         .map(|t| t.scores.into_iter().collect())
         .unwrap_or_default();
     scores.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -809,8 +814,16 @@ async fn verdict_page(
     let pretty = serde_json::to_string_pretty(&raw).unwrap_or_default();
     let body = html! {
         h1 {
-            "Verdict " span class={ "badge " (v.verdict) } { (v.verdict) } " " (v.label) " "
-            (format!("{:.3}", v.confidence))
+            "Verdict " span class={ "badge " (v.verdict) } { (v.verdict) } " " (v.label)
+        }
+        p.probabilities {
+            @match (p_defect, p_label) {
+                (Some(d), Some(l)) => {
+                    "P(defect) " strong { (format!("{d:.3}")) }
+                    " · P(" (v.label) ") " strong { (format!("{l:.3}")) }
+                }
+                _ => { "confidence " strong { (format!("{:.3}", v.confidence)) } }
+            }
         }
         p {
             a href={ "/device/" (u) } { (device) }
