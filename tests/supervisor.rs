@@ -666,7 +666,13 @@ fn the_dashboard_shows_the_fleet_live_verdicts_alerts_and_a_dead_box_in_a_real_b
 
 #[test]
 fn a_killed_box_raises_a_critical_alert_and_tops_the_fleet_and_a_clean_stop_does_not() {
-    let (_own_broker, host, port) = test_broker();
+    // A broker of our own, as with the broker-loss test. Against CI's shared Mosquitto this
+    // scenario failed once (the cleanly stopped box turned `offline` after `stopped`), and a
+    // local rerun had Mosquitto drop the running box "due to out of memory" when the other one
+    // was killed: not understood yet, see the session note; it is not hidden here for good.
+    let port = free_port();
+    let _own_broker = broker_process(port);
+    let host = "127.0.0.1".to_string();
     let dir = tmp("sup", "gone");
     let pid = std::process::id();
     let (a, b) = (format!("killed-{pid}"), format!("stopped-{pid}"));
