@@ -406,117 +406,157 @@ pub async fn run(
         let mut last_stats = (Instant::now(), verdict_total(&shared));
         loop {
             shared.health.publisher_beat();
-            tokio::select! {
-                // The event loop drives the socket: every branch below only queues requests.
-                ev = el.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        if ack.code != ConnectReturnCode::Success {
-                            tracing::warn!("broker {}:{} refused the connection: {:?}", s.host, s.port, ack.code);
-                            break;
-                        }
-                        tracing::info!("connected to {}:{}", s.host, s.port);
-                        connected = Some(Instant::now());
-                        failures = 0;
-                        shared.health.set_broker(Broker::Connected);
-                        if client.try_publish(shared.device.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, v1::State::Online)).is_ok() {
+            let ev = if connected.is_none() {
+                // Connecting runs to its end: rumqttc's connect is not cancel-safe, and a poll
+                // dropped between CONNECT and CONNACK closes a connection the broker accepted,
+                // which makes it publish our last will (`offline`) as the box starts. Only the
+                // beat and a shutdown run beside it.
+                let connect = el.poll();
+                tokio::pin!(connect);
+                loop {
+                    tokio::select! {
+                        ev = &mut connect => break ev,
+                        _ = beat.tick() => shared.health.publisher_beat(),
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            } else {
+                tokio::select! {
+                    // The event loop drives the socket: every other branch only queues requests.
+                    ev = el.poll() => ev,
+                    batch = fetched(fetch.clone()), if fetch.is_some() => {
+                        fetch = None;
+                        feed.arrived(batch);
+                        pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
+                        continue;
+                    }
+                    _ = shared.spool.stored() => {
+                        feed.stored();
+                        pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
+                        continue;
+                    }
+                    _ = shared.status.wait_changed() => {
+                        let state = if shared.stopping() { v1::State::Stopping } else { v1::State::Online };
+                        if client.try_publish(shared.device.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
                             infl.requested_untracked();
                         }
-                        let _ = client.try_subscribe(shared.device.topic("cmd/+"), QoS::AtLeastOnce);
+                        continue;
+                    }
+                    _ = beat.tick() => {
+                        crate::tasks::fault_point("publisher");
+                        // Retries a read the spool's full channel refused.
                         pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(a))) => {
-                        let acked = Instant::now();
-                        if let Some(id) = infl.acked(a.pkid) {
-                            shared.spool.remove(id).await;
-                        }
-                        // PUBACK → the next spooled message handed to the client: how long a
-                        // backlog waits per message (stats `latency_ms.ack_to_publish`).
-                        if pump(&client, &shared, &mut feed, &mut fetch, &mut infl) > 0 {
-                            let ms = acked.elapsed().as_secs_f64() * 1e3;
-                            shared.stats.lock()
-                                .latency.entry("ack_to_publish").or_default().push(ms);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        handle_command(&shared, &mut budget, &p.topic, &p.payload, p.retain).await
-                    }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        infl.outgoing(pkid);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        shared.health.set_broker(Broker::Disconnected);
-                        match connected {
-                            Some(at) => {
-                                tracing::warn!("MQTT connection to {}:{} lost: {e}", s.host, s.port);
-                                if at.elapsed() >= STABLE {
-                                    backoff.reset();
-                                }
+                        if let Some(hold) = &hold {
+                            while hold.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
                             }
-                            None => {
-                                failures += 1;
-                                if last_connect_warn.is_none_or(|t| t.elapsed() >= CONNECT_WARN_EVERY) {
-                                    last_connect_warn = Some(Instant::now());
-                                    tracing::warn!(
+                        }
+                        // Inference stalling or recovering changes the retained status.
+                        let now = shared.health.inference_state();
+                        if now != inference_state {
+                            inference_state = now;
+                            shared.status.changed();
+                        }
+                        continue;
+                    }
+                    _ = stats_tick.tick() => {
+                        let now = (Instant::now(), verdict_total(&shared));
+                        let dt = now.0.duration_since(last_stats.0).as_secs_f64();
+                        let fps = if dt > 0.0 { (now.1 - last_stats.1) as f64 / dt } else { 0.0 };
+                        last_stats = now;
+                        let v = stats_json(&shared, fps);
+                        if client.try_publish(shared.device.topic("stats"), QoS::AtMostOnce, false, v.to_json()).is_ok() {
+                            infl.requested_untracked();
+                        }
+                        continue;
+                    }
+                    _ = shutdown.changed() => {
+                        goodbye(&shared, &client, &mut el, &mut infl, &mut feed, deadline).await;
+                        return;
+                    }
+                }
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        tracing::warn!(
+                            "broker {}:{} refused the connection: {:?}",
+                            s.host,
+                            s.port,
+                            ack.code
+                        );
+                        break;
+                    }
+                    tracing::info!("connected to {}:{}", s.host, s.port);
+                    connected = Some(Instant::now());
+                    failures = 0;
+                    shared.health.set_broker(Broker::Connected);
+                    if client
+                        .try_publish(
+                            shared.device.topic("status"),
+                            QoS::AtLeastOnce,
+                            true,
+                            status_payload(&shared, v1::State::Online),
+                        )
+                        .is_ok()
+                    {
+                        infl.requested_untracked();
+                    }
+                    let _ = client.try_subscribe(shared.device.topic("cmd/+"), QoS::AtLeastOnce);
+                    pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
+                }
+                Ok(Event::Incoming(Packet::PubAck(a))) => {
+                    let acked = Instant::now();
+                    if let Some(id) = infl.acked(a.pkid) {
+                        shared.spool.remove(id).await;
+                    }
+                    // PUBACK → the next spooled message handed to the client: how long a
+                    // backlog waits per message (stats `latency_ms.ack_to_publish`).
+                    if pump(&client, &shared, &mut feed, &mut fetch, &mut infl) > 0 {
+                        let ms = acked.elapsed().as_secs_f64() * 1e3;
+                        shared
+                            .stats
+                            .lock()
+                            .latency
+                            .entry("ack_to_publish")
+                            .or_default()
+                            .push(ms);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    handle_command(&shared, &mut budget, &p.topic, &p.payload, p.retain).await
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    infl.outgoing(pkid);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    shared.health.set_broker(Broker::Disconnected);
+                    match connected {
+                        Some(at) => {
+                            tracing::warn!("MQTT connection to {}:{} lost: {e}", s.host, s.port);
+                            if at.elapsed() >= STABLE {
+                                backoff.reset();
+                            }
+                        }
+                        None => {
+                            failures += 1;
+                            if last_connect_warn.is_none_or(|t| t.elapsed() >= CONNECT_WARN_EVERY) {
+                                last_connect_warn = Some(Instant::now());
+                                tracing::warn!(
                                         "cannot connect to the broker {}:{}: {e} ({failures} attempt(s); verdicts are kept in the spool, {} waiting)",
                                         s.host, s.port, shared.spool.len()
                                     );
-                                } else {
-                                    tracing::debug!("MQTT connect to {}:{} failed: {e}", s.host, s.port);
-                                }
+                            } else {
+                                tracing::debug!(
+                                    "MQTT connect to {}:{} failed: {e}",
+                                    s.host,
+                                    s.port
+                                );
                             }
                         }
-                        break;
                     }
-                },
-                batch = fetched(fetch.clone()), if fetch.is_some() => {
-                    fetch = None;
-                    feed.arrived(batch);
-                    pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
-                }
-                _ = shared.spool.stored(), if connected.is_some() => {
-                    feed.stored();
-                    pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
-                }
-                _ = shared.status.wait_changed(), if connected.is_some() => {
-                    let state = if shared.stopping() { v1::State::Stopping } else { v1::State::Online };
-                    if client.try_publish(shared.device.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
-                        infl.requested_untracked();
-                    }
-                }
-                _ = beat.tick() => {
-                    crate::tasks::fault_point("publisher");
-                    if connected.is_some() {
-                        // Retries a read the spool's full channel refused.
-                        pump(&client, &shared, &mut feed, &mut fetch, &mut infl);
-                    }
-                    if let Some(hold) = &hold {
-                        while hold.load(Ordering::Relaxed) {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                    // Inference stalling or recovering changes the retained status.
-                    let now = shared.health.inference_state();
-                    if now != inference_state {
-                        inference_state = now;
-                        shared.status.changed();
-                    }
-                }
-                _ = stats_tick.tick(), if connected.is_some() => {
-                    let now = (Instant::now(), verdict_total(&shared));
-                    let dt = now.0.duration_since(last_stats.0).as_secs_f64();
-                    let fps = if dt > 0.0 { (now.1 - last_stats.1) as f64 / dt } else { 0.0 };
-                    last_stats = now;
-                    let v = stats_json(&shared, fps);
-                    if client.try_publish(shared.device.topic("stats"), QoS::AtMostOnce, false, v.to_json()).is_ok() {
-                        infl.requested_untracked();
-                    }
-                }
-                _ = shutdown.changed() => {
-                    if connected.is_some() {
-                        goodbye(&shared, &client, &mut el, &mut infl, &mut feed, deadline).await;
-                    }
-                    return;
+                    break;
                 }
             }
         }
@@ -577,18 +617,39 @@ async fn goodbye(
             Ok(Err(_)) | Err(_) => return,
         }
     }
-    let _ = client.try_publish(
-        shared.device.topic("status"),
-        QoS::AtLeastOnce,
-        true,
-        status_payload(shared, v1::State::Offline),
-    );
-    let _ = client.try_disconnect();
+    if client
+        .try_publish(
+            shared.device.topic("status"),
+            QoS::AtLeastOnce,
+            true,
+            status_payload(shared, v1::State::Offline),
+        )
+        .is_ok()
+    {
+        infl.requested_untracked();
+    }
+    // The final status is acknowledged before DISCONNECT, and the socket is closed only after
+    // the broker closed its side: a socket closed with the broker's PUBACKs still unread sends
+    // a reset, and the broker then discards the DISCONNECT it had not read yet and publishes our
+    // last will (`offline` without `stopped`; Mosquitto logs "disconnected due to out of
+    // memory").
     let flush_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut last_sent = None;
     loop {
         match tokio::time::timeout_at(flush_until, el.poll()).await {
-            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                infl.outgoing(pkid);
+                if infl.all_sent() {
+                    last_sent = Some(pkid);
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(a)))) if Some(a.pkid) == last_sent => break,
             Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
     }
+    let _ = client.try_disconnect();
+    // After DISCONNECT the broker closes the connection: reading up to that end (an error
+    // here) leaves nothing unread.
+    while let Ok(Ok(_)) = tokio::time::timeout_at(flush_until, el.poll()).await {}
 }

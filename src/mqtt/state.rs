@@ -43,6 +43,11 @@ impl Inflight {
         self.sent.remove(&pkid)
     }
 
+    /// Every requested publish (spooled or not) has left.
+    pub fn all_sent(&self) -> bool {
+        self.requested.is_empty()
+    }
+
     /// Spool entries requested or sent and not yet acknowledged.
     pub fn len(&self) -> usize {
         self.requested.iter().flatten().count() + self.sent.len()
