@@ -1582,3 +1582,185 @@ fn a_starting_or_cleanly_stopping_box_never_triggers_its_last_will() {
         );
     }
 }
+
+/// Runs in the page: every visible element with its own text whose contrast against the
+/// background it is drawn on is below WCAG AA (4.5:1; 3:1 for large text). Returns
+/// `[{text, fg, bg, ratio}]`, empty when all pass.
+const CONTRAST_AUDIT: &str = r#"(() => {
+  const parse = c => { const m = c.match(/rgba?\(([^)]+)\)/); if (!m) return null;
+    const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number);
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 }; };
+  const over = (top, base) => ({ r: top.r * top.a + base.r * (1 - top.a), g: top.g * top.a + base.g * (1 - top.a),
+                                 b: top.b * top.a + base.b * (1 - top.a), a: 1 });
+  const lum = c => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+                     return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b); };
+  const background = el => { const layers = [];
+    for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) { layers.push(c); if (c.a >= 1) break; } }
+    let base = { r: 255, g: 255, b: 255, a: 1 };
+    for (let i = layers.length - 1; i >= 0; i--) base = over(layers[i], base);
+    return base; };
+  const bad = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const s = getComputedStyle(el);
+    if (s.visibility === 'hidden' || s.display === 'none' || el.closest('[hidden]')) continue;
+    const r = el.getBoundingClientRect(); if (r.width === 0 || r.height === 0) continue;
+    if (![...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    const bg = background(el); const fg = over(parse(s.color), bg);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const px = parseFloat(s.fontSize), bold = Number(s.fontWeight) >= 700;
+    const need = (px >= 24 || (px >= 18.66 && bold)) ? 3 : 4.5;
+    if (ratio < need) bad.push({ text: el.textContent.trim().slice(0, 40), fg: s.color, bg: `rgb(${Math.round(bg.r)}, ${Math.round(bg.g)}, ${Math.round(bg.b)})`, ratio: Math.round(ratio * 100) / 100 });
+  }
+  return bad;
+})()"#;
+
+/// An operator reads every page on a desk screen (1440 px) and on a phone (412 px): text at
+/// WCAG AA contrast, no sideways scrolling of the page, an alert acknowledged on the phone, and
+/// times in the browser's own zone with the zone named (here Asia/Kolkata, UTC+05:30).
+#[test]
+fn every_page_reads_on_a_desk_and_a_phone_with_aa_contrast_and_local_times() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "read");
+    let pid = std::process::id();
+    let pfx = prefix("read");
+    let (a, b) = (format!("press-{pid}"), format!("lathe-{pid}"));
+    let (_sup, web) = supervisor(&host, port, &dir.join("sup.sqlite"), "read");
+    // Every verdict kind (a suspect band), and a box stopped cleanly.
+    let _da = daemon(&a, &host, port, &dir, "suspect_band = [0.5, 0.999]", &pfx);
+    let mut db = daemon(&b, &host, port, &dir, "", &pfx);
+    wait_for(Duration::from_secs(90), "verdicts of every kind", || {
+        let h = get_text(&web, "/history").1;
+        (h.contains("v-suspect") && h.contains("v-ok")).then_some(())
+    });
+    wait_for(Duration::from_secs(60), "the second box online", || {
+        get(&web, "/api/fleet")
+            .ok()?
+            .as_array()?
+            .iter()
+            .any(|r| r["device"] == b.as_str() && r["state"] == "online")
+            .then_some(())
+    });
+    let term = Command::new("kill")
+        .args(["-TERM", &db.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    wait_for(Duration::from_secs(30), "the daemon's exit", || {
+        db.0.try_wait().ok().flatten()
+    });
+    // One alert of each severity.
+    let c = mqtt(&host, port, "read-pub");
+    for (kind, sev) in [("camera_lost", "critical"), ("model_reloaded", "info")] {
+        c.publish(
+            format!("{pfx}/{a}/alert"),
+            QoS::AtLeastOnce,
+            false,
+            json!({"schema": "inspect.alert/1", "ts": inspectd_contract::timefmt::now(),
+                   "kind": kind, "severity": sev, "message": format!("a {sev} alert")})
+            .to_string(),
+        )
+        .unwrap();
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "alerts of three severities",
+        || {
+            let p = get_text(&web, "/alerts").1;
+            (p.contains("sev-critical") && p.contains("sev-info") && p.contains("sev-warning"))
+                .then_some(())
+        },
+    );
+    let seq = {
+        let h = get_text(&web, &format!("/history?device={a}&verdict=suspect")).1;
+        let at = h.find("data-seq=\"").expect("a suspect verdict") + 10;
+        h[at..at + h[at..].find('"').unwrap()]
+            .parse::<u64>()
+            .unwrap()
+    };
+
+    let mut br = Browser::start(&dir.join("chromium"));
+    br.call(
+        "Emulation.setTimezoneOverride",
+        json!({"timezoneId": "Asia/Kolkata"}),
+    );
+    let out = artifacts();
+    let pages = [
+        ("fleet", "/".to_string()),
+        ("live", "/live".to_string()),
+        ("alerts", "/alerts".to_string()),
+        ("history", "/history".to_string()),
+        ("device", format!("/device/{a}")),
+        ("verdict", format!("/verdict/{a}/{seq}")),
+    ];
+    for (w, h, mobile) in [(1440, 900, false), (412, 915, true)] {
+        br.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": w, "height": h, "deviceScaleFactor": 1, "mobile": mobile}),
+        );
+        for (name, path) in &pages {
+            br.goto(&format!("http://{web}{path}"));
+            std::thread::sleep(Duration::from_millis(300));
+            br.screenshot(&out.join(format!("{name}-{w}.png")));
+            let bad = br.eval(CONTRAST_AUDIT);
+            assert_eq!(
+                bad.as_array().map(Vec::len),
+                Some(0),
+                "{name} at {w} px: text below WCAG AA contrast: {bad:#}"
+            );
+            let sideways = br.eval("document.documentElement.scrollWidth - window.innerWidth");
+            assert!(
+                sideways.as_i64().unwrap_or(1) <= 0,
+                "{name} at {w} px scrolls sideways by {sideways} px"
+            );
+            // Every absolute time is in the browser's zone (IST, UTC+05:30), and says so.
+            let times = br.eval("[...document.querySelectorAll('time')].map(t => t.innerText)");
+            let times = times.as_array().unwrap();
+            if matches!(*name, "live" | "alerts" | "history" | "verdict") {
+                assert!(!times.is_empty(), "{name}: no <time> element");
+            }
+            for t in times {
+                let t = t.as_str().unwrap();
+                assert!(
+                    t.contains("GMT+5:30") || t.contains("IST"),
+                    "{name}: time {t:?} does not name the browser's zone"
+                );
+            }
+        }
+    }
+    // On the phone: the critical alert's acknowledge button is on screen and works.
+    br.goto(&format!("http://{web}/alerts"));
+    let btn = br.eval(
+        "(() => { const b = document.querySelector('#alerts tr.alert.sev-critical form.ack button'); if (!b) return null; \
+           const r = b.getBoundingClientRect(); return {left: r.left, right: r.right, w: window.innerWidth}; })()",
+    );
+    assert!(
+        btn["left"].as_f64().unwrap() >= 0.0
+            && btn["right"].as_f64().unwrap() <= btn["w"].as_f64().unwrap(),
+        "the acknowledge button is off screen at 412 px: {btn}"
+    );
+    // Without logins the name is typed (tapped) into the row's field first.
+    br.eval(
+        "(() => { const f = document.querySelector('#alerts tr.alert.sev-critical form.ack'); \
+           const n = f.querySelector('input[name=by]'); if (n) n.value = 'Priya'; f.querySelector('button').click(); })()",
+    );
+    br.wait_true(
+        "document.readyState === 'complete' && !document.querySelector('#alerts tr.alert.sev-critical') \
+         && [...document.querySelectorAll('table.done tr.alert.sev-critical')].some(r => r.innerText.includes('Priya'))",
+        Duration::from_secs(10),
+    );
+    br.screenshot(&out.join("alerts-412-acked.png"));
+    // The same row's second button: everything still open on the box, in one tap. (New alerts
+    // keep coming from its suspect band: only those up to the tapped one are acknowledged.)
+    let id = br.eval(
+        "(() => { const f = document.querySelector('#alerts tr.alert form.ack'); \
+           const n = f.querySelector('input[name=by]'); if (n) n.value = 'Priya'; \
+           const id = f.closest('tr').dataset.id; f.querySelector('button.ack-device').click(); return id; })()",
+    );
+    let id: i64 = id.as_str().unwrap().parse().unwrap();
+    br.wait_true(
+        &format!("document.readyState === 'complete' && [...document.querySelectorAll('#alerts tr.alert')].every(r => Number(r.dataset.id) > {id})"),
+        Duration::from_secs(10),
+    );
+}

@@ -198,6 +198,22 @@ fn ago(ms: i64, now: i64) -> String {
     }
 }
 
+/// An absolute time: `<time datetime=…>` that the page's script shows in the browser's own zone,
+/// with the zone named; without script it reads as UTC. A device's own time string is shown as
+/// sent when it does not parse.
+fn when_ms(ms: i64) -> Markup {
+    let utc = rfc3339_ms(ms);
+    let text = format!("{} UTC", utc.replace('T', " ").trim_end_matches('Z'));
+    html! { time datetime=(utc) { (text) } }
+}
+
+fn when(ts: &str) -> Markup {
+    match parse_ms(ts) {
+        Some(ms) => when_ms(ms),
+        None => html! { (ts) },
+    }
+}
+
 /// A value from the box's latest stats: greyed, with its age, when it is not current.
 fn stat_cell(text: String, r: &FleetRow, current: bool, now: i64) -> Markup {
     html! {
@@ -226,7 +242,7 @@ pub fn fleet_rows(rows: &[FleetRow], now: i64, lost: Option<i64>) -> Markup {
                 td {
                     @if let Some(since) = lost {
                         span.badge.unknown title={ "last known: " (r.state) } { "unknown" }
-                        " " span.age { "since " (rfc3339_ms(since)) }
+                        " " span.age { "since " (when_ms(since)) }
                     } @else {
                         span class={ "badge " (r.state) } { (r.state) }
                     }
@@ -319,7 +335,7 @@ pub fn verdict_row(v: &VerdictRow) -> Markup {
     let u = enc(&v.device);
     html! {
         tr class={ "verdict v-" (v.verdict) } data-device=(v.device) data-seq=(v.seq) {
-            td { (v.ts) }
+            td { (when(&v.ts)) }
             td { a href={ "/device/" (u) } { (v.device) } }
             td { a href={ "/verdict/" (u) "/" (v.seq) } { (v.seq) } }
             td { (v.part_id.as_deref().unwrap_or("")) }
@@ -385,7 +401,7 @@ async fn live_page(
 pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> Markup {
     html! {
         tr class={ "alert kind-" (a.kind) " sev-" (a.severity) } data-id=(a.id) data-device=(a.device) {
-            td { (a.ts) }
+            td { (when(&a.ts)) }
             td { a href={ "/device/" (enc(&a.device)) } { (a.device) } }
             td { span class={ "badge " (a.kind) } { (a.kind) } }
             td { span class={ "sev " (a.severity) } { (a.severity) } }
@@ -398,7 +414,7 @@ pub fn alert_row(a: &AlertRow, now: i64, who: Option<&str>) -> Markup {
             td {
                 @match (&a.acked_by, a.acked_at) {
                     (Some(by), Some(at)) => {
-                        "acknowledged by " strong { (by) } " at " (rfc3339_ms(at)) " (" (ago(at, now)) ")"
+                        "acknowledged by " strong { (by) } " at " (when_ms(at)) " (" (ago(at, now)) ")"
                     }
                     _ => {
                         form.ack method="post" action={ "/alerts/" (a.id) "/ack" } {
@@ -453,8 +469,8 @@ pub fn alert_group_row(g: &AlertGroup, who: Option<&str>) -> Markup {
         tr class={ "alert group kind-" (a.kind) " sev-" (a.severity) } data-id=(a.id) data-device=(a.device)
             data-kind=(a.kind) data-severity=(a.severity) data-count=(g.count) {
             td {
-                (g.last_ts)
-                @if g.count > 1 { br; span.first { "since " (g.first_ts) } }
+                (when(&g.last_ts))
+                @if g.count > 1 { br; span.first { "since " (when(&g.first_ts)) } }
             }
             td { a href={ "/device/" (enc(&a.device)) } { (a.device) } }
             td { span class={ "badge " (a.kind) } { (a.kind) } }
@@ -467,6 +483,7 @@ pub fn alert_group_row(g: &AlertGroup, who: Option<&str>) -> Markup {
                 }
             }
             td {
+                // One form, one name: the second button widens the scope to the whole device.
                 form.ack method="post" action={ "/alerts/" (a.id) "/ack" } {
                     input type="hidden" name="scope" value="group";
                     (ack_name(who))
@@ -475,11 +492,9 @@ pub fn alert_group_row(g: &AlertGroup, who: Option<&str>) -> Markup {
                         @if g.count > 1 { " all " (g.count) }
                         @if let Some(n) = who { " as " (n) }
                     }
-                }
-                form.ack-device method="post" action={ "/alerts/" (a.id) "/ack" } {
-                    input type="hidden" name="scope" value="device";
-                    (ack_name(who))
-                    button type="submit" { "Acknowledge all of " (a.device) }
+                    button.ack-device type="submit" name="whole_device" value="1" {
+                        "Acknowledge all of " (a.device)
+                    }
                 }
             }
         }
@@ -625,6 +640,7 @@ async fn ack_alert(
         ));
     }
     let scope = match f.get("scope").map(String::as_str) {
+        _ if f.get("whole_device").is_some_and(|v| v == "1") => store::AckScope::Device,
         None | Some("" | "one") => store::AckScope::One,
         Some("group") => store::AckScope::Group,
         Some("device") => store::AckScope::Device,
@@ -827,7 +843,7 @@ async fn verdict_page(
         }
         p {
             a href={ "/device/" (u) } { (device) }
-            " · seq " (seq) " · " (v.ts) " · part " (v.part_id.as_deref().unwrap_or("–"))
+            " · seq " (seq) " · " (when(&v.ts)) " · part " (v.part_id.as_deref().unwrap_or("–"))
             " · model " (v.model)
         }
         @if v.verdict == "ok" {

@@ -5,7 +5,32 @@
   var body = document.body;
   var pushed = 0;
   var MAX_ROWS = 200;
-  function applied() { pushed += 1; body.setAttribute("data-pushed", String(pushed)); }
+  // Absolute times arrive as <time datetime="…Z">; they are shown in this browser's zone, named
+  // ("2026-11-30 13:31:02 GMT+5:30"), with the UTC time as the tooltip.
+  var fmt = null;
+  try {
+    fmt = new Intl.DateTimeFormat("en-US", { year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "short" });
+  } catch (e) { fmt = null; }
+  function localTime(d) {
+    var p = {};
+    fmt.formatToParts(d).forEach(function (x) { p[x.type] = x.value; });
+    return p.year + "-" + p.month + "-" + p.day + " " + p.hour + ":" + p.minute + ":" + p.second +
+      " " + p.timeZoneName;
+  }
+  function localize(root) {
+    if (!fmt) { return; }
+    var ts = (root || document).querySelectorAll("time[datetime]:not([data-local])");
+    for (var i = 0; i < ts.length; i++) {
+      var d = new Date(ts[i].getAttribute("datetime"));
+      if (isNaN(d.getTime())) { continue; }
+      ts[i].title = ts[i].getAttribute("datetime");
+      ts[i].textContent = localTime(d);
+      ts[i].setAttribute("data-local", "");
+    }
+  }
+  localize(document);
+  function applied() { localize(document); pushed += 1; body.setAttribute("data-pushed", String(pushed)); }
   function prepend(id, html, keep) {
     var t = document.getElementById(id);
     if (!t) { return false; }
@@ -73,7 +98,9 @@
         banner.hidden = true;
         banner.textContent = "";
       } else {
-        banner.textContent = "supervisor lost the broker since " + broker.since +
+        var since = new Date(broker.since);
+        banner.textContent = "supervisor lost the broker since " +
+          (fmt && !isNaN(since.getTime()) ? localTime(since) : broker.since) +
           ": what this page shows may be out of date, and device states are unknown.";
         banner.hidden = false;
       }
