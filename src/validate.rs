@@ -22,7 +22,7 @@ use inspectd_cam::tensor::Tensor;
 use inspectd_cam::{ClassChoice, Explainer, Method};
 
 use crate::gate::{Criterion, Gate};
-use crate::verdict::{self, Kind, Polygon, Rules};
+use crate::verdict::{self, Kind, Rules};
 
 /// One labelled image of the data folder.
 #[derive(Clone, Debug)]
@@ -113,6 +113,8 @@ pub struct Record {
     pub energy_pixels: Option<f32>,
     /// What the deployment's rules decide on this image, and why when suspect.
     pub decided: Kind,
+    /// The class the verdict is about (its map is the one the rules judged and the report shows).
+    pub decided_class: usize,
     pub decided_label: String,
     pub reasons: Vec<String>,
     /// Share of the decision's map (pixel level) on the `<stem>.watermark.png` nuisance.
@@ -450,6 +452,15 @@ pub fn run(ex: &Explainer, items: &[Item], opts: &ValidateOptions) -> Result<Out
     let mut wrong: Vec<Shown> = vec![];
     let mut off_mask: Vec<Shown> = vec![];
     let mut cells: Vec<Vec<Shown>> = vec![vec![]; 6];
+    let zones = heatmap::Zones {
+        roi: opts.rules.roi.as_ref().map(|p| p.0.as_slice()),
+        ignore: opts
+            .rules
+            .ignore_zones
+            .iter()
+            .map(|z| z.polygon.0.as_slice())
+            .collect(),
+    };
     for (i, item) in items.iter().enumerate() {
         let img = load_image(&item.path)?;
         let mask = load_annotation(item.mask.as_deref(), "mask", &img)?;
@@ -517,6 +528,7 @@ pub fn run(ex: &Explainer, items: &[Item], opts: &ValidateOptions) -> Result<Out
             energy,
             energy_pixels,
             decided: d.kind,
+            decided_class: class,
             decided_label: d.label.clone(),
             reasons: d.reasons.iter().map(|r| r.to_string()).collect(),
             watermark_energy,
@@ -525,14 +537,31 @@ pub fn run(ex: &Explainer, items: &[Item], opts: &ValidateOptions) -> Result<Out
         let bad_class = predicted != item.label;
         let bad_place = energy.is_some_and(|v| v < LOW_ENERGY) || pointing == Some(false);
         let room = |v: &Vec<Shown>| opts.report.is_some() && v.len() < opts.gallery_limit;
+        // What the daemon would show (its rendering, the configured zones) plus the annotations
+        // (mask white, watermark yellow): the map of the class the verdict is about, and where
+        // that is not the true class, the true class's map beside it.
+        let render = |first: &Tensor, second: Option<&Tensor>| -> Result<Vec<u8>> {
+            let one = |map: &Tensor| {
+                let mut ov = heatmap::render_overlay(&img, map, crop, &zones);
+                if let Some(m) = &mask {
+                    outline(&mut ov, m, WHITE);
+                }
+                if let Some(m) = &watermark {
+                    outline(&mut ov, m, YELLOW);
+                }
+                heatmap::thumbnail(&ov, 256)
+            };
+            let pic = match second {
+                Some(t) => side_by_side(&one(first), &one(t)),
+                None => one(first),
+            };
+            heatmap::png(&pic)
+        };
+        let truth_beside = (class != item.label).then_some(&e.map);
         if (bad_class && room(&wrong)) || (bad_place && room(&off_mask)) {
-            let mut ov = heatmap::overlay(&img, &e.map, crop, 0.5);
-            if let Some(m) = &mask {
-                outline(&mut ov, m, WHITE);
-            }
             let shown = Shown {
                 record: record.clone(),
-                overlay_png: heatmap::png(&heatmap::thumbnail(&ov, 256))?,
+                overlay_png: render(&de.map, truth_beside)?,
             };
             if bad_class && room(&wrong) {
                 wrong.push(shown.clone());
@@ -551,19 +580,9 @@ pub fn run(ex: &Explainer, items: &[Item], opts: &ValidateOptions) -> Result<Out
                 .count()
                 < EXAMPLES_PER_CLASS
         {
-            // What the daemon would show: the decision's map, the configured zones, the
-            // annotations (mask white, watermark magenta).
-            let mut ov = heatmap::overlay(&img, &de.map, crop, 0.5);
-            if let Some(m) = &mask {
-                outline(&mut ov, m, WHITE);
-            }
-            if let Some(m) = &watermark {
-                outline(&mut ov, m, MAGENTA);
-            }
-            draw_zones(&mut ov, &opts.rules, crop);
             cells[cell].push(Shown {
                 record: record.clone(),
-                overlay_png: heatmap::png(&heatmap::thumbnail(&ov, 256))?,
+                overlay_png: render(&de.map, truth_beside)?,
             });
         }
         records.push(record);
@@ -638,51 +657,16 @@ fn load_annotation(path: Option<&Path>, what: &str, img: &RgbImage) -> Result<Op
 }
 
 const WHITE: image::Rgb<u8> = image::Rgb([255, 255, 255]);
-const MAGENTA: image::Rgb<u8> = image::Rgb([255, 0, 255]);
-const ROI: image::Rgb<u8> = image::Rgb([0, 230, 255]);
-const ZONE: image::Rgb<u8> = image::Rgb([255, 220, 0]);
+const YELLOW: image::Rgb<u8> = image::Rgb([255, 220, 0]);
 
-/// Draws the rules' ROI (cyan) and ignore zones (yellow) over an overlay; their coordinates
-/// are normalized over `crop`, the part of the frame the model saw.
-fn draw_zones(img: &mut RgbImage, rules: &Rules, crop: Crop) {
-    if let Some(r) = &rules.roi {
-        draw_polygon(img, r, crop, ROI);
-    }
-    for z in &rules.ignore_zones {
-        draw_polygon(img, &z.polygon, crop, ZONE);
-    }
-}
-
-fn draw_polygon(img: &mut RgbImage, poly: &Polygon, crop: Crop, colour: image::Rgb<u8>) {
-    let (w, h) = img.dimensions();
-    // Lines about 1/128 of the image wide, so that they survive the thumbnail.
-    let t = (w.max(h) / 128).max(1) as i64;
-    let px = |[x, y]: [f32; 2]| {
-        (
-            (crop.x + x * crop.w).clamp(0.0, w as f32 - 1.0),
-            (crop.y + y * crop.h).clamp(0.0, h as f32 - 1.0),
-        )
-    };
-    let n = poly.0.len();
-    for i in 0..n {
-        let (a, b) = (px(poly.0[i]), px(poly.0[(i + 1) % n]));
-        let steps = (b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil().max(1.0) as usize;
-        for s in 0..=steps {
-            let f = s as f32 / steps as f32;
-            let (cx, cy) = (
-                (a.0 + f * (b.0 - a.0)).round() as i64,
-                (a.1 + f * (b.1 - a.1)).round() as i64,
-            );
-            for dy in -t / 2..=t / 2 {
-                for dx in -t / 2..=t / 2 {
-                    let (x, y) = (cx + dx, cy + dy);
-                    if x >= 0 && y >= 0 && x < w as i64 && y < h as i64 {
-                        img.put_pixel(x as u32, y as u32, colour);
-                    }
-                }
-            }
-        }
-    }
+/// Two pictures of one height side by side with a dark 4-pixel gap.
+fn side_by_side(a: &RgbImage, b: &RgbImage) -> RgbImage {
+    const GAP: u32 = 4;
+    let h = a.height().max(b.height());
+    let mut out = RgbImage::from_pixel(a.width() + GAP + b.width(), h, image::Rgb([32, 32, 32]));
+    image::imageops::replace(&mut out, a, 0, 0);
+    image::imageops::replace(&mut out, b, (a.width() + GAP) as i64, 0);
+    out
 }
 
 /// Draws the outline of an annotation mask over an overlay.
@@ -734,7 +718,7 @@ fn report_html(
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}\
 .diag{{background:#d9f2d9}}.off{{background:#fde2e2}}.g{{display:flex;flex-wrap:wrap;gap:12px}}\
-figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px solid #999}}\
+figure{{margin:0;width:256px;font-size:12px}}figure.pair{{width:516px}}figure img{{width:100%;border:1px solid #999}}\
 .pass{{background:#d9f2d9;font-weight:bold}}.fail{{background:#f8c4c4;font-weight:bold}}\
 .banner{{font-size:1.4em;padding:.4em .8em;display:inline-block;border-radius:4px}}\
 .cell{{border:1px solid #ccc;padding:.5em;margin:.5em 0}}figcaption code{{word-break:break-all}}\
@@ -862,8 +846,10 @@ figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px 
         }
         h.push_str("</tr>");
     }
-    h.push_str("</table><h3>Examples per cell</h3><p><small>The map of the class each verdict is about; \
-         cyan: ROI, yellow: ignore zones, white: defect mask, magenta: watermark annotation.</small></p>");
+    h.push_str("</table><h3>Examples per cell</h3><p><small>The map of the class each verdict is about \
+         (where that is not the true class, the true class's map on the right), drawn as the daemon \
+         draws it: heat above 0.2, white contours at 0.5 and 0.8, legend bottom left; \
+         green: ROI, dashed magenta: ignore zones, white: defect mask, yellow: watermark annotation.</small></p>");
     for t in 0..2 {
         for (k, kind) in kinds.iter().enumerate() {
             let shown = &cells[t * 3 + k];
@@ -934,7 +920,7 @@ figure{{margin:0;width:256px;font-size:12px}}figure img{{width:256px;border:1px 
         off,
         "None: every masked image's evidence is on its defect.",
     );
-    h.push_str("<p><small>Outlined in white: the defect mask. Maps in these two galleries are explanations of the true class.</small></p></body></html>");
+    h.push_str("<p><small>As above: the decided class's map, the true class's map on its right where they differ; white: the defect mask. Pointing and energy figures are measured on the true class's map.</small></p></body></html>");
     h
 }
 
@@ -964,6 +950,19 @@ fn figure(h: &mut String, s: &Shown, labels: &[String]) {
     } else {
         format!("<br>suspect: {}", esc(&r.reasons.join("; ")))
     };
+    // Two maps when the verdict is about another class than the true one.
+    let (pair, alt) = if r.decided_class != r.truth {
+        (
+            " class=\"pair\"",
+            format!(
+                "map of {} (the verdict's class), map of {} (the true class)",
+                esc(&labels[r.decided_class]),
+                esc(&labels[r.truth])
+            ),
+        )
+    } else {
+        ("", format!("map of {}", esc(&labels[r.truth])))
+    };
     let kind = match r.decided {
         Kind::Ok => "ok",
         Kind::Defect => "defect",
@@ -971,7 +970,7 @@ fn figure(h: &mut String, s: &Shown, labels: &[String]) {
     };
     let _ = write!(
         h,
-        "<figure><img src=\"data:image/png;base64,{b64}\" alt=\"overlay\"><figcaption><b>{}</b> → {} ({:.1} %) · decided {kind} ({}){}{}{}<br><code>{}</code></figcaption></figure>",
+        "<figure{pair}><img src=\"data:image/png;base64,{b64}\" alt=\"{alt}\"><figcaption><b>{}</b> → {} ({:.1} %) · decided {kind} ({}){}{}{}<br><code>{}</code></figcaption></figure>",
         esc(&labels[r.truth]),
         esc(&labels[r.predicted]),
         100.0 * r.confidence,
@@ -1001,6 +1000,7 @@ mod tests {
             } else {
                 Kind::Defect
             },
+            decided_class: predicted,
             decided_label: String::new(),
             reasons: vec![],
             watermark_energy: None,

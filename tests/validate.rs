@@ -95,6 +95,20 @@ fn the_html_report_is_one_self_contained_file() {
         !html.contains("src=\"http"),
         "nothing is fetched from elsewhere"
     );
+    // As the daemon does, each picture explains the class the verdict is about; where that is
+    // not the true class (the shortcut model calls a crack a scratch), the true class's map is
+    // beside it. Correct calls show one map.
+    assert!(
+        html.contains(
+            "alt=\"map of scratch (the verdict's class), map of crack (the true class)\""
+        ),
+        "no crack→scratch pair in the report"
+    );
+    assert!(html.contains("<figure class=\"pair\">"));
+    assert!(
+        html.contains("alt=\"map of dent\""),
+        "a correct dent call shows one map"
+    );
 }
 
 fn assert_bad(out: &Output, needle: &str) {
