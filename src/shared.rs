@@ -184,6 +184,32 @@ impl Shared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// A trigger from any path: queued for the inference thread, or refused at once (paused,
+    /// camera lost, continuous box, queue full, stopping). Either way `reply` gets exactly one
+    /// answer; the refusal is also returned.
+    pub fn trigger(&self, part_id: String, reply: Reply) -> Result<(), TriggerError> {
+        let refused = if self.stopping() {
+            Some(TriggerError::Stopping)
+        } else if !self.inbox.triggered {
+            Some(TriggerError::Continuous)
+        } else if self.status.paused() {
+            Some(TriggerError::Paused)
+        } else if !self.status.camera_ok() {
+            Some(TriggerError::CameraLost)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            reply.answer(Err(e.clone()));
+            return Err(e);
+        }
+        self.inbox.trigger(TriggerReq {
+            part_id,
+            at: reply.at,
+            reply,
+        })
+    }
 }
 
 /// Holds at most one frame: the newest. `put` replaces an unread frame (counted as dropped).
@@ -260,10 +286,124 @@ pub struct Stats {
     pub latency: HashMap<&'static str, Ring>,
 }
 
-/// A trigger from `cmd/trigger`.
-#[derive(Clone, Debug)]
+/// A trigger from any path (MQTT `cmd/trigger`, the PLC's Modbus `trigger_seq`): the part
+/// in front of the camera, when the trigger came, and where its one answer goes.
 pub struct TriggerReq {
     pub part_id: String,
+    pub at: Instant,
+    pub reply: Reply,
+}
+
+/// Why a trigger got no verdict. Each is answered (MQTT `cmd_result` error, Modbus
+/// `error_code`), never dropped in silence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TriggerError {
+    /// The box inspects continuously (`source.trigger = "continuous"`).
+    Continuous,
+    /// Paused by `cmd/pause`.
+    Paused,
+    /// The camera is lost.
+    CameraLost,
+    /// The model failed on the frame (the `model_error` alert has the details).
+    Model(String),
+    /// No frame within `plc.trigger_timeout_ms` of the trigger.
+    Timeout(u64),
+    /// The trigger queue is full.
+    QueueFull,
+    /// The daemon is stopping.
+    Stopping,
+}
+
+impl TriggerError {
+    /// The PLC's `error_code`: 1 camera lost, 2 model error, 3 trigger timeout, 4 busy (paused,
+    /// queue full, stopping, not a triggered box).
+    pub fn code(&self) -> u16 {
+        match self {
+            TriggerError::CameraLost => 1,
+            TriggerError::Model(_) => 2,
+            TriggerError::Timeout(_) => 3,
+            TriggerError::Continuous
+            | TriggerError::Paused
+            | TriggerError::QueueFull
+            | TriggerError::Stopping => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TriggerError::Continuous => write!(
+                f,
+                "this box inspects continuously; set source.trigger = \"triggered\" to inspect on triggers"
+            ),
+            TriggerError::Paused => write!(f, "paused: send resume first"),
+            TriggerError::CameraLost => write!(f, "camera lost: no frame to inspect"),
+            TriggerError::Model(m) => write!(f, "model error: {m}"),
+            TriggerError::Timeout(ms) => write!(f, "no frame within {ms} ms of the trigger"),
+            TriggerError::QueueFull => write!(f, "busy: trigger queue full ({MAX_TRIGGERS})"),
+            TriggerError::Stopping => write!(f, "the daemon is stopping"),
+        }
+    }
+}
+
+/// What a trigger's verdict says, for the paths that answer with it (the PLC registers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inspected {
+    pub kind: crate::verdict::Kind,
+    /// Index of the verdict's label in the model's labels.
+    pub class: usize,
+    pub label: String,
+    pub p_defect: f32,
+    /// The verdict's MQTT `seq` (0 if the spool could not store it).
+    pub seq: u64,
+}
+
+/// The answer to one trigger.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub part_id: String,
+    pub result: Result<Inspected, TriggerError>,
+    /// Trigger → answer.
+    pub latency: Duration,
+}
+
+/// Where a trigger's answer goes: called exactly once. A reply dropped without an answer (the
+/// daemon stopping with triggers queued) answers [`TriggerError::Stopping`].
+pub struct Reply {
+    send: Option<Box<dyn FnOnce(Outcome) + Send>>,
+    part_id: String,
+    at: Instant,
+}
+
+impl Reply {
+    pub fn new(part_id: &str, at: Instant, f: impl FnOnce(Outcome) + Send + 'static) -> Reply {
+        Reply {
+            send: Some(Box::new(f)),
+            part_id: part_id.to_string(),
+            at,
+        }
+    }
+
+    pub fn answer(mut self, result: Result<Inspected, TriggerError>) {
+        self.send_now(result);
+    }
+
+    fn send_now(&mut self, result: Result<Inspected, TriggerError>) {
+        if let Some(f) = self.send.take() {
+            f(Outcome {
+                part_id: std::mem::take(&mut self.part_id),
+                result,
+                latency: self.at.elapsed(),
+            });
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.send_now(Err(TriggerError::Stopping));
+    }
 }
 
 /// A `reload_model` request: the sha256 the file must have (if given) and where to answer.
@@ -274,7 +414,7 @@ pub const MAX_TRIGGERS: usize = 64;
 /// The commands for the inference thread, from the MQTT side: triggers (a bounded queue), the
 /// rules in force, and at most one model reload at a time. Both ends go through its methods.
 pub struct Inbox {
-    /// `source.trigger = "mqtt"`: frames are inspected only on a trigger.
+    /// `source.trigger = "triggered"`: frames are inspected only on a trigger.
     triggered: bool,
     rules: RwLock<Rules>,
     triggers: (flume::Sender<TriggerReq>, flume::Receiver<TriggerReq>),
@@ -308,18 +448,18 @@ impl Inbox {
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
     }
 
-    /// Queues a trigger; refused on a continuous box and when the queue is full.
-    pub fn trigger(&self, part_id: String) -> Result<(), String> {
-        if !self.triggered {
-            return Err(
-                "this box inspects continuously; set source.trigger = \"mqtt\" to inspect on triggers"
-                    .into(),
-            );
-        }
-        self.triggers
-            .0
-            .try_send(TriggerReq { part_id })
-            .map_err(|_| format!("trigger queue full ({MAX_TRIGGERS})"))
+    /// Queues a trigger; refused when the queue is full (the refusal is the reply's answer
+    /// as well as the result).
+    fn trigger(&self, req: TriggerReq) -> Result<(), TriggerError> {
+        self.triggers.0.try_send(req).map_err(|e| {
+            e.into_inner().reply.answer(Err(TriggerError::QueueFull));
+            TriggerError::QueueFull
+        })
+    }
+
+    /// Triggers waiting for the inference thread.
+    pub fn pending_triggers(&self) -> usize {
+        self.triggers.0.len()
     }
 
     /// Asks the inference thread to load the model again (between frames); the answer comes on
