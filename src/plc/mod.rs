@@ -86,11 +86,23 @@ impl tokio_modbus::server::Service for Conn {
     }
 }
 
-/// A connection's stream that fails a read once the peer has been silent for `limit`.
+/// Largest Modbus TCP ADU: a 7-byte MBAP header and a PDU of at most 253 bytes, so the
+/// header's length field (unit id + PDU) is at most 254.
+const MAX_MBAP_LENGTH: usize = 254;
+
+/// A connection's stream that fails a read once the peer has been silent for `limit`, or
+/// sends a frame header no Modbus TCP client sends (protocol id not 0, length 0 or over 254).
+/// tokio-modbus would wait for the whole of a length like 12 064 (`GET /…` read as a
+/// header): such a connection is closed at once instead of holding a slot.
 struct Idle {
     io: TcpStream,
     limit: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The header of the frame being read, and how much of it is in.
+    header: [u8; 7],
+    have: usize,
+    /// Body bytes of the current frame still to come.
+    body: usize,
 }
 
 impl Idle {
@@ -99,7 +111,40 @@ impl Idle {
             io,
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
+            header: [0; 7],
+            have: 0,
+            body: 0,
         }
+    }
+
+    /// Follows the frames through `bytes`; an error names a header that cannot be Modbus TCP.
+    fn check(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.body > 0 {
+                let n = self.body.min(bytes.len());
+                self.body -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (7 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 7 {
+                self.have = 0;
+                let protocol = u16::from_be_bytes([self.header[2], self.header[3]]);
+                let len = u16::from_be_bytes([self.header[4], self.header[5]]) as usize;
+                if protocol != 0 || len == 0 || len > MAX_MBAP_LENGTH {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("not a Modbus TCP frame (protocol id {protocol}, length {len})"),
+                    ));
+                }
+                // The unit id was the header's last byte.
+                self.body = len - 1;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -110,10 +155,14 @@ impl AsyncRead for Idle {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 let until = tokio::time::Instant::now() + this.limit;
                 this.timer.as_mut().reset(until);
+                if r.is_ok() {
+                    this.check(&buf.filled()[before..])?;
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => match this.timer.as_mut().poll(cx) {
@@ -215,5 +264,31 @@ mod tests {
         let mut b = [0u8; 4];
         let e = idle.read(&mut b).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn frame_headers_no_modbus_client_sends_fail_the_read() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let mut g = Idle::new(s, IDLE);
+        // Two good frames split anywhere, then HTTP.
+        let good = [0u8, 1, 0, 0, 0, 6, 1, 3, 0, 0, 0, 10];
+        let mut stream: Vec<u8> = good.iter().chain(good.iter()).copied().collect();
+        for chunk in stream.chunks(5) {
+            g.check(chunk).unwrap();
+        }
+        assert_eq!((g.have, g.body), (0, 0));
+        stream = b"GET / HTTP/1.1\r\n".to_vec();
+        assert!(g
+            .check(&stream)
+            .unwrap_err()
+            .to_string()
+            .contains("length 12064"));
+        let mut g2 = Idle::new(g.io, IDLE);
+        assert!(g2.check(&[0, 1, 0, 7, 0, 6, 1]).is_err(), "protocol id 7");
+        let mut g3 = Idle::new(g2.io, IDLE);
+        assert!(g3.check(&[0, 1, 0, 0, 0, 0, 1]).is_err(), "length 0");
     }
 }
