@@ -383,3 +383,77 @@ fn a_bad_plc_config_exits_2_with_one_line_naming_the_key() {
         assert!(err.contains(key), "{plc}: {key} not in {err}");
     }
 }
+
+#[test]
+fn no_frame_in_time_is_error_3_with_an_alert_and_a_lost_camera_is_error_1() {
+    let (host, port) = broker();
+    let dir = common::tmp("plc", "errors");
+    // One frame at start, the next 100 s later: a trigger's frame cannot come in time.
+    let (slow, slow_addr) = config("plc-slow", &host, port, &dir.join("slow"));
+    let slow = {
+        let mut c = slow;
+        if let inspectd::config::SourceConfig::Replay { fps, .. } = &mut c.source {
+            *fps = 0.01;
+        }
+        c.plc.trigger_timeout_ms = 300;
+        c
+    };
+    // An empty folder: the camera is lost from the start.
+    let (blind, blind_addr) = config("plc-blind", &host, port, &dir.join("blind"));
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let blind = {
+        let mut c = blind;
+        if let inspectd::config::SourceConfig::Replay { path, .. } = &mut c.source {
+            *path = empty;
+        }
+        c
+    };
+    let rt = inspectd_contract::client::runtime().unwrap();
+    rt.block_on(async {
+        let (h, p) = (host.clone(), port);
+        let observer = tokio::spawn(async move {
+            collect(
+                &h,
+                p,
+                "inspect/plc-slow/alert",
+                Duration::from_secs(120),
+                vec![],
+                |g| {
+                    g.get("alert")
+                        .is_some_and(|a| a.iter().any(|x| x["kind"] == "trigger_timeout"))
+                },
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (a, b) = (Daemon::start(slow), Daemon::start(blind));
+        let mut c = connect(slow_addr).await;
+        await_ready(&mut c, 1).await;
+        let (r, coils) = trigger(&mut c, 1, "T-1").await;
+        assert_eq!((r[1], r[2], r[5]), (1, 4, 3), "{r:?}");
+        assert_eq!(coils[..3], [false; 3]);
+        let got = observer.await.unwrap();
+        let alert = got["alert"]
+            .iter()
+            .find(|x| x["kind"] == "trigger_timeout")
+            .unwrap();
+        assert_eq!(alert["part_id"], "T-1", "{alert}");
+        let mut c = connect(blind_addr).await;
+        let t0 = Instant::now();
+        for seq in 1u16.. {
+            // Not ready while the camera is lost; a trigger is answered with error 1.
+            let (r, _) = trigger(&mut c, seq, "B-1").await;
+            assert_eq!(r[0], 0, "ready with the camera lost: {r:?}");
+            if r[5] == 1 {
+                assert_eq!(r[2], 4, "{r:?}");
+                break;
+            }
+            // Before the source first reports the folder lost, the trigger times out (3).
+            assert_eq!(r[5], 3, "{r:?}");
+            assert!(t0.elapsed() < Duration::from_secs(60), "camera never lost");
+        }
+        a.stop().await;
+        b.stop().await;
+    });
+}
