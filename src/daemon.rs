@@ -235,7 +235,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let plc = if let Some(addr) = cfg.plc.modbus_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| bad_input(format!("plc.modbus_listen {addr}: cannot bind: {e}")))?;
+            .map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+                    " (a port below 1024 needs CAP_NET_BIND_SERVICE: see README, \"On the line\", or use 1502)"
+                } else {
+                    ""
+                };
+                bad_input(format!("plc.modbus_listen {addr}: cannot bind: {e}{hint}"))
+            })?;
         tracing::info!("Modbus TCP server on {addr}, unit id {}", cfg.plc.unit_id);
         Some(sup.task(
             "plc",
