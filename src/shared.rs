@@ -189,6 +189,7 @@ impl Shared {
     /// camera lost, continuous box, queue full, stopping). Either way `reply` gets exactly one
     /// answer; the refusal is also returned.
     pub fn trigger(&self, part_id: String, reply: Reply) -> Result<(), TriggerError> {
+        let reply = reply.counted(self.inbox.answers.clone());
         let refused = if self.stopping() {
             Some(TriggerError::Stopping)
         } else if !self.inbox.triggered {
@@ -314,7 +315,35 @@ pub enum TriggerError {
     Stopping,
 }
 
+/// How a trigger was answered, as `/metrics` counts it (`inspectd_trigger_answers{answer}`).
+pub const TRIGGER_ANSWERS: [&str; 8] = [
+    "verdict",
+    "paused",
+    "camera_lost",
+    "model_error",
+    "timeout",
+    "queue_full",
+    "continuous",
+    "stopping",
+];
+
+/// Triggers answered so far, by [`TRIGGER_ANSWERS`].
+pub type TriggerCounts = Arc<[AtomicU64; TRIGGER_ANSWERS.len()]>;
+
 impl TriggerError {
+    /// Index in [`TRIGGER_ANSWERS`].
+    fn answer(&self) -> usize {
+        match self {
+            TriggerError::Paused => 1,
+            TriggerError::CameraLost => 2,
+            TriggerError::Model(_) => 3,
+            TriggerError::Timeout(_) => 4,
+            TriggerError::QueueFull => 5,
+            TriggerError::Continuous => 6,
+            TriggerError::Stopping => 7,
+        }
+    }
+
     /// The PLC's `error_code`: 1 camera lost, 2 model error, 3 trigger timeout, 4 busy (paused,
     /// queue full, stopping, not a triggered box).
     pub fn code(&self) -> u16 {
@@ -389,6 +418,18 @@ impl Reply {
         self.send_now(result);
     }
 
+    /// The same reply, counting its answer in `counts` first.
+    fn counted(mut self, counts: TriggerCounts) -> Reply {
+        if let Some(f) = self.send.take() {
+            self.send = Some(Box::new(move |o: Outcome| {
+                let i = o.result.as_ref().map_or_else(TriggerError::answer, |_| 0);
+                counts[i].fetch_add(1, Ordering::Relaxed);
+                f(o)
+            }));
+        }
+        self
+    }
+
     fn send_now(&mut self, result: Result<Inspected, TriggerError>) {
         if let Some(f) = self.send.take() {
             f(Outcome {
@@ -421,6 +462,8 @@ pub struct Inbox {
     reload: (flume::Sender<ReloadReq>, flume::Receiver<ReloadReq>),
     /// Set from a reload request until its answer: a second one is answered `busy`.
     reloading: AtomicBool,
+    /// Triggers answered, by how.
+    answers: TriggerCounts,
 }
 
 impl Inbox {
@@ -431,7 +474,13 @@ impl Inbox {
             triggers: flume::bounded(MAX_TRIGGERS),
             reload: flume::bounded(1),
             reloading: AtomicBool::new(false),
+            answers: Arc::default(),
         }
+    }
+
+    /// Triggers answered so far, by [`TRIGGER_ANSWERS`].
+    pub fn trigger_answers(&self) -> [u64; TRIGGER_ANSWERS.len()] {
+        std::array::from_fn(|i| self.answers[i].load(Ordering::Relaxed))
     }
 
     pub fn triggered(&self) -> bool {
@@ -530,6 +579,39 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         slot.put(frame("x"));
         assert_eq!(t.join().unwrap().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_reply_answers_once_is_counted_and_answers_stopping_when_dropped() {
+        let counts: TriggerCounts = Arc::default();
+        let (tx, rx) = flume::unbounded();
+        let reply = |id: &str| {
+            let tx = tx.clone();
+            Reply::new(id, Instant::now(), move |o| tx.send(o).unwrap()).counted(counts.clone())
+        };
+        reply("a").answer(Err(TriggerError::Paused));
+        drop(reply("b"));
+        reply("c").answer(Ok(Inspected {
+            kind: crate::verdict::Kind::Ok,
+            class: 0,
+            label: "ok".into(),
+            p_defect: 0.1,
+            seq: 9,
+        }));
+        let got: Vec<(String, Option<u16>)> = rx
+            .try_iter()
+            .map(|o| (o.part_id, o.result.err().map(|e| e.code())))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), Some(4)),
+                ("b".into(), Some(4)),
+                ("c".into(), None)
+            ]
+        );
+        let n: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(n, [1, 1, 0, 0, 0, 0, 0, 1]);
     }
 
     #[test]

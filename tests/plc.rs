@@ -295,7 +295,9 @@ fn box_owned_areas_refuse_writes_and_garbage_frames_do_not_disturb_a_good_client
 fn a_trigger_during_pause_is_answered_with_an_error_on_both_paths() {
     let (host, port) = broker();
     let dir = common::tmp("plc", "pause");
-    let (cfg, modbus) = config("plc-pause", &host, port, &dir);
+    let (mut cfg, modbus) = config("plc-pause", &host, port, &dir);
+    let http: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    cfg.http.listen = Some(http);
     let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
         let (h, p) = (host.clone(), port);
@@ -348,6 +350,16 @@ fn a_trigger_during_pause_is_answered_with_an_error_on_both_paths() {
         assert_eq!((r[0], r[1], r[2], r[5]), (0, 1, 4, 4), "{r:?}");
         assert_eq!(coils, [false; 4]);
         assert!(!got.contains_key("verdict"), "no verdict while paused");
+        // Both refusals are counted.
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let paused = text
+            .lines()
+            .find(|l| l.starts_with("inspectd_trigger_answers") && l.contains("answer=\"paused\""))
+            .unwrap_or_else(|| panic!("no paused answers in {text}"));
+        assert!(paused.ends_with(" 2"), "{paused}");
         daemon.stop().await;
     });
 }
