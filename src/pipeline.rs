@@ -215,6 +215,10 @@ fn triggered(
         if shared.stopping() {
             return reply.answer(Err(TriggerError::Stopping));
         }
+        // Lost while waiting: no frame will come; say so rather than time out.
+        if !shared.status.camera_ok() {
+            return reply.answer(Err(TriggerError::CameraLost));
+        }
         match shared
             .slot
             .take((deadline - now).min(Duration::from_millis(200)))
