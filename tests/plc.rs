@@ -360,6 +360,21 @@ fn a_trigger_during_pause_is_answered_with_an_error_on_both_paths() {
             .find(|l| l.starts_with("inspectd_trigger_answers") && l.contains("answer=\"paused\""))
             .unwrap_or_else(|| panic!("no paused answers in {text}"));
         assert!(paused.ends_with(" 2"), "{paused}");
+        // Resumed, the next trigger gets its verdict.
+        let got = collect(
+            &host,
+            port,
+            "inspect/plc-pause/#",
+            Duration::from_secs(30),
+            vec![cmd("resume", "{}")],
+            |g| g.get("cmd_result").is_some_and(|r| !r.is_empty()),
+        )
+        .await;
+        assert_eq!(got["cmd_result"][0]["command"], "resume");
+        await_ready(&mut c, 1).await;
+        let (r, _) = trigger(&mut c, 2, "P-RESUMED").await;
+        assert_eq!((r[0], r[1], r[5]), (1, 2, 0), "{r:?}");
+        assert!((1..=3).contains(&r[2]), "{r:?}");
         daemon.stop().await;
     });
 }
