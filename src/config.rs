@@ -29,6 +29,8 @@ pub struct Config {
     pub stats: StatsConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub plc: PlcConfig,
 }
 
 /// Where frames come from.
@@ -161,8 +163,10 @@ pub enum Trigger {
     /// Every frame the inference keeps up with (stale frames are dropped).
     #[default]
     Continuous,
-    /// Only on `cmd/trigger` (the verdict carries the command's `part_id`).
-    Mqtt,
+    /// Only on a trigger, from every enabled path: MQTT `cmd/trigger` and the PLC's Modbus
+    /// `trigger_seq` (the verdict carries the trigger's `part_id`). `"mqtt"` is its old name.
+    #[serde(alias = "mqtt")]
+    Triggered,
 }
 
 fn default_fps() -> f32 {
@@ -403,6 +407,46 @@ fn address_or_off<'de, D: Deserializer<'de>>(
     })
 }
 
+/// The line's controller (PLC): a Modbus TCP server, and how long a trigger waits for its
+/// frame (every trigger path: MQTT and Modbus). Off unless `modbus_listen` is set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlcConfig {
+    /// Address of the Modbus TCP server (`0.0.0.0:502`); empty or absent = off.
+    #[serde(deserialize_with = "plc_address")]
+    pub modbus_listen: Option<std::net::SocketAddr>,
+    /// The Modbus unit id this box answers to (1..=255; requests to another get exception 0x0B).
+    pub unit_id: u8,
+    /// Listen on an address that is not loopback (Modbus has no logins and no encryption:
+    /// only on the machine network).
+    pub allow_remote: bool,
+    /// A trigger whose frame has not arrived this many milliseconds after the trigger is
+    /// answered with an error (Modbus `error_code` 3) and raises a `trigger_timeout` alert.
+    pub trigger_timeout_ms: u64,
+}
+
+impl Default for PlcConfig {
+    fn default() -> PlcConfig {
+        PlcConfig {
+            modbus_listen: None,
+            unit_id: 1,
+            allow_remote: false,
+            trigger_timeout_ms: 5000,
+        }
+    }
+}
+
+/// An address like `0.0.0.0:502`, or the empty string for "off".
+fn plc_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an address like 0.0.0.0:502")))
+}
+
 impl Config {
     /// Parses and checks a config text; `origin` names the file in errors. Relative paths are
     /// resolved against `base` (the config file's folder).
@@ -519,6 +563,32 @@ impl Config {
                     return err("source.path", "must name a folder".into());
                 }
             }
+        }
+        if let Some(addr) = self.plc.modbus_listen {
+            if !addr.ip().is_loopback() && !self.plc.allow_remote {
+                return err(
+                    "plc.modbus_listen",
+                    format!("{addr} is not loopback: Modbus has no logins, set plc.allow_remote = true to serve the machine network"),
+                );
+            }
+            if self.source.trigger() != Trigger::Triggered {
+                return err(
+                    "plc.modbus_listen",
+                    "the PLC triggers inspections: set source.trigger = \"triggered\"".into(),
+                );
+            }
+        }
+        if self.plc.unit_id == 0 {
+            return err(
+                "plc.unit_id",
+                "0 is the broadcast address: use 1..255".into(),
+            );
+        }
+        if !(1..=600_000).contains(&self.plc.trigger_timeout_ms) {
+            return err(
+                "plc.trigger_timeout_ms",
+                format!("{} must be within 1..600000", self.plc.trigger_timeout_ms),
+            );
         }
         if self.mqtt.cert_file.is_some() != self.mqtt.key_file.is_some() {
             return err(
@@ -811,6 +881,43 @@ path = "spool.redb"
         );
         let e = parse(&with("\"fp16\"")).unwrap_err();
         assert!(e.contains("variant") && e.contains("fp16"), "{e}");
+    }
+
+    #[test]
+    fn plc_is_off_by_default_and_its_bad_values_name_their_key() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.plc.modbus_listen, None);
+        assert_eq!((c.plc.unit_id, c.plc.trigger_timeout_ms), (1, 5000));
+        let triggered = GOOD.replace("fps = 10", "fps = 10\ntrigger = \"triggered\"");
+        let plc = |body: &str| format!("{triggered}[plc]\n{body}\n");
+        let c = parse(&plc("modbus_listen = \"127.0.0.1:1502\"\nunit_id = 7")).unwrap();
+        assert_eq!(c.plc.modbus_listen, Some(([127, 0, 0, 1], 1502).into()));
+        assert_eq!(c.source.trigger(), Trigger::Triggered);
+        // The old name of "triggered".
+        let old = GOOD.replace("fps = 10", "fps = 10\ntrigger = \"mqtt\"");
+        assert_eq!(parse(&old).unwrap().source.trigger(), Trigger::Triggered);
+        assert!(parse(&plc("modbus_listen = \"0.0.0.0:502\"\nallow_remote = true")).is_ok());
+        for (body, key) in [
+            ("modbus_listen = \"0.0.0.0:502\"", "plc.modbus_listen"),
+            ("modbus_listen = \"port 502\"", "plc.modbus_listen"),
+            ("unit_id = 0", "plc.unit_id"),
+            ("unit_id = 300", "plc.unit_id"),
+            ("trigger_timeout_ms = 0", "plc.trigger_timeout_ms"),
+            ("opcua_listen = \"x\"", "opcua_listen"),
+        ] {
+            let e = parse(&plc(body)).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        // A Modbus server on a box that inspects continuously has nothing to trigger.
+        let e = parse(&format!(
+            "{GOOD}[plc]\nmodbus_listen = \"127.0.0.1:1502\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("plc.modbus_listen") && e.contains("triggered"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -182,7 +182,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         health: Default::default(),
         slot: LatestSlot::default(),
         stop: stop.clone(),
-        inbox: Inbox::new(cfg.source.trigger() == Trigger::Mqtt, cfg.verdict.clone()),
+        inbox: Inbox::new(
+            cfg.source.trigger() == Trigger::Triggered,
+            cfg.verdict.clone(),
+        ),
     });
 
     let publish_ok = cfg.mqtt.publish_ok;
@@ -195,6 +198,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         reload: Box::new(move |sha| load_explainer_in(&reload_cfg, sha, state_dir.as_deref())),
         on_verdict: hooks.on_verdict,
         watchdog: crate::sdnotify::Watchdog::from_env(),
+        trigger_timeout: Duration::from_millis(cfg.plc.trigger_timeout_ms),
     };
     let sh = shared.clone();
     let inference = sup
@@ -224,6 +228,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         Some(sup.task(
             "http",
             crate::http::serve(listener, shared.clone(), stop_rx.clone()),
+        ))
+    } else {
+        None
+    };
+    let plc = if let Some(addr) = cfg.plc.modbus_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+                    " (a port below 1024 needs CAP_NET_BIND_SERVICE: see README, \"On the line\", or use 1502)"
+                } else {
+                    ""
+                };
+                bad_input(format!("plc.modbus_listen {addr}: cannot bind: {e}{hint}"))
+            })?;
+        tracing::info!("Modbus TCP server on {addr}, unit id {}", cfg.plc.unit_id);
+        Some(sup.task(
+            "plc",
+            crate::plc::serve(listener, cfg.plc.unit_id, shared.clone(), stop_rx.clone()),
         ))
     } else {
         None
@@ -263,7 +286,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(8), publisher).await;
-    if let Some(h) = http {
+    for h in [http, plc].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     }
     let flushed = shared.spool.flush(Duration::from_secs(5));

@@ -51,6 +51,16 @@ pub fn metrics_text(shared: &Shared) -> String {
         verdicts.get_or_create(&[("verdict", k)]).inc_by(n);
     }
     r.register("inspectd_verdicts", "Verdicts by kind", verdicts);
+    let answers = Family::<[(&str, &str); 1], Counter>::default();
+    let counts = shared.inbox.trigger_answers();
+    for (k, n) in crate::shared::TRIGGER_ANSWERS.into_iter().zip(counts) {
+        answers.get_or_create(&[("answer", k)]).inc_by(n);
+    }
+    r.register(
+        "inspectd_trigger_answers",
+        "Triggers (MQTT and Modbus) answered, by answer: a verdict or why none",
+        answers,
+    );
     // Quantiles over a ring of recent frames, not a Prometheus summary (no _sum or _count, and
     // prometheus-client writes no summaries): a gauge per stage and quantile.
     let latency = Family::<[(&str, String); 2], Gauge<f64, AtomicU64>>::default();

@@ -11,7 +11,7 @@ use base64::Engine;
 use inspectd_contract::v1;
 
 use crate::config::PublishOk;
-use crate::shared::{model_id, Shared};
+use crate::shared::{model_id, Inspected, Shared};
 use crate::source::{Frame, FrameSource, SourceError};
 use crate::spool::{Message, Priority};
 use crate::verdict::{decide, Kind};
@@ -122,6 +122,8 @@ pub struct InferenceSetup {
     pub on_verdict: Option<VerdictHook>,
     /// systemd's watchdog, pinged on every turn of the loop while the publisher turns too.
     pub watchdog: crate::sdnotify::Watchdog,
+    /// How long a trigger waits for its frame (`plc.trigger_timeout_ms`).
+    pub trigger_timeout: Duration,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -157,41 +159,76 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
                 }
             }
         }
-        let part_id = if shared.inbox.triggered() {
-            match shared.inbox.wait_trigger(Duration::from_millis(200)) {
-                Some(t) => {
-                    // The part is in front of the camera now: use a frame captured after this.
-                    shared.slot.clear();
-                    Some(t.part_id)
-                }
-                None => continue,
+        if shared.inbox.triggered() {
+            if let Some(req) = shared.inbox.wait_trigger(Duration::from_millis(200)) {
+                triggered(&shared, &ex, &setup, req, &mut ok_count);
             }
-        } else {
-            None
-        };
+            continue;
+        }
         let Some(frame) = shared.slot.take(Duration::from_millis(200)) else {
-            if part_id.is_some() {
-                // Wait longer for the triggered frame.
-                let Some(f) = shared.slot.take(Duration::from_secs(5)) else {
-                    shared.alert(v1::Alert {
-                        part_id: Some(part_id.clone()),
-                        ..shared.device.new_alert(
-                            "trigger_timeout",
-                            "warning",
-                            "no frame within 5 s of a trigger",
-                        )
-                    });
-                    continue;
-                };
-                guarded(&shared, &ex, &setup, f, part_id, &mut ok_count);
-            }
             continue;
         };
         if shared.status.paused() {
             continue;
         }
-        guarded(&shared, &ex, &setup, frame, part_id, &mut ok_count);
+        let _ = guarded(&shared, &ex, &setup, frame, None, &mut ok_count);
     }
+}
+
+/// One trigger: refused if the box is paused or the camera lost by now; otherwise the first
+/// frame captured after the trigger, within `trigger_timeout_ms` of it, is inspected. The
+/// trigger's reply gets the verdict or the reason there is none.
+fn triggered(
+    shared: &Shared,
+    ex: &Explainer,
+    setup: &InferenceSetup,
+    req: crate::shared::TriggerReq,
+    ok_count: &mut u64,
+) {
+    use crate::shared::TriggerError;
+    let crate::shared::TriggerReq { part_id, at, reply } = req;
+    if shared.status.paused() {
+        return reply.answer(Err(TriggerError::Paused));
+    }
+    if !shared.status.camera_ok() {
+        return reply.answer(Err(TriggerError::CameraLost));
+    }
+    // The part is in front of the camera now: use a frame captured after the trigger.
+    shared.slot.clear();
+    let deadline = at + setup.trigger_timeout;
+    let frame = loop {
+        let now = Instant::now();
+        if now >= deadline {
+            let ms = setup.trigger_timeout.as_millis() as u64;
+            shared.alert(v1::Alert {
+                part_id: Some(Some(part_id.clone())),
+                ..shared.device.new_alert(
+                    "trigger_timeout",
+                    "warning",
+                    &format!("no frame within {ms} ms of the trigger for part {part_id}"),
+                )
+            });
+            return reply.answer(Err(TriggerError::Timeout(ms)));
+        }
+        // Waiting for the frame is a turn of the loop too: inference is not stalled.
+        shared.health.inference_beat();
+        if shared.stopping() {
+            return reply.answer(Err(TriggerError::Stopping));
+        }
+        // Lost while waiting: no frame will come; say so rather than time out.
+        if !shared.status.camera_ok() {
+            return reply.answer(Err(TriggerError::CameraLost));
+        }
+        match shared
+            .slot
+            .take((deadline - now).min(Duration::from_millis(200)))
+        {
+            Some(f) if f.captured >= at => break f,
+            _ => {}
+        }
+    };
+    let r = guarded(shared, ex, setup, frame, Some(part_id), ok_count);
+    reply.answer(r.map_err(TriggerError::Model));
 }
 
 /// One frame, with a panic in it (a tensor shape, a head op) caught: it becomes a
@@ -203,25 +240,27 @@ fn guarded(
     frame: Frame,
     part_id: Option<String>,
     ok_count: &mut u64,
-) {
+) -> Result<Inspected, String> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         process(shared, ex, setup, frame, part_id, ok_count)
     }));
-    if let Err(p) = r {
-        let e = anyhow::anyhow!("panicked: {}", crate::tasks::panic_text(&*p));
-        model_error(shared, "inference on a frame", &e);
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let e = anyhow::anyhow!("panicked: {}", crate::tasks::panic_text(&*p));
+            Err(model_error(shared, "inference on a frame", &e))
+        }
     }
 }
 
-/// Counts and alerts a failure of the model on one frame; the loop goes on with the next.
-fn model_error(shared: &Shared, stage: &str, e: &anyhow::Error) {
-    tracing::error!("{stage} failed: {e:#}");
+/// Counts and alerts a failure of the model on one frame (the loop goes on with the next);
+/// returns what the alert says.
+fn model_error(shared: &Shared, stage: &str, e: &anyhow::Error) -> String {
+    let text = format!("{stage} failed: {e:#}");
+    tracing::error!("{text}");
     shared.stats.lock().errors += 1;
-    shared.alert(shared.device.new_alert(
-        "model_error",
-        "critical",
-        &format!("{stage} failed: {e:#}"),
-    ));
+    shared.alert(shared.device.new_alert("model_error", "critical", &text));
+    text
 }
 
 fn process(
@@ -231,7 +270,7 @@ fn process(
     frame: Frame,
     part_id: Option<String>,
     ok_count: &mut u64,
-) {
+) -> Result<Inspected, String> {
     let queued = frame.captured.elapsed();
     let t0 = Instant::now();
     let spec = &ex.model.input;
@@ -240,7 +279,7 @@ fn process(
     let t_pre = t0.elapsed();
     let fwd = match ex.forward(&input) {
         Ok(f) => f,
-        Err(e) => return model_error(shared, "forward pass", &e),
+        Err(e) => return Err(model_error(shared, "forward pass", &e)),
     };
     let t1 = Instant::now();
     // Decide which class the verdict is about first, then explain that class.
@@ -255,7 +294,7 @@ fn process(
     let (class, _, _) = crate::verdict::target(&rules, &ex.scores(&fwd.logits), ok_idx);
     let e = match ex.explain_forward(&input, &fwd, &ClassChoice::Index(class), setup.method) {
         Ok(e) => e,
-        Err(err) => return model_error(shared, "CAM", &err),
+        Err(err) => return Err(model_error(shared, "CAM", &err)),
     };
     let t_cam = t1.elapsed();
     let t2 = Instant::now();
@@ -281,7 +320,10 @@ fn process(
         Kind::Defect => 1,
         Kind::Suspect => 2,
     };
+    // A triggered verdict is always published: the part it names must have its record
+    // (`publish_ok` thins out the ok verdicts of continuous inspection).
     let publish = match (d.kind, setup.publish_ok) {
+        _ if part_id.is_some() => true,
         (Kind::Ok, PublishOk::None) => false,
         (Kind::Ok, PublishOk::EveryNth(n)) => {
             *ok_count += 1;
@@ -425,4 +467,11 @@ fn process(
     if let Some(cb) = &setup.on_verdict {
         cb(&v, spool_ms);
     }
+    Ok(Inspected {
+        kind: d.kind,
+        class: d.class,
+        label: d.label,
+        p_defect: d.p_defect,
+        seq: v.seq,
+    })
 }

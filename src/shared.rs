@@ -184,6 +184,33 @@ impl Shared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// A trigger from any path: queued for the inference thread, or refused at once (paused,
+    /// camera lost, continuous box, queue full, stopping). Either way `reply` gets exactly one
+    /// answer; the refusal is also returned.
+    pub fn trigger(&self, part_id: String, reply: Reply) -> Result<(), TriggerError> {
+        let reply = reply.counted(self.inbox.answers.clone());
+        let refused = if self.stopping() {
+            Some(TriggerError::Stopping)
+        } else if !self.inbox.triggered {
+            Some(TriggerError::Continuous)
+        } else if self.status.paused() {
+            Some(TriggerError::Paused)
+        } else if !self.status.camera_ok() {
+            Some(TriggerError::CameraLost)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            reply.answer(Err(e.clone()));
+            return Err(e);
+        }
+        self.inbox.trigger(TriggerReq {
+            part_id,
+            at: reply.at,
+            reply,
+        })
+    }
 }
 
 /// Holds at most one frame: the newest. `put` replaces an unread frame (counted as dropped).
@@ -260,10 +287,164 @@ pub struct Stats {
     pub latency: HashMap<&'static str, Ring>,
 }
 
-/// A trigger from `cmd/trigger`.
-#[derive(Clone, Debug)]
+/// A trigger from any path (MQTT `cmd/trigger`, the PLC's Modbus `trigger_seq`): the part
+/// in front of the camera, when the trigger came, and where its one answer goes.
 pub struct TriggerReq {
     pub part_id: String,
+    pub at: Instant,
+    pub reply: Reply,
+}
+
+/// Why a trigger got no verdict. Each is answered (MQTT `cmd_result` error, Modbus
+/// `error_code`), never dropped in silence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TriggerError {
+    /// The box inspects continuously (`source.trigger = "continuous"`).
+    Continuous,
+    /// Paused by `cmd/pause`.
+    Paused,
+    /// The camera is lost.
+    CameraLost,
+    /// The model failed on the frame (the `model_error` alert has the details).
+    Model(String),
+    /// No frame within `plc.trigger_timeout_ms` of the trigger.
+    Timeout(u64),
+    /// The trigger queue is full.
+    QueueFull,
+    /// The daemon is stopping.
+    Stopping,
+}
+
+/// How a trigger was answered, as `/metrics` counts it (`inspectd_trigger_answers{answer}`).
+pub const TRIGGER_ANSWERS: [&str; 8] = [
+    "verdict",
+    "paused",
+    "camera_lost",
+    "model_error",
+    "timeout",
+    "queue_full",
+    "continuous",
+    "stopping",
+];
+
+/// Triggers answered so far, by [`TRIGGER_ANSWERS`].
+pub type TriggerCounts = Arc<[AtomicU64; TRIGGER_ANSWERS.len()]>;
+
+impl TriggerError {
+    /// Index in [`TRIGGER_ANSWERS`].
+    fn answer(&self) -> usize {
+        match self {
+            TriggerError::Paused => 1,
+            TriggerError::CameraLost => 2,
+            TriggerError::Model(_) => 3,
+            TriggerError::Timeout(_) => 4,
+            TriggerError::QueueFull => 5,
+            TriggerError::Continuous => 6,
+            TriggerError::Stopping => 7,
+        }
+    }
+
+    /// The PLC's `error_code`: 1 camera lost, 2 model error, 3 trigger timeout, 4 busy (paused,
+    /// queue full, stopping, not a triggered box).
+    pub fn code(&self) -> u16 {
+        match self {
+            TriggerError::CameraLost => 1,
+            TriggerError::Model(_) => 2,
+            TriggerError::Timeout(_) => 3,
+            TriggerError::Continuous
+            | TriggerError::Paused
+            | TriggerError::QueueFull
+            | TriggerError::Stopping => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TriggerError::Continuous => write!(
+                f,
+                "this box inspects continuously; set source.trigger = \"triggered\" to inspect on triggers"
+            ),
+            TriggerError::Paused => write!(f, "paused: send resume first"),
+            TriggerError::CameraLost => write!(f, "camera lost: no frame to inspect"),
+            TriggerError::Model(m) => write!(f, "model error: {m}"),
+            TriggerError::Timeout(ms) => write!(f, "no frame within {ms} ms of the trigger"),
+            TriggerError::QueueFull => write!(f, "busy: trigger queue full ({MAX_TRIGGERS})"),
+            TriggerError::Stopping => write!(f, "the daemon is stopping"),
+        }
+    }
+}
+
+/// What a trigger's verdict says, for the paths that answer with it (the PLC registers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inspected {
+    pub kind: crate::verdict::Kind,
+    /// Index of the verdict's label in the model's labels.
+    pub class: usize,
+    pub label: String,
+    pub p_defect: f32,
+    /// The verdict's MQTT `seq` (0 if the spool could not store it).
+    pub seq: u64,
+}
+
+/// The answer to one trigger.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub part_id: String,
+    pub result: Result<Inspected, TriggerError>,
+    /// Trigger → answer.
+    pub latency: Duration,
+}
+
+/// Where a trigger's answer goes: called exactly once. A reply dropped without an answer (the
+/// daemon stopping with triggers queued) answers [`TriggerError::Stopping`].
+pub struct Reply {
+    send: Option<Box<dyn FnOnce(Outcome) + Send>>,
+    part_id: String,
+    at: Instant,
+}
+
+impl Reply {
+    pub fn new(part_id: &str, at: Instant, f: impl FnOnce(Outcome) + Send + 'static) -> Reply {
+        Reply {
+            send: Some(Box::new(f)),
+            part_id: part_id.to_string(),
+            at,
+        }
+    }
+
+    pub fn answer(mut self, result: Result<Inspected, TriggerError>) {
+        self.send_now(result);
+    }
+
+    /// The same reply, counting its answer in `counts` first.
+    fn counted(mut self, counts: TriggerCounts) -> Reply {
+        if let Some(f) = self.send.take() {
+            self.send = Some(Box::new(move |o: Outcome| {
+                let i = o.result.as_ref().map_or_else(TriggerError::answer, |_| 0);
+                counts[i].fetch_add(1, Ordering::Relaxed);
+                f(o)
+            }));
+        }
+        self
+    }
+
+    fn send_now(&mut self, result: Result<Inspected, TriggerError>) {
+        if let Some(f) = self.send.take() {
+            f(Outcome {
+                part_id: std::mem::take(&mut self.part_id),
+                result,
+                latency: self.at.elapsed(),
+            });
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.send_now(Err(TriggerError::Stopping));
+    }
 }
 
 /// A `reload_model` request: the sha256 the file must have (if given) and where to answer.
@@ -274,13 +455,15 @@ pub const MAX_TRIGGERS: usize = 64;
 /// The commands for the inference thread, from the MQTT side: triggers (a bounded queue), the
 /// rules in force, and at most one model reload at a time. Both ends go through its methods.
 pub struct Inbox {
-    /// `source.trigger = "mqtt"`: frames are inspected only on a trigger.
+    /// `source.trigger = "triggered"`: frames are inspected only on a trigger.
     triggered: bool,
     rules: RwLock<Rules>,
     triggers: (flume::Sender<TriggerReq>, flume::Receiver<TriggerReq>),
     reload: (flume::Sender<ReloadReq>, flume::Receiver<ReloadReq>),
     /// Set from a reload request until its answer: a second one is answered `busy`.
     reloading: AtomicBool,
+    /// Triggers answered, by how.
+    answers: TriggerCounts,
 }
 
 impl Inbox {
@@ -291,7 +474,13 @@ impl Inbox {
             triggers: flume::bounded(MAX_TRIGGERS),
             reload: flume::bounded(1),
             reloading: AtomicBool::new(false),
+            answers: Arc::default(),
         }
+    }
+
+    /// Triggers answered so far, by [`TRIGGER_ANSWERS`].
+    pub fn trigger_answers(&self) -> [u64; TRIGGER_ANSWERS.len()] {
+        std::array::from_fn(|i| self.answers[i].load(Ordering::Relaxed))
     }
 
     pub fn triggered(&self) -> bool {
@@ -308,18 +497,18 @@ impl Inbox {
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
     }
 
-    /// Queues a trigger; refused on a continuous box and when the queue is full.
-    pub fn trigger(&self, part_id: String) -> Result<(), String> {
-        if !self.triggered {
-            return Err(
-                "this box inspects continuously; set source.trigger = \"mqtt\" to inspect on triggers"
-                    .into(),
-            );
-        }
-        self.triggers
-            .0
-            .try_send(TriggerReq { part_id })
-            .map_err(|_| format!("trigger queue full ({MAX_TRIGGERS})"))
+    /// Queues a trigger; refused when the queue is full (the refusal is the reply's answer
+    /// as well as the result).
+    fn trigger(&self, req: TriggerReq) -> Result<(), TriggerError> {
+        self.triggers.0.try_send(req).map_err(|e| {
+            e.into_inner().reply.answer(Err(TriggerError::QueueFull));
+            TriggerError::QueueFull
+        })
+    }
+
+    /// Triggers waiting for the inference thread.
+    pub fn pending_triggers(&self) -> usize {
+        self.triggers.0.len()
     }
 
     /// Asks the inference thread to load the model again (between frames); the answer comes on
@@ -390,6 +579,39 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         slot.put(frame("x"));
         assert_eq!(t.join().unwrap().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_reply_answers_once_is_counted_and_answers_stopping_when_dropped() {
+        let counts: TriggerCounts = Arc::default();
+        let (tx, rx) = flume::unbounded();
+        let reply = |id: &str| {
+            let tx = tx.clone();
+            Reply::new(id, Instant::now(), move |o| tx.send(o).unwrap()).counted(counts.clone())
+        };
+        reply("a").answer(Err(TriggerError::Paused));
+        drop(reply("b"));
+        reply("c").answer(Ok(Inspected {
+            kind: crate::verdict::Kind::Ok,
+            class: 0,
+            label: "ok".into(),
+            p_defect: 0.1,
+            seq: 9,
+        }));
+        let got: Vec<(String, Option<u16>)> = rx
+            .try_iter()
+            .map(|o| (o.part_id, o.result.err().map(|e| e.code())))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), Some(4)),
+                ("b".into(), Some(4)),
+                ("c".into(), None)
+            ]
+        );
+        let n: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(n, [1, 1, 0, 0, 0, 0, 0, 1]);
     }
 
     #[test]

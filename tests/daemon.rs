@@ -523,7 +523,7 @@ fn mqtt_trigger_inspects_one_frame_per_part_and_names_it() {
     let dir = common::tmp("e2e", "trigger");
     let mut cfg = config("e2e-trig", &host, port, "", &dir.join("spool.redb"));
     if let inspectd::config::SourceConfig::Replay { trigger, .. } = &mut cfg.source {
-        *trigger = inspectd::config::Trigger::Mqtt;
+        *trigger = inspectd::config::Trigger::Triggered;
     }
     let parts = ["P-0001", "P-0002", "P-0003"];
     let send = parts

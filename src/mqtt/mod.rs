@@ -253,10 +253,33 @@ async fn handle_command(
     let (name, id, parsed) = commands::route(level, payload, retained, &rules);
     let result = match parsed {
         Err(e) => Err(e),
-        Ok(Command::Trigger { part_id }) => shared
-            .inbox
-            .trigger(part_id.clone())
-            .map(|()| format!("queued part {part_id}")),
+        Ok(Command::Trigger { part_id }) => {
+            // Answered once the trigger has its verdict (or is refused: paused, camera lost,
+            // timed out), off this loop.
+            let (tx, rx) = flume::bounded(1);
+            let reply = crate::shared::Reply::new(&part_id, Instant::now(), move |o| {
+                let _ = tx.send(o);
+            });
+            let _ = shared.trigger(part_id, reply);
+            let sh = shared.clone();
+            tokio::spawn(async move {
+                let r = match rx.recv_async().await {
+                    Ok(o) => match o.result {
+                        Ok(i) => Ok(format!(
+                            "part {}: {} {} (seq {})",
+                            o.part_id,
+                            v1::Kind::from(i.kind).as_str(),
+                            i.label,
+                            i.seq
+                        )),
+                        Err(e) => Err(format!("part {}: {e}", o.part_id)),
+                    },
+                    Err(_) => Err("trigger dropped".into()),
+                };
+                cmd_result(&sh, &name, id, r).await;
+            });
+            return;
+        }
         Ok(Command::Set(r)) => {
             shared.inbox.set_rules(*r);
             Ok("rules updated".into())
