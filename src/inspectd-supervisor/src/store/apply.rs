@@ -57,12 +57,15 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
             _ => now,
         };
         // What the device was before this status: a lost box (its last will) is an alert.
-        let before: Option<(String, i64, Option<i64>)> = match &it.msg {
+        type Before = (String, i64, Option<i64>, Option<String>);
+        let before: Option<Before> = match &it.msg {
             Incoming::Status { .. } => tx
                 .prepare_cached(
-                    "SELECT state, last_seen, offline_alert_at FROM devices WHERE device = ?1",
+                    "SELECT state, last_seen, offline_alert_at, instance FROM devices WHERE device = ?1",
                 )?
-                .query_row(params![dev], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row(params![dev], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?,
             _ => None,
         };
@@ -80,33 +83,46 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                 if let (Some(inst), "online") = (instance, state.as_str()) {
                     out.events.extend(track_instance(tx, device, inst, now)?);
                 }
-                // A redelivered or replayed older status must not overwrite a newer one. The last
-                // will is the exception: its `ts` is when the connection began, so `offline`
-                // always applies (a later message from the box shows it alive again: `fleet`).
-                let n = tx
-                    .prepare_cached(
-                        "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
-                         WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
-                    )?
-                    .execute(params![device, state, raw, now, ts_ms, state])?;
-                // The last will of a box that was up (not one already known lost or stopped,
-                // nor one already alerted since it was last heard): it vanished.
-                if let Some((prev, last_seen, alerted)) = &before {
-                    if state == "offline"
-                        && !matches!(prev.as_str(), "offline" | "stopped")
-                        && alerted.is_none_or(|t| t < *last_seen)
-                    {
-                        let a = raise_offline(
-                            tx,
-                            device,
-                            "the box is gone: its last will came (connection lost without a clean stop)",
-                            now,
-                        )?;
-                        out.events.extend(a);
+                // The end of a process that is not the one online (a predecessor's will arriving
+                // after its successor's `online`, or a twin's, kicked off the broker): the box
+                // that status would describe is up. Not applied.
+                let current = before.as_ref().and_then(|b| b.3.as_deref());
+                let foreign = state != "online"
+                    && current.is_some()
+                    && instance.is_some()
+                    && instance.as_deref() != current;
+                if foreign {
+                    false
+                } else {
+                    // A redelivered or replayed older status must not overwrite a newer one.
+                    // The last will is the exception: its `ts` is when the connection began, so
+                    // `offline` always applies (a later message from the box shows it alive
+                    // again: `fleet`).
+                    let n = tx
+                        .prepare_cached(
+                            "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
+                             WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
+                        )?
+                        .execute(params![device, state, raw, now, ts_ms, state])?;
+                    // The last will of a box that was up (not one already known lost or
+                    // stopped, nor one already alerted since it was last heard): it vanished.
+                    if let Some((prev, last_seen, alerted, _)) = &before {
+                        if state == "offline"
+                            && !matches!(prev.as_str(), "offline" | "stopped")
+                            && alerted.is_none_or(|t| t < *last_seen)
+                        {
+                            let a = raise_offline(
+                                tx,
+                                device,
+                                "the box is gone: its last will came (connection lost without a clean stop)",
+                                now,
+                            )?;
+                            out.events.extend(a);
+                        }
                     }
+                    out.events.push(Event::Fleet);
+                    n == 1
                 }
-                out.events.push(Event::Fleet);
-                n == 1
             }
             Incoming::Forget { device } => {
                 tx.prepare_cached("DELETE FROM devices WHERE device = ?1")?

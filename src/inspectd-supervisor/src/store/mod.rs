@@ -564,6 +564,9 @@ mod tests {
         store(&mut c, &[online("i2"), will("i1")], 2000);
         store(&mut c, &[online("i2")], 3000);
         assert!(open_alerts_of(&c, "a", DUPLICATE_DEVICE_ID).is_empty());
+        // The predecessor's late will is not the box's: still online, nothing raised.
+        assert_eq!(fleet(&c, 3000, 30_000).unwrap()[0].state, "online");
+        assert_eq!(offline_alerts(&c, "a"), 0);
         // i1 online again after i2: two live processes share the id.
         store(&mut c, &[online("i1")], 4000);
         let al = open_alerts_of(&c, "a", DUPLICATE_DEVICE_ID);

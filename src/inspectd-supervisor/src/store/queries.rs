@@ -527,3 +527,12 @@ pub fn seq_missing(conn: &Connection) -> Result<Vec<(String, i64)>> {
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
 }
+
+/// Verdicts of `device` stored (received) since `since` (ms since the epoch).
+pub fn verdicts_received(conn: &Connection, device: &str, since: i64) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM verdicts WHERE device = ?1 AND received >= ?2",
+        params![device, since],
+        |r| r.get(0),
+    )?)
+}
