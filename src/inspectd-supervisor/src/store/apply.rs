@@ -432,7 +432,9 @@ fn track_instance(tx: &Connection, device: &str, inst: &str, now: i64) -> Result
         return Ok(None);
     }
     let open = tx
-        .prepare_cached("SELECT 1 FROM alerts WHERE device = ?1 AND kind = ?2 AND acked_at IS NULL")?
+        .prepare_cached(
+            "SELECT 1 FROM alerts WHERE device = ?1 AND kind = ?2 AND acked_at IS NULL",
+        )?
         .exists(params![device, DUPLICATE_DEVICE_ID])?;
     if open {
         return Ok(None);
@@ -440,7 +442,15 @@ fn track_instance(tx: &Connection, device: &str, inst: &str, now: i64) -> Result
     let message = format!(
         "two boxes run as device {device:?}: its statuses alternate between processes {cur} and {inst} (each connection kicks the other off the broker); give each box its own device_id"
     );
-    raise(tx, device, DUPLICATE_DEVICE_ID, "critical", &message, None, now)
+    raise(
+        tx,
+        device,
+        DUPLICATE_DEVICE_ID,
+        "critical",
+        &message,
+        None,
+        now,
+    )
 }
 
 /// The kind of the supervisor's own alert for a box that vanished.

@@ -477,7 +477,11 @@ mod tests {
         );
         assert_eq!(a.duplicates, vec!["verdict", "verdict"]);
         assert_eq!(a.conflicts, 1);
-        assert_eq!(verdict_of(&c, "a", 1).verdict, "ok", "the first stays stored");
+        assert_eq!(
+            verdict_of(&c, "a", 1).verdict,
+            "ok",
+            "the first stays stored"
+        );
         let kept = conflicts(&c, "a", 10).unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!((kept[0].seq, kept[0].received), (1, 2000));
@@ -536,7 +540,15 @@ mod tests {
         store(&mut c, &[v(3)], 5000);
         assert_eq!(gaps_of(&c, "a"), (0, None));
         // Retention deleting old rows does not open gaps; gaps of other devices are their own.
-        store(&mut c, &[v(22), verdict_at("b", 1, "ok", "ok"), verdict_at("b", 4, "ok", "ok")], 6000);
+        store(
+            &mut c,
+            &[
+                v(22),
+                verdict_at("b", 1, "ok", "ok"),
+                verdict_at("b", 4, "ok", "ok"),
+            ],
+            6000,
+        );
         enforce(
             &c,
             Retention {
@@ -618,7 +630,10 @@ mod tests {
         );
         let f = fleet(&c, t0 + 1000, 30_000).unwrap();
         assert_eq!(f[0].inspected, 4);
-        assert_eq!((f[0].defect_rate, f[0].suspect_rate), (Some(0.25), Some(0.25)));
+        assert_eq!(
+            (f[0].defect_rate, f[0].suspect_rate),
+            (Some(0.25), Some(0.25))
+        );
     }
 
     #[test]
