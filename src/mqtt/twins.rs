@@ -24,17 +24,17 @@
 //! reconnects only every [`TWIN_BACKOFF`] (verdicts wait in the spool) until one of its
 //! connections lasts twice that long.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use inspectd_contract::client::{Backoff, Settings};
+use inspectd_contract::v1;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS, SubscribeReasonCode,
 };
 
 use crate::shared::Shared;
-use inspectd_contract::v1;
-use std::collections::HashMap;
 
 /// The wait between reconnects beside a twin, instead of kicking each other off the broker
 /// several times a second. A connection that lasts twice this long means the twin is gone.
