@@ -905,15 +905,13 @@ fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survi
         let c = mqtt(&host, port, "dedupe-pub");
         let p = prefix("dedupe");
         let t = format!("{p}/{dev}/verdict");
-        // Seq 1 three times (a redelivery storm), seq 2 once: two verdicts.
-        for seq in [1, 1, 2, 1] {
-            c.publish(
-                &t,
-                QoS::AtLeastOnce,
-                false,
-                verdict(&dev, seq, "defect", "scratch"),
-            )
-            .unwrap();
+        // Seq 1 three times (a redelivery storm: the same bytes), seq 2 once: two verdicts.
+        let (one, two) = (
+            verdict(&dev, 1, "defect", "scratch"),
+            verdict(&dev, 2, "defect", "scratch"),
+        );
+        for p in [&one, &one, &two, &one] {
+            c.publish(&t, QoS::AtLeastOnce, false, p.clone()).unwrap();
         }
         // Malformed: bad JSON, wrong schema, a spoofed device, an unknown kind, a huge payload,
         // an evidence that is not a JPEG. None may stop the next good message.
@@ -978,13 +976,7 @@ fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survi
         // Restarted on the same database: the history is there, and seq 2 once more is a
         // duplicate. (The broker may also replay the old session's messages: all duplicates.)
         let (stop, task, web) = start(&host, port, &db, "dedupe").await;
-        c.publish(
-            &t,
-            QoS::AtLeastOnce,
-            false,
-            verdict(&dev, 2, "defect", "scratch"),
-        )
-        .unwrap();
+        c.publish(&t, QoS::AtLeastOnce, false, two).unwrap();
         c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, 4, "ok", "ok"))
             .unwrap();
         stats_when(&web, "the fourth verdict and the duplicate", |s| {
