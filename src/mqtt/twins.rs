@@ -20,7 +20,8 @@
 //! `online` or its will as the retained status, replayed once before this process's own
 //! `online` is seen; its late will is seen once and answered by publishing `online` again.
 //!
-//! On a twin: one error line and a `duplicate_device_id` alert (critical), and the connection
+//! On a twin: one error line and a `duplicate_device_id` alert (critical, sent on the watcher's
+//! connection at once and through the spool), and the connection
 //! reconnects only every [`TWIN_BACKOFF`] (verdicts wait in the spool) until one of its
 //! connections lasts twice that long.
 
@@ -230,7 +231,7 @@ async fn watch(
                                 .replace(other.clone())
                                 .is_none();
                             if new {
-                                twin_found(&shared, twins.me(), &other).await;
+                                twin_found(&shared, &client, twins.me(), &other).await;
                             }
                         }
                     }
@@ -246,8 +247,10 @@ async fn watch(
     }
 }
 
-/// Says so, once per twin episode: an error line and a critical alert (through the spool).
-async fn twin_found(shared: &Shared, me: &str, other: &str) {
+/// Says so, once per twin episode: an error line and a critical alert. The alert goes out on
+/// the watcher's connection at once (the box's own is about to be kicked off, and then waits
+/// [`TWIN_BACKOFF`]) and through the spool; the supervisor stores the two identical copies once.
+async fn twin_found(shared: &Shared, watcher: &AsyncClient, me: &str, other: &str) {
     let msg = format!(
         "another live process (instance {other}) publishes as device {:?}; this one is {me}: two boxes share a device_id, and each connection kicks the other off the broker. Reconnecting only every {} s, verdicts kept in the spool; give each box its own device_id",
         shared.device.id,
@@ -257,10 +260,9 @@ async fn twin_found(shared: &Shared, me: &str, other: &str) {
     let alert = shared
         .device
         .new_alert("duplicate_device_id", "critical", &msg);
-    shared
-        .spool
-        .push_async(shared.device.alert_message(&alert))
-        .await;
+    let m = shared.device.alert_message(&alert);
+    let _ = watcher.try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone());
+    shared.spool.push_async(m).await;
 }
 
 #[cfg(test)]
