@@ -905,15 +905,13 @@ fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survi
         let c = mqtt(&host, port, "dedupe-pub");
         let p = prefix("dedupe");
         let t = format!("{p}/{dev}/verdict");
-        // Seq 1 three times (a redelivery storm), seq 2 once: two verdicts.
-        for seq in [1, 1, 2, 1] {
-            c.publish(
-                &t,
-                QoS::AtLeastOnce,
-                false,
-                verdict(&dev, seq, "defect", "scratch"),
-            )
-            .unwrap();
+        // Seq 1 three times (a redelivery storm: the same bytes), seq 2 once: two verdicts.
+        let (one, two) = (
+            verdict(&dev, 1, "defect", "scratch"),
+            verdict(&dev, 2, "defect", "scratch"),
+        );
+        for p in [&one, &one, &two, &one] {
+            c.publish(&t, QoS::AtLeastOnce, false, p.clone()).unwrap();
         }
         // Malformed: bad JSON, wrong schema, a spoofed device, an unknown kind, a huge payload,
         // an evidence that is not a JPEG. None may stop the next good message.
@@ -978,13 +976,7 @@ fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survi
         // Restarted on the same database: the history is there, and seq 2 once more is a
         // duplicate. (The broker may also replay the old session's messages: all duplicates.)
         let (stop, task, web) = start(&host, port, &db, "dedupe").await;
-        c.publish(
-            &t,
-            QoS::AtLeastOnce,
-            false,
-            verdict(&dev, 2, "defect", "scratch"),
-        )
-        .unwrap();
+        c.publish(&t, QoS::AtLeastOnce, false, two).unwrap();
         c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, 4, "ok", "ok"))
             .unwrap();
         stats_when(&web, "the fourth verdict and the duplicate", |s| {
@@ -1002,6 +994,87 @@ fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survi
         .await
         .unwrap();
         assert_eq!(page.matches("<tr class=\"verdict").count(), 4, "{page}");
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    });
+}
+
+/// Issue #13 item 7: verdicts with other content under a stored seq were dropped as
+/// duplicates, and seq gaps were never shown.
+#[test]
+fn a_conflicting_redelivery_is_kept_and_alerted_and_seq_gaps_show_until_filled() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "integrity");
+    let dev = format!("int-{}", std::process::id());
+    let rt = inspectd_contract::client::runtime().unwrap();
+    rt.block_on(async {
+        let (stop, task, web) = start(&host, port, &dir.join("sup.sqlite"), "integrity").await;
+        let c = mqtt(&host, port, "integrity-pub");
+        let t = format!("{}/{dev}/verdict", prefix("integrity"));
+        let first = verdict(&dev, 1, "ok", "ok");
+        let other = verdict(&dev, 1, "defect", "scratch");
+        // Seq 1, the same bytes again (a redelivery), other content twice (one conflict and its
+        // redelivery), then seqs 2 and 5: 3 and 4 are missing.
+        for p in [
+            first.clone(),
+            first,
+            other.clone(),
+            other,
+            verdict(&dev, 2, "ok", "ok"),
+            verdict(&dev, 5, "ok", "ok"),
+        ] {
+            c.publish(&t, QoS::AtLeastOnce, false, p).unwrap();
+        }
+        let s = stats_when(&web, "3 verdicts and a conflict", |s| {
+            s["rows"]["verdicts"] == 3 && s["conflicts"] == 1
+        })
+        .await;
+        assert_eq!(s["duplicates"]["verdict"], 2, "{s}");
+        let get_at = |path: String| {
+            let w = web.clone();
+            tokio::task::spawn_blocking(move || get_text(&w, &path))
+        };
+        let (code, page) = get_at(format!("/device/{dev}")).await.unwrap();
+        assert_eq!(code, 200);
+        for want in [
+            "data-seq-missing=\"2\"",
+            "seq 3–4 (2 missing",
+            "data-conflicts=\"1\"",
+            "data-parts-1h=\"3\"",
+            "<tr class=\"conflict\" data-seq=\"1\">",
+        ] {
+            assert!(
+                page.contains(want),
+                "{want} missing from the device page:\n{page}"
+            );
+        }
+        let (_, metrics) = get_at("/metrics".into()).await.unwrap();
+        for want in [
+            format!("inspectd_supervisor_seq_missing{{device=\"{dev}\"}} 2"),
+            "inspectd_supervisor_seq_conflicts_total 1".into(),
+            "inspectd_supervisor_rows{table=\"conflicts\"} 1".into(),
+            "inspectd_supervisor_duplicates_total{kind=\"verdict\"} 2".into(),
+        ] {
+            assert!(metrics.contains(&want), "{want} missing from\n{metrics}");
+        }
+        let (_, alerts) = get_at(format!("/alerts?device={dev}")).await.unwrap();
+        assert_eq!(alerts.matches("kind-seq_conflict").count(), 1, "{alerts}");
+        assert!(alerts.contains("sev-warning"), "{alerts}");
+        // The fleet's parts (1 h) are the verdicts stored.
+        let fleet = get(&web, "/api/fleet").unwrap();
+        assert_eq!(fleet[0]["inspected_1h"], 3, "{fleet}");
+
+        // The missing ones arrive late (a spool resend), out of order: no gap left.
+        for seq in [4, 3] {
+            c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, seq, "ok", "ok"))
+                .unwrap();
+        }
+        stats_when(&web, "5 verdicts", |s| s["rows"]["verdicts"] == 5).await;
+        let (_, page) = get_at(format!("/device/{dev}")).await.unwrap();
+        assert!(page.contains("data-seq-missing=\"0\""), "{page}");
+        let (_, metrics) = get_at("/metrics".into()).await.unwrap();
+        let want = format!("inspectd_supervisor_seq_missing{{device=\"{dev}\"}} 0");
+        assert!(metrics.contains(&want), "{want} missing from\n{metrics}");
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
     });
@@ -1762,5 +1835,151 @@ fn every_page_reads_on_a_desk_and_a_phone_with_aa_contrast_and_local_times() {
     br.wait_true(
         &format!("document.readyState === 'complete' && [...document.querySelectorAll('#alerts tr.alert')].every(r => Number(r.dataset.id) > {id})"),
         Duration::from_secs(10),
+
+/// What a watcher on `{prefix}/{dev}/status` and `…/alert` saw, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// Subscribes to a device's status and alerts; returns once subscribed.
+fn watch_device(host: &str, port: u16, pfx: &str, dev: &str, id: &str) -> Seen {
+    let seen: Seen = Default::default();
+    let mut o = MqttOptions::new(format!("{id}-{}", std::process::id()), host, port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (c, mut conn) = Client::new(o, 10);
+    for leaf in ["status", "alert"] {
+        c.subscribe(format!("{pfx}/{dev}/{leaf}"), QoS::AtLeastOnce)
+            .unwrap();
+    }
+    let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (seen, subscribed) = (seen.clone(), subscribed.clone());
+        std::thread::spawn(move || {
+            let _keep = c;
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        subscribed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let leaf = p.topic.rsplit('/').next().unwrap_or("").to_string();
+                        let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        seen.lock().unwrap().push((leaf, v));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    wait_for(Duration::from_secs(10), "the device watcher", || {
+        (subscribed.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+    });
+    seen
+}
+
+/// The instances of the `online` statuses seen: one per connection (and per status change).
+fn onlines(seen: &Seen) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(leaf, v)| leaf == "status" && v["state"] == "online")
+        .map(|(_, v)| v["instance"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn twin_alerts(seen: &Seen) -> Vec<Value> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(leaf, v)| leaf == "alert" && v["kind"] == "duplicate_device_id")
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// Issue #13 item 7: two boxes with one device_id kicked each other off the broker several
+/// times a second, unnoticed. A crashed box restarted at once is no twin; a second live one is
+/// alerted (by the boxes and by the supervisor) and the two stop fighting for the connection.
+#[test]
+fn a_second_live_box_with_the_same_device_id_is_alerted_and_does_not_fight() {
+    let (_own_broker, host, port) = test_broker();
+    let dir = tmp("sup", "twins");
+    let dev = format!("twin-{}", std::process::id());
+    let pfx = prefix("twins");
+    let (_sup, web) = supervisor(&host, port, &dir.join("sup.sqlite"), "twins");
+    let seen = watch_device(&host, port, &pfx, &dev, "twins-watch");
+    let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    // The n-th process seen online.
+    let online_of = |n: usize, what: &str| {
+        wait_for(Duration::from_secs(60), what, || {
+            let mut distinct: Vec<String> = Vec::new();
+            for i in onlines(&seen) {
+                if !distinct.contains(&i) {
+                    distinct.push(i);
+                }
+            }
+            distinct.get(n - 1).cloned()
+        })
+    };
+    let parts = || {
+        get(&web, "/api/fleet")
+            .ok()
+            .and_then(|f| f[0]["inspected_1h"].as_i64())
+    };
+    let mut a = daemon(&dev, &host, port, &dir_a, "", &pfx);
+    let first = online_of(1, "the box online");
+    assert_eq!(first.len(), 16, "a status names its process: {first:?}");
+
+    // A crash and a quick restart: the old process's will and online are not a twin's.
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let _a2 = daemon(&dev, &host, port, &dir_a, "", &pfx);
+    let second = online_of(2, "the restarted box online");
+    assert_ne!(first, second);
+    let alerts_page = || get_text(&web, &format!("/alerts?device={dev}")).1;
+    let base = parts().unwrap_or(0);
+    wait_for(
+        Duration::from_secs(30),
+        "verdicts of the restarted box",
+        || (parts()? >= base + 4).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(twin_alerts(&seen).is_empty(), "{:?}", seen.lock().unwrap());
+    assert!(!alerts_page().contains("kind-duplicate_device_id"));
+
+    // A second box with the same id.
+    let _b = daemon(&dev, &host, port, &dir_b, "", &pfx);
+    let alert = wait_for(
+        Duration::from_secs(60),
+        "a duplicate_device_id alert from a box",
+        || twin_alerts(&seen).first().cloned(),
+    );
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("two boxes share a device_id"),
+        "{alert}"
+    );
+    let page = wait_for(
+        Duration::from_secs(60),
+        "the supervisor's duplicate_device_id alert",
+        || {
+            let p = alerts_page();
+            p.contains("kind-duplicate_device_id").then_some(p)
+        },
+    );
+    assert!(page.contains("sev-critical"), "{page}");
+    // No reconnect storm from here on: each box reconnects at most once a minute (each
+    // connection publishes one `online`); kicking each other as before, it was every few
+    // seconds each.
+    let before = onlines(&seen).len();
+    std::thread::sleep(Duration::from_secs(30));
+    let connects = onlines(&seen).len() - before;
+    assert!(
+        connects <= 4,
+        "{connects} connections in 30 s after the alert: {:?}",
+        &onlines(&seen)[before..]
     );
 }

@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod feed;
 pub mod state;
+pub mod twins;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use commands::Command;
 use feed::{Feed, READ_AHEAD};
 use inspectd_contract::client::{Backoff, Settings};
 use state::Inflight;
+use twins::{Twins, TWIN_BACKOFF};
 
 /// Spool entries in flight at once on a connection.
 const WINDOW: usize = 32;
@@ -34,7 +36,18 @@ const STABLE: Duration = Duration::from_secs(10);
 /// Connect failures are logged at `warn` at most this often (the rest at `debug`).
 const CONNECT_WARN_EVERY: Duration = Duration::from_secs(30);
 
-fn status_payload(shared: &Shared, state: v1::State) -> Vec<u8> {
+/// A random id for this daemon process (`instance` in its status and last will).
+fn new_instance() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; the pid and the time make it unique
+    // even if it were not.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_i64(inspectd_contract::timefmt::now_ms());
+    format!("{:016x}", h.finish())
+}
+
+fn status_payload(shared: &Shared, instance: &str, state: v1::State) -> Vec<u8> {
     let model = shared.status.model();
     let variant = shared.status.variant().map(|v| {
         use inspectd_cam::model::variant::How;
@@ -58,6 +71,7 @@ fn status_payload(shared: &Shared, state: v1::State) -> Vec<u8> {
         .into(),
         device: shared.device.id.clone(),
         inference: shared.health.inference_state().into(),
+        instance: instance.into(),
         model: v1::StatusModel {
             name: model.name,
             sha256: model.sha256,
@@ -383,6 +397,7 @@ pub async fn run(
     deadline: Duration,
     hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) {
+    let instance = new_instance();
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     opts.set_keep_alive(s.keep_alive);
     opts.set_clean_session(true);
@@ -394,7 +409,7 @@ pub async fn run(
     opts.set_inflight((WINDOW + 16) as u16);
     opts.set_last_will(LastWill::new(
         shared.device.topic("status"),
-        status_payload(&shared, v1::State::Offline),
+        status_payload(&shared, &instance, v1::State::Offline),
         QoS::AtLeastOnce,
         true,
     ));
@@ -406,6 +421,12 @@ pub async fn run(
             rumqttc::TlsConfiguration::Rustls(tls.clone()),
         ));
     }
+    // Another live process under this device id, as the watcher saw it (`twins`).
+    let twin = twins::spawn_watcher(
+        shared.clone(),
+        &s,
+        Twins::new(&instance, inspectd_contract::timefmt::now_ms()),
+    );
     let mut backoff = Backoff::new(Duration::from_secs(5));
     let mut budget = AnswerBudget::new();
     let mut last_connect_warn: Option<Instant> = None;
@@ -460,7 +481,7 @@ pub async fn run(
                     }
                     _ = shared.status.wait_changed() => {
                         let state = if shared.stopping() { v1::State::Stopping } else { v1::State::Online };
-                        if client.try_publish(shared.device.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, state)).is_ok() {
+                        if client.try_publish(shared.device.topic("status"), QoS::AtLeastOnce, true, status_payload(&shared, &instance, state)).is_ok() {
                             infl.requested_untracked();
                         }
                         continue;
@@ -494,7 +515,7 @@ pub async fn run(
                         continue;
                     }
                     _ = shutdown.changed() => {
-                        goodbye(&shared, &client, &mut el, &mut infl, &mut feed, deadline).await;
+                        goodbye(&shared, &instance, &client, &mut el, &mut infl, &mut feed, deadline).await;
                         return;
                     }
                 }
@@ -519,7 +540,7 @@ pub async fn run(
                             shared.device.topic("status"),
                             QoS::AtLeastOnce,
                             true,
-                            status_payload(&shared, v1::State::Online),
+                            status_payload(&shared, &instance, v1::State::Online),
                         )
                         .is_ok()
                     {
@@ -561,6 +582,10 @@ pub async fn run(
                             if at.elapsed() >= STABLE {
                                 backoff.reset();
                             }
+                            // Not kicked off for this long: the twin is gone.
+                            if at.elapsed() >= 2 * TWIN_BACKOFF && twin.clear() {
+                                tracing::info!("no other process under device {:?} for {} s: reconnecting as usual", shared.device.id, at.elapsed().as_secs());
+                            }
                         }
                         None => {
                             failures += 1;
@@ -583,8 +608,18 @@ pub async fn run(
                 }
             }
         }
-        // Disconnected: wait (capped exponential backoff) unless shutting down.
-        let until = tokio::time::Instant::now() + backoff.next_delay();
+        // Disconnected: wait (capped exponential backoff; long beside a twin) unless shutting
+        // down.
+        let mut delay = backoff.next_delay();
+        if let Some(other) = twin.get() {
+            delay = delay.max(TWIN_BACKOFF);
+            tracing::warn!(
+                "device {:?} is also run by process {other}: reconnecting in {} s",
+                shared.device.id,
+                delay.as_secs()
+            );
+        }
+        let until = tokio::time::Instant::now() + delay;
         loop {
             shared.health.publisher_beat();
             tokio::select! {
@@ -600,6 +635,7 @@ pub async fn run(
 /// disconnects cleanly.
 async fn goodbye(
     shared: &Shared,
+    instance: &str,
     client: &AsyncClient,
     el: &mut rumqttc::EventLoop,
     infl: &mut Inflight,
@@ -611,7 +647,7 @@ async fn goodbye(
         shared.device.topic("status"),
         QoS::AtLeastOnce,
         true,
-        status_payload(shared, v1::State::Stopping),
+        status_payload(shared, instance, v1::State::Stopping),
     );
     infl.requested_untracked();
     loop {
@@ -645,7 +681,7 @@ async fn goodbye(
             shared.device.topic("status"),
             QoS::AtLeastOnce,
             true,
-            status_payload(shared, v1::State::Offline),
+            status_payload(shared, instance, v1::State::Offline),
         )
         .is_ok()
     {

@@ -136,6 +136,11 @@ pub struct Status {
     /// `running` or `stalled`.
     #[serde(default)]
     pub inference: String,
+    /// A random id of the daemon process that sent it (its last will carries the same): two
+    /// live processes under one `device` show two instances. (Added within v1: absent from an
+    /// older box, and ignored by older receivers.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
     #[serde(default)]
     pub model: StatusModel,
     /// `connected`, or `disconnected` in the last will.

@@ -48,6 +48,7 @@ fn every_golden_file_is_checked() {
             "command-set.json",
             "command-trigger.json",
             "stats.json",
+            "status-instance.json",
             "status-stopped.json",
             "status.json",
             "verdict-ok.json",
@@ -62,6 +63,13 @@ fn a_status_encodes_back_to_its_bytes() {
     assert_eq!(s.state.as_str(), "online");
     assert_eq!(s.model.variant.unwrap().name, "int8");
     assert!(!s.stopped, "only a clean stop's last status says stopped");
+    assert_eq!(s.instance, "", "a status from an older box has no instance");
+}
+
+#[test]
+fn a_status_names_the_process_that_sent_it() {
+    let s: Status = round_trip("status-instance.json");
+    assert_eq!(s.instance, "5f0c2a9e41d7b386");
 }
 
 #[test]

@@ -107,6 +107,8 @@ pub enum Incoming {
         device: String,
         state: String,
         ts_ms: Option<i64>,
+        /// The process that sent it (absent from older boxes).
+        instance: Option<String>,
         raw: String,
     },
     /// A retained status was cleared (empty payload): the device is decommissioned.
@@ -239,7 +241,9 @@ pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inco
             }
             let v = object(payload, v1::StatusSchema::SCHEMA, &device)?;
             let s: v1::Status = typed(&v, &what("status"))?;
+            bounded(&s.instance, "instance", &what("status"))?;
             Ok(Some(Incoming::Status {
+                instance: Some(s.instance).filter(|i| !i.is_empty()),
                 // A clean stop's final `offline` is told apart from the last will.
                 state: if s.state == v1::State::Offline && s.stopped {
                     "stopped".to_string()

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub received: [AtomicU64; KINDS.len()],
     pub dropped: [AtomicU64; Reject::ALL.len()],
     pub duplicates: [AtomicU64; KINDS.len()],
+    /// Verdicts whose (device, seq) was stored with other content (kept as conflicts).
+    pub conflicts: AtomicU64,
     pub stored: AtomicU64,
     pub db_errors: AtomicU64,
     pub connects: AtomicU64,
@@ -103,6 +105,7 @@ impl Metrics {
             received: Default::default(),
             dropped: Default::default(),
             duplicates: Default::default(),
+            conflicts: AtomicU64::new(0),
             stored: AtomicU64::new(0),
             db_errors: AtomicU64::new(0),
             connects: AtomicU64::new(0),
@@ -440,6 +443,9 @@ fn writer(
             for k in &applied.duplicates {
                 metrics.duplicates[Metrics::kind(k)].fetch_add(1, Ordering::Relaxed);
             }
+            metrics
+                .conflicts
+                .fetch_add(applied.conflicts as u64, Ordering::Relaxed);
             for t in tokens {
                 let _ = acks.send(t);
             }

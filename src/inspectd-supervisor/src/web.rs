@@ -293,7 +293,8 @@ async fn fleet_page(State(hub): Shared) -> Result<Html<String>, WebError> {
         p.hint {
             "State from each box's status and last will; " em { "stale" }
             ": online but silent for " (stale / 1000) " s; " em { "stopped" } ": a clean stop. "
-            "Boxes needing attention first. Rates over the last hour; greyed values are a box's last known, with their age."
+            "Boxes needing attention first. Parts (1 h): verdicts stored in the last hour; the rates are their shares. "
+            "Greyed values are a box's last known, with their age."
         }
         table.grid {
             thead { tr {
@@ -1020,16 +1021,24 @@ async fn device_page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, WebError> {
     let d = device.clone();
-    let (found, cmds, recent, open) = db(&hub, move |c| {
+    let (found, cmds, recent, open, integrity) = db(&hub, move |c| {
         let f = Filter {
             device: Some(d.clone()),
             ..Default::default()
+        };
+        let now = now_ms();
+        let integrity = Integrity {
+            parts_1h: store::verdicts_received(c, &d, now - 3_600_000)?,
+            gaps: store::seq_gaps(c, &d)?,
+            conflicts: store::device_conflicts(c, &d)?,
+            recent_conflicts: store::conflicts(c, &d, 10)?,
         };
         Ok((
             store::device(c, &d)?,
             store::commands(c, &d, 20)?,
             store::verdicts(c, &f, 10)?,
             open_alert_count(c)?,
+            integrity,
         ))
     })
     .await?;
@@ -1060,6 +1069,7 @@ async fn device_page(
             thead { tr { th { "sent" } th { "command" } th { "payload" } th { "result" } } }
             tbody #commands data-src={ "/fragment/commands/" (u) } { (commands_rows(&cmds, now_ms())) }
         }
+        (integrity_section(&device, &integrity, now_ms()))
         h2 { "Latest verdicts" }
         p {
             a href={ "/live?device=" (u) } { "live" } " · "
@@ -1075,6 +1085,73 @@ async fn device_page(
         }
     };
     Ok(layout(&format!("Device {device}"), "", body, open))
+}
+
+/// What the device page says about the completeness and consistency of a box's verdicts.
+struct Integrity {
+    parts_1h: i64,
+    gaps: store::SeqGaps,
+    conflicts: i64,
+    recent_conflicts: Vec<store::ConflictRow>,
+}
+
+/// Verdicts stored in the last hour, seqs never received, and seqs that came with two contents.
+fn integrity_section(device: &str, i: &Integrity, now: i64) -> Markup {
+    let u = enc(device);
+    // What a conflicting payload says (it passed the contract check when it came).
+    let said = |raw: &str| -> String {
+        let v: Value = serde_json::from_str(raw).unwrap_or_default();
+        format!(
+            "{} {} ({})",
+            v["verdict"].as_str().unwrap_or("?"),
+            v["label"].as_str().unwrap_or("?"),
+            v["ts"].as_str().unwrap_or("?")
+        )
+    };
+    html! {
+        h2 { "Integrity" }
+        section #integrity data-parts-1h=(i.parts_1h) data-seq-missing=(i.gaps.missing) data-conflicts=(i.conflicts) {
+            p #parts-1h { "Parts (1 h): " strong { (i.parts_1h) } " verdicts stored in the last hour." }
+            p #seq-missing {
+                "Missing seqs: " strong { (i.gaps.missing) }
+                @if let Some(h) = i.gaps.highest { " (highest received " (h) ")" }
+                @if let Some(g) = &i.gaps.latest {
+                    "; most recent gap: "
+                    @if g.from == g.to { "seq " (g.from) } @else { "seq " (g.from) "–" (g.to) }
+                    " (" (g.to - g.from + 1) " missing, noticed " span title=(rfc3339_ms(g.noticed)) { (ago(g.noticed, now)) } ")"
+                }
+                "."
+            }
+            p.hint {
+                "Counted from the first verdict this supervisor stored for the box; a seq that arrives late "
+                "(a spool resend) closes its gap. A box that crashed skips up to 1024 seqs it never used."
+            }
+            p #seq-conflicts {
+                "Seq conflicts: " strong { (i.conflicts) }
+                " (a seq stored again with other content; the first stays in history, the others are kept here)."
+            }
+            @if !i.recent_conflicts.is_empty() {
+                table.grid.conflicts {
+                    thead { tr { th { "seq" } th { "received" } th { "stored" } th { "conflicting" } } }
+                    tbody {
+                        @for c in &i.recent_conflicts {
+                            tr.conflict data-seq=(c.seq) {
+                                td { a href={ "/verdict/" (u) "/" (c.seq) } { (c.seq) } }
+                                td title=(rfc3339_ms(c.received)) { (ago(c.received, now)) }
+                                td {
+                                    @match (&c.stored_verdict, &c.stored_label) {
+                                        (Some(v), Some(l)) => { (v) " " (l) }
+                                        _ => { "–" }
+                                    }
+                                }
+                                td { (said(&c.raw)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn commands_fragment(
@@ -1339,8 +1416,13 @@ fn gauges(
 
 async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
     let stale = hub.stale_after_ms;
-    let (fleet, counts) = db(&hub, move |c| {
-        Ok((store::fleet(c, now_ms(), stale)?, store::counts(c)?))
+    let (fleet, counts, conflicts, missing) = db(&hub, move |c| {
+        Ok((
+            store::fleet(c, now_ms(), stale)?,
+            store::counts(c)?,
+            store::conflict_count(c)?,
+            store::seq_missing(c)?,
+        ))
     })
     .await?;
     let m = &hub.metrics;
@@ -1372,6 +1454,20 @@ async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
         counters("kind", by_kind(&m.duplicates)),
     );
     r.register(
+        "inspectd_supervisor_seq_conflicts",
+        "Verdicts whose device and seq were stored with other content (kept as conflicts)",
+        ConstCounter::new(load(&m.conflicts)),
+    );
+    let seq_missing = Family::<[(&'static str, String); 1], Gauge>::default();
+    for (device, n) in missing {
+        seq_missing.get_or_create(&[("device", device)]).set(n);
+    }
+    r.register(
+        "inspectd_supervisor_seq_missing",
+        "Seqs never received, per device (counted from the first verdict stored; late ones close their gap)",
+        seq_missing,
+    );
+    r.register(
         "inspectd_supervisor_messages_per_second",
         "Messages received per second over the last 10 s",
         ConstGauge::new(m.rate()),
@@ -1395,9 +1491,9 @@ async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
         "Rows stored",
         gauges(
             "table",
-            ["verdicts", "evidence", "open_alerts"]
+            ["verdicts", "evidence", "open_alerts", "conflicts"]
                 .into_iter()
-                .zip(counts),
+                .zip(counts.into_iter().chain([conflicts])),
         ),
     );
     r.register(
@@ -1456,6 +1552,7 @@ async fn api_stats(State(hub): Shared) -> Result<Response, WebError> {
         "received": by(&m.received, &KINDS),
         "dropped": by(&m.dropped, &reasons),
         "duplicates": by(&m.duplicates, &KINDS),
+        "conflicts": m.conflicts.load(Ordering::Relaxed),
         "stored": m.stored.load(Ordering::Relaxed),
         "rows": {"verdicts": counts[0], "evidence": counts[1], "open_alerts": counts[2]},
         "connected": m.connected.load(Ordering::Relaxed),

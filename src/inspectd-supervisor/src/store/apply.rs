@@ -34,6 +34,9 @@ pub struct Applied {
     pub stored: usize,
     /// Messages already stored (a redelivery): counted by kind.
     pub duplicates: Vec<&'static str>,
+    /// Verdicts whose (device, seq) was stored with other content: kept aside as conflicts
+    /// (also counted in `stored`).
+    pub conflicts: usize,
     pub events: Vec<Event>,
 }
 
@@ -54,12 +57,15 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
             _ => now,
         };
         // What the device was before this status: a lost box (its last will) is an alert.
-        let before: Option<(String, i64, Option<i64>)> = match &it.msg {
+        type Before = (String, i64, Option<i64>, Option<String>);
+        let before: Option<Before> = match &it.msg {
             Incoming::Status { .. } => tx
                 .prepare_cached(
-                    "SELECT state, last_seen, offline_alert_at FROM devices WHERE device = ?1",
+                    "SELECT state, last_seen, offline_alert_at, instance FROM devices WHERE device = ?1",
                 )?
-                .query_row(params![dev], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row(params![dev], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?,
             _ => None,
         };
@@ -71,38 +77,57 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                 device,
                 state,
                 ts_ms,
+                instance,
                 raw,
             } => {
-                // A redelivered or replayed older status must not overwrite a newer one. The last
-                // will is the exception: its `ts` is when the connection began, so `offline`
-                // always applies (a later message from the box shows it alive again: `fleet`).
-                let n = tx
-                    .prepare_cached(
-                        "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
-                         WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
-                    )?
-                    .execute(params![device, state, raw, now, ts_ms, state])?;
-                // The last will of a box that was up (not one already known lost or stopped,
-                // nor one already alerted since it was last heard): it vanished.
-                if let Some((prev, last_seen, alerted)) = &before {
-                    if state == "offline"
-                        && !matches!(prev.as_str(), "offline" | "stopped")
-                        && alerted.is_none_or(|t| t < *last_seen)
-                    {
-                        let a = raise_offline(
-                            tx,
-                            device,
-                            "the box is gone: its last will came (connection lost without a clean stop)",
-                            now,
-                        )?;
-                        out.events.extend(a);
-                    }
+                if let (Some(inst), "online") = (instance, state.as_str()) {
+                    out.events.extend(track_instance(tx, device, inst, now)?);
                 }
-                out.events.push(Event::Fleet);
-                n == 1
+                // The end of a process that is not the one online (a predecessor's will arriving
+                // after its successor's `online`, or a twin's, kicked off the broker): the box
+                // that status would describe is up. Not applied.
+                let current = before.as_ref().and_then(|b| b.3.as_deref());
+                let foreign = state != "online"
+                    && current.is_some()
+                    && instance.is_some()
+                    && instance.as_deref() != current;
+                if foreign {
+                    false
+                } else {
+                    // A redelivered or replayed older status must not overwrite a newer one.
+                    // The last will is the exception: its `ts` is when the connection began, so
+                    // `offline` always applies (a later message from the box shows it alive
+                    // again: `fleet`).
+                    let n = tx
+                        .prepare_cached(
+                            "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
+                             WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
+                        )?
+                        .execute(params![device, state, raw, now, ts_ms, state])?;
+                    // The last will of a box that was up (not one already known lost or
+                    // stopped, nor one already alerted since it was last heard): it vanished.
+                    if let Some((prev, last_seen, alerted, _)) = &before {
+                        if state == "offline"
+                            && !matches!(prev.as_str(), "offline" | "stopped")
+                            && alerted.is_none_or(|t| t < *last_seen)
+                        {
+                            let a = raise_offline(
+                                tx,
+                                device,
+                                "the box is gone: its last will came (connection lost without a clean stop)",
+                                now,
+                            )?;
+                            out.events.extend(a);
+                        }
+                    }
+                    out.events.push(Event::Fleet);
+                    n == 1
+                }
             }
             Incoming::Forget { device } => {
                 tx.prepare_cached("DELETE FROM devices WHERE device = ?1")?
+                    .execute(params![device])?;
+                tx.prepare_cached("DELETE FROM seq_gaps WHERE device = ?1")?
                     .execute(params![device])?;
                 out.events.push(Event::Fleet);
                 true
@@ -133,8 +158,19 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         v.device, v.seq, v.ts, v.ts_ms, now, v.part_id, v.verdict, v.label, v.confidence,
                         reasons, v.model, v.latency_ms, (!v.map_png.is_empty()).then_some(&v.map_png), v.raw
                     ])?;
-                if n == 1 {
+                if n == 0 {
+                    // (device, seq) is stored: the same content again is a redelivery; other
+                    // content is a conflict (two boxes under one id, a seq reset), kept and
+                    // alerted instead of being dropped as a duplicate.
+                    let conflict = conflicting(tx, v, now)?;
+                    if let Some(ev) = &conflict {
+                        out.conflicts += 1;
+                        out.events.extend(ev.clone());
+                    }
+                    conflict.is_some()
+                } else {
                     let id = tx.last_insert_rowid();
+                    track_seq(tx, &v.device, v.seq, now)?;
                     let has_evidence = tx
                         .prepare_cached("SELECT 1 FROM evidence WHERE device = ?1 AND seq = ?2")?
                         .exists(params![v.device, v.seq])?;
@@ -153,8 +189,8 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         has_map: !v.map_png.is_empty(),
                         has_evidence,
                     })));
+                    true
                 }
-                n == 1
             }
             Incoming::Evidence { device, seq, jpeg } => {
                 let n = tx
@@ -228,33 +264,193 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
 /// Raises the supervisor's own `device_offline` alert (critical) for `device`, once until the
 /// box is heard from again.
 fn raise_offline(tx: &Connection, device: &str, message: &str, now: i64) -> Result<Option<Event>> {
+    tx.prepare_cached("UPDATE devices SET offline_alert_at = ?2 WHERE device = ?1")?
+        .execute(params![device, now])?;
+    raise(tx, device, DEVICE_OFFLINE, "critical", message, None, now)
+}
+
+/// Stores an alert of the supervisor's own (`"source": "supervisor"` in its payload) and
+/// returns the event for the UI, or nothing if that very alert is already stored.
+fn raise(
+    tx: &Connection,
+    device: &str,
+    kind: &str,
+    severity: &str,
+    message: &str,
+    seq: Option<i64>,
+    now: i64,
+) -> Result<Option<Event>> {
     let ts = inspectd_contract::timefmt::rfc3339_ms(now);
     let raw = serde_json::json!({"schema": "inspect.alert/1", "device": device, "ts": ts,
-        "kind": DEVICE_OFFLINE, "severity": "critical", "message": message, "source": "supervisor"})
+        "kind": kind, "severity": severity, "message": message, "seq": seq, "source": "supervisor"})
     .to_string();
     let n = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO alerts (device, ts, received, kind, severity, message, seq, raw)
-             VALUES (?1, ?2, ?3, ?4, 'critical', ?5, NULL, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
-        .execute(params![device, ts, now, DEVICE_OFFLINE, message, raw])?;
-    tx.prepare_cached("UPDATE devices SET offline_alert_at = ?2 WHERE device = ?1")?
-        .execute(params![device, now])?;
+        .execute(params![device, ts, now, kind, severity, message, seq, raw])?;
     if n == 0 {
         return Ok(None);
     }
+    let id = tx.last_insert_rowid();
+    let has_picture = tx
+        .prepare_cached(&format!("SELECT {PICTURE} FROM alerts a WHERE a.id = ?1"))?
+        .query_row(params![id], |r| r.get(0))?;
     Ok(Some(Event::Alert(Box::new(AlertRow {
-        id: tx.last_insert_rowid(),
-        has_picture: false,
+        id,
+        has_picture,
         device: device.to_string(),
         ts,
-        kind: DEVICE_OFFLINE.into(),
-        severity: "critical".into(),
+        kind: kind.into(),
+        severity: severity.into(),
         message: message.to_string(),
-        seq: None,
+        seq,
         acked_by: None,
         acked_at: None,
     }))))
+}
+
+/// The kind of the supervisor's alert for a verdict seq stored again with other content.
+pub const SEQ_CONFLICT: &str = "seq_conflict";
+/// The kind of the alert for two live processes publishing under one device id.
+pub const DUPLICATE_DEVICE_ID: &str = "duplicate_device_id";
+
+/// A verdict whose (device, seq) is already stored. `None`: the same content (a redelivery, or
+/// a conflict already kept). Otherwise it is kept in `conflicts` and a `seq_conflict` alert
+/// (warning) is raised; returns that alert's event, if it is new.
+fn conflicting(
+    tx: &Connection,
+    v: &crate::ingest::Verdict,
+    now: i64,
+) -> Result<Option<Option<Event>>> {
+    let map = (!v.map_png.is_empty()).then_some(&v.map_png);
+    let stored: Option<(String, String, String)> = tx
+        .prepare_cached(
+            "SELECT verdict, label, ts FROM verdicts WHERE device = ?1 AND seq = ?2
+             AND NOT (raw = ?3 AND map_png IS ?4)",
+        )?
+        .query_row(params![v.device, v.seq, v.raw, map], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((verdict, label, ts)) = stored else {
+        return Ok(None);
+    };
+    let known = tx
+        .prepare_cached(
+            "SELECT 1 FROM conflicts WHERE device = ?1 AND seq = ?2 AND raw = ?3 AND map_png IS ?4",
+        )?
+        .exists(params![v.device, v.seq, v.raw, map])?;
+    if known {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "INSERT INTO conflicts (device, seq, received, raw, map_png) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![v.device, v.seq, now, v.raw, map])?;
+    let message = format!(
+        "seq {} came again with other content: stored {verdict} {label:?} of {ts}, now {} {:?} of {} (kept as a conflict; two boxes under one id, or a box whose seq went back)",
+        v.seq, v.verdict, v.label, v.ts
+    );
+    Ok(Some(raise(
+        tx,
+        &v.device,
+        SEQ_CONFLICT,
+        "warning",
+        &message,
+        Some(v.seq),
+        now,
+    )?))
+}
+
+/// Counts gaps in a device's seqs, for a verdict stored for the first time. The first verdict
+/// seen starts the count; a seq past the highest opens a gap below it; a late one (a spool
+/// resend, out of order) closes the part of a gap it fills. Kept as ranges, so retention
+/// deleting verdicts never opens one; a seq below the first seen is no gap.
+fn track_seq(tx: &Connection, device: &str, seq: i64, now: i64) -> Result<()> {
+    let hi: Option<i64> = tx
+        .prepare_cached("SELECT seq_hi FROM devices WHERE device = ?1")?
+        .query_row(params![device], |r| r.get(0))
+        .optional()?
+        .flatten();
+    match hi {
+        Some(hi) if seq <= hi => {
+            let gap: Option<(i64, i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT lo, hi, noticed FROM seq_gaps WHERE device = ?1 AND lo <= ?2 AND hi >= ?2",
+                )?
+                .query_row(params![device, seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            if let Some((lo, hi, noticed)) = gap {
+                tx.prepare_cached("DELETE FROM seq_gaps WHERE device = ?1 AND lo = ?2")?
+                    .execute(params![device, lo])?;
+                let mut add = tx.prepare_cached(
+                    "INSERT INTO seq_gaps (device, lo, hi, noticed) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                if lo < seq {
+                    add.execute(params![device, lo, seq - 1, noticed])?;
+                }
+                if seq < hi {
+                    add.execute(params![device, seq + 1, hi, noticed])?;
+                }
+            }
+        }
+        _ => {
+            if let Some(hi) = hi.filter(|&h| seq > h + 1) {
+                tx.prepare_cached(
+                    "INSERT INTO seq_gaps (device, lo, hi, noticed) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![device, hi + 1, seq - 1, now])?;
+            }
+            tx.prepare_cached("UPDATE devices SET seq_hi = ?2 WHERE device = ?1")?
+                .execute(params![device, seq])?;
+        }
+    }
+    Ok(())
+}
+
+/// Follows which process (`instance`) sends a device's `online` statuses. A new instance is a
+/// restart (its predecessor's late last will changes nothing: only `online` counts); the one
+/// before it coming back means two live processes take turns on the broker under one id (each
+/// connection kicks the other off): a `duplicate_device_id` alert (critical), once while one is
+/// open for the device.
+fn track_instance(tx: &Connection, device: &str, inst: &str, now: i64) -> Result<Option<Event>> {
+    let (cur, prev): (Option<String>, Option<String>) = tx
+        .prepare_cached("SELECT instance, prev_instance FROM devices WHERE device = ?1")?
+        .query_row(params![device], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or_default();
+    let Some(cur) = cur.filter(|c| c != inst) else {
+        tx.prepare_cached("UPDATE devices SET instance = ?2 WHERE device = ?1")?
+            .execute(params![device, inst])?;
+        return Ok(None);
+    };
+    tx.prepare_cached("UPDATE devices SET instance = ?2, prev_instance = ?3 WHERE device = ?1")?
+        .execute(params![device, inst, cur])?;
+    if prev.as_deref() != Some(inst) {
+        return Ok(None);
+    }
+    let open = tx
+        .prepare_cached(
+            "SELECT 1 FROM alerts WHERE device = ?1 AND kind = ?2 AND acked_at IS NULL",
+        )?
+        .exists(params![device, DUPLICATE_DEVICE_ID])?;
+    if open {
+        return Ok(None);
+    }
+    let message = format!(
+        "two boxes run as device {device:?}: its statuses alternate between processes {cur} and {inst} (each connection kicks the other off the broker); give each box its own device_id"
+    );
+    raise(
+        tx,
+        device,
+        DUPLICATE_DEVICE_ID,
+        "critical",
+        &message,
+        None,
+        now,
+    )
 }
 
 /// The kind of the supervisor's own alert for a box that vanished.
@@ -318,6 +514,9 @@ pub fn enforce(conn: &Connection, r: Retention, now: i64) -> Result<usize> {
         "DELETE FROM cmd_results WHERE received < ?1",
         params![cutoff],
     )?;
+    tx.execute("DELETE FROM conflicts WHERE received < ?1", params![cutoff])?;
+    // A gap noticed before the history kept is no longer shown (the verdicts around it are gone).
+    tx.execute("DELETE FROM seq_gaps WHERE noticed < ?1", params![cutoff])?;
     tx.execute("DELETE FROM commands WHERE sent_at < ?1", params![cutoff])?;
     tx.execute(
         "DELETE FROM stats_samples WHERE at < ?1",

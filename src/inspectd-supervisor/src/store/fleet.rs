@@ -25,23 +25,10 @@ pub struct FleetRow {
     /// Open alerts of this device, and whether one of them is critical.
     pub open_alerts: i64,
     pub critical: bool,
-    /// Over the last hour: inspected parts, defect and suspect shares.
+    /// Over the last hour: verdicts stored (received in it), their defect and suspect shares.
     pub inspected: i64,
     pub defect_rate: Option<f64>,
     pub suspect_rate: Option<f64>,
-}
-
-/// Verdict counts [ok, defect, suspect] over the window from cumulative counter samples:
-/// positive steps are summed, and a drop (the device restarted) counts from zero.
-pub fn counter_deltas(samples: &[[i64; 3]]) -> [i64; 3] {
-    let mut out = [0; 3];
-    for w in samples.windows(2) {
-        for k in 0..3 {
-            let d = w[1][k] - w[0][k];
-            out[k] += if d >= 0 { d } else { w[1][k] };
-        }
-    }
-    out
 }
 
 /// The fleet: one row per device. `stale_after` ms without a message turns `online` to `stale`.
@@ -73,9 +60,6 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut samples_q = conn.prepare_cached(
-        "SELECT ok, defect, suspect FROM stats_samples WHERE device = ?1 AND at >= ?2 ORDER BY at",
-    )?;
     let mut counts_q = conn.prepare_cached(
         "SELECT verdict, count(*) FROM verdicts WHERE device = ?1 AND received >= ?2 GROUP BY verdict",
     )?;
@@ -101,30 +85,21 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
             "offline" => "offline",
             _ => "unknown",
         };
-        let samples: Vec<[i64; 3]> = samples_q
-            .query_map(params![device, hour], |r| {
-                Ok([r.get(0)?, r.get(1)?, r.get(2)?])
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        // The device's own counters see unpublished `ok` verdicts too; without two samples in
-        // the hour, count the verdicts stored.
-        let counts = if samples.len() >= 2 {
-            counter_deltas(&samples)
-        } else {
-            let mut c = [0i64; 3];
-            for r in counts_q.query_map(params![device, hour], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })? {
-                let (k, n) = r?;
-                match k.as_str() {
-                    "ok" => c[0] = n,
-                    "defect" => c[1] = n,
-                    "suspect" => c[2] = n,
-                    _ => {}
-                }
+        // The verdicts stored, not the box's own counters: those restart from zero with the
+        // process, count `ok` verdicts it does not publish, and two boxes under one id (or a
+        // restart) turned their steps into hundreds of "parts" for a handful of verdicts.
+        let mut counts = [0i64; 3];
+        for r in counts_q.query_map(params![device, hour], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (k, n) = r?;
+            match k.as_str() {
+                "ok" => counts[0] = n,
+                "defect" => counts[1] = n,
+                "suspect" => counts[2] = n,
+                _ => {}
             }
-            c
-        };
+        }
         let inspected: i64 = counts.iter().sum();
         let rate = |n: i64| (inspected > 0).then(|| n as f64 / inspected as f64);
         rows.push(FleetRow {

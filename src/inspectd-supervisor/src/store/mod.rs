@@ -79,12 +79,13 @@ mod tests {
             1000,
         );
         assert_eq!((a.stored, a.duplicates.clone()), (2, vec!["verdict"]));
+        // Other content under a stored seq is no redelivery: kept aside as a conflict.
         let a = store(
             &mut c,
             &[verdict("a", 1, "defect", "2026-11-26T10:00:00Z")],
             2000,
         );
-        assert_eq!(a.stored, 0);
+        assert_eq!((a.conflicts, a.duplicates.len()), (1, 0));
         assert_eq!(counts(&c).unwrap()[0], 2);
         assert_eq!(
             verdict_of(&c, "a", 1).verdict,
@@ -441,12 +442,202 @@ mod tests {
         assert_eq!(offline_alerts(&c, "s"), 1);
     }
 
+    fn verdict_at(dev: &str, seq: u64, kind: &str, label: &str) -> Item {
+        item(
+            &format!("inspect/{dev}/verdict"),
+            json!({"schema": "inspect.verdict/1", "device": dev, "seq": seq, "ts": "2026-11-26T10:00:00Z",
+                   "verdict": kind, "label": label, "confidence": 0.9,
+                   "reasons": if kind == "suspect" { json!(["marginal"]) } else { json!([]) }}),
+        )
+    }
+
+    fn open_alerts_of(c: &Connection, dev: &str, kind: &str) -> Vec<AlertRow> {
+        alerts(c, 0)
+            .unwrap()
+            .0
+            .into_iter()
+            .filter(|a| a.device == dev && a.kind == kind)
+            .collect()
+    }
+
     #[test]
-    fn rates_come_from_counter_steps_across_restarts() {
-        assert_eq!(
-            counter_deltas(&[[10, 1, 0], [20, 3, 1], [5, 1, 0], [7, 1, 1]]),
-            [10 + 5 + 2, 2 + 1, 1 + 1]
+    fn a_seq_stored_again_with_other_content_is_kept_as_a_conflict_and_alerted() {
+        let mut c = db("conflict");
+        store(&mut c, &[verdict_at("a", 1, "ok", "ok")], 1000);
+        // The same verdict again: a silent duplicate. Another content under seq 1: a conflict,
+        // once however often it comes.
+        let a = store(
+            &mut c,
+            &[
+                verdict_at("a", 1, "ok", "ok"),
+                verdict_at("a", 1, "defect", "scratch"),
+                verdict_at("a", 1, "defect", "scratch"),
+            ],
+            2000,
         );
+        assert_eq!(a.duplicates, vec!["verdict", "verdict"]);
+        assert_eq!(a.conflicts, 1);
+        assert_eq!(
+            verdict_of(&c, "a", 1).verdict,
+            "ok",
+            "the first stays stored"
+        );
+        let kept = conflicts(&c, "a", 10).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].seq, kept[0].received), (1, 2000));
+        assert!(kept[0].raw.contains("\"scratch\""), "{}", kept[0].raw);
+        assert_eq!(kept[0].stored_verdict.as_deref(), Some("ok"));
+        let al = open_alerts_of(&c, "a", SEQ_CONFLICT);
+        assert_eq!(al.len(), 1);
+        assert_eq!((al[0].severity.as_str(), al[0].seq), ("warning", Some(1)));
+        assert!(al[0].message.contains("seq 1"), "{}", al[0].message);
+        // A second conflicting seq: a second alert, grouped with the first.
+        store(&mut c, &[verdict_at("a", 2, "ok", "ok")], 3000);
+        store(&mut c, &[verdict_at("a", 2, "suspect", "dent")], 3000);
+        let (groups, _) = alert_groups(
+            &c,
+            &AlertFilter {
+                kind: Some(SEQ_CONFLICT.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((groups.len(), groups[0].count), (1, 2));
+        assert_eq!(conflict_count(&c).unwrap(), 2);
+        // Retention: conflicts go with the history they belong to.
+        enforce(
+            &c,
+            Retention {
+                days: 1,
+                max_verdicts: 100,
+            },
+            3000 + 86_400_000 + 1,
+        )
+        .unwrap();
+        assert_eq!(conflict_count(&c).unwrap(), 0);
+    }
+
+    fn gaps_of(c: &Connection, dev: &str) -> (i64, Option<(i64, i64)>) {
+        let g = seq_gaps(c, dev).unwrap();
+        (g.missing, g.latest.map(|g| (g.from, g.to)))
+    }
+
+    #[test]
+    fn seq_gaps_count_what_is_missing_and_close_when_it_arrives_late() {
+        let mut c = db("gaps");
+        let v = |s| verdict_at("a", s, "ok", "ok");
+        // The first verdict seen starts the count: nothing before it is missing.
+        store(&mut c, &[v(10), v(11), v(14)], 1000);
+        assert_eq!(gaps_of(&c, "a"), (2, Some((12, 13))));
+        store(&mut c, &[v(20)], 2000);
+        assert_eq!(gaps_of(&c, "a"), (7, Some((15, 19))));
+        // Late arrivals (a spool resend) fill gaps, in any order; a duplicate changes nothing.
+        store(&mut c, &[v(17), v(12), v(12)], 3000);
+        assert_eq!(gaps_of(&c, "a"), (5, Some((18, 19))));
+        store(&mut c, &[v(15), v(16), v(13), v(18), v(19)], 4000);
+        assert_eq!(gaps_of(&c, "a"), (0, None));
+        // Older than the first seen: not a gap, and no gap is opened by it.
+        store(&mut c, &[v(3)], 5000);
+        assert_eq!(gaps_of(&c, "a"), (0, None));
+        // Retention deleting old rows does not open gaps; gaps of other devices are their own.
+        store(
+            &mut c,
+            &[
+                v(22),
+                verdict_at("b", 1, "ok", "ok"),
+                verdict_at("b", 4, "ok", "ok"),
+            ],
+            6000,
+        );
+        enforce(
+            &c,
+            Retention {
+                days: 30,
+                max_verdicts: 2,
+            },
+            7000,
+        )
+        .unwrap();
+        assert_eq!(gaps_of(&c, "a"), (1, Some((21, 21))));
+        assert_eq!(gaps_of(&c, "b"), (2, Some((2, 3))));
+        let all = seq_missing(&c).unwrap();
+        assert_eq!(all, vec![("a".to_string(), 1), ("b".to_string(), 2)]);
+        store(&mut c, &[v(21)], 8000);
+        assert_eq!(gaps_of(&c, "a"), (0, None));
+    }
+
+    #[test]
+    fn statuses_alternating_between_two_instances_raise_one_duplicate_device_alert() {
+        let mut c = db("twins");
+        let online = |inst: &str| status("a", "online", json!({"instance": inst}));
+        let will = |inst: &str| status("a", "offline", json!({"instance": inst}));
+        // A crash and a restart: a new instance, the old one's will late. Not a duplicate.
+        store(&mut c, &[online("i1")], 1000);
+        store(&mut c, &[online("i2"), will("i1")], 2000);
+        store(&mut c, &[online("i2")], 3000);
+        assert!(open_alerts_of(&c, "a", DUPLICATE_DEVICE_ID).is_empty());
+        // The predecessor's late will is not the box's: still online, nothing raised.
+        assert_eq!(fleet(&c, 3000, 30_000).unwrap()[0].state, "online");
+        assert_eq!(offline_alerts(&c, "a"), 0);
+        // i1 online again after i2: two live processes share the id.
+        store(&mut c, &[online("i1")], 4000);
+        let al = open_alerts_of(&c, "a", DUPLICATE_DEVICE_ID);
+        assert_eq!(al.len(), 1);
+        assert_eq!(al[0].severity, "critical");
+        assert!(
+            al[0].message.contains("i1") && al[0].message.contains("i2"),
+            "{}",
+            al[0].message
+        );
+        // More alternation: the open alert stands, no new one.
+        store(&mut c, &[online("i2"), online("i1"), online("i2")], 5000);
+        assert_eq!(open_alerts_of(&c, "a", DUPLICATE_DEVICE_ID).len(), 1);
+        // Statuses without an instance (older boxes) never look like two.
+        store(
+            &mut c,
+            &[
+                status("b", "online", json!({})),
+                status("b", "online", json!({})),
+            ],
+            1000,
+        );
+        assert!(open_alerts_of(&c, "b", DUPLICATE_DEVICE_ID).is_empty());
+    }
+
+    #[test]
+    fn parts_in_the_last_hour_are_the_verdicts_stored_in_it() {
+        let mut c = db("parts");
+        let hour = 3_600_000;
+        let t0 = 10 * hour;
+        // Counters of a box that inspects more than it publishes, and restarts (or has a twin).
+        let st = |ok: i64| {
+            item(
+                "inspect/a/stats",
+                json!({"schema": "inspect.stats/1", "verdicts": {"ok": ok, "defect": 0, "suspect": 0}}),
+            )
+        };
+        store(&mut c, &[st(100), st(3), st(150)], t0);
+        store(&mut c, &[verdict_at("a", 1, "ok", "ok")], t0 - hour - 1);
+        store(
+            &mut c,
+            &[
+                verdict_at("a", 2, "ok", "ok"),
+                verdict_at("a", 3, "defect", "scratch"),
+                verdict_at("a", 4, "suspect", "dent"),
+                verdict_at("a", 5, "ok", "ok"),
+            ],
+            t0,
+        );
+        let f = fleet(&c, t0 + 1000, 30_000).unwrap();
+        assert_eq!(f[0].inspected, 4);
+        assert_eq!(
+            (f[0].defect_rate, f[0].suspect_rate),
+            (Some(0.25), Some(0.25))
+        );
+    }
+
+    #[test]
+    fn a_fleet_row_has_the_latest_status_and_stats_and_older_statuses_do_not_win() {
         let mut c = db("fleet");
         let st = |ok: i64, d: i64| {
             item(
@@ -472,11 +663,12 @@ mod tests {
             (r.state.as_str(), r.model.as_str(), r.model_version.as_str()),
             ("online", "m", "2")
         );
+        // Parts are the verdicts stored (none here), not the box's counters.
         assert_eq!(
             (r.fps, r.p95_ms, r.spool_depth, r.inspected),
-            (Some(4.5), Some(9.5), Some(3), 8)
+            (Some(4.5), Some(9.5), Some(3), 0)
         );
-        assert_eq!(r.defect_rate, Some(0.25));
+        assert_eq!(r.defect_rate, None);
         assert_eq!(fleet(&c, 1_040_000, 30_000).unwrap()[0].state, "stale");
         store(
             &mut c,

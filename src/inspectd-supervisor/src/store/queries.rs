@@ -417,3 +417,122 @@ pub fn counts(conn: &Connection) -> Result<[i64; 3]> {
         |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
     )?)
 }
+
+/// A verdict kept aside because its (device, seq) was already stored with other content.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictRow {
+    pub seq: i64,
+    pub received: i64,
+    /// The conflicting payload (without its map).
+    pub raw: String,
+    /// What is stored under that seq (gone once retention deleted it).
+    pub stored_verdict: Option<String>,
+    pub stored_label: Option<String>,
+}
+
+/// A device's newest conflicts first.
+pub fn conflicts(conn: &Connection, device: &str, limit: usize) -> Result<Vec<ConflictRow>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT c.seq, c.received, c.raw, v.verdict, v.label FROM conflicts c
+             LEFT JOIN verdicts v ON v.device = c.device AND v.seq = c.seq
+             WHERE c.device = ?1 ORDER BY c.id DESC LIMIT ?2",
+        )?
+        .query_map(params![device, limit as i64], |r| {
+            Ok(ConflictRow {
+                seq: r.get(0)?,
+                received: r.get(1)?,
+                raw: r.get(2)?,
+                stored_verdict: r.get(3)?,
+                stored_label: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Conflicts kept, all devices.
+pub fn conflict_count(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT count(*) FROM conflicts", [], |r| r.get(0))?)
+}
+
+/// Conflicts kept for one device.
+pub fn device_conflicts(conn: &Connection, device: &str) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM conflicts WHERE device = ?1",
+        params![device],
+        |r| r.get(0),
+    )?)
+}
+
+/// A run of seqs never received: `from..=to`, noticed when the seq past it came.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gap {
+    pub from: i64,
+    pub to: i64,
+    pub noticed: i64,
+}
+
+/// A device's missing seqs: how many, and the most recent gap.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SeqGaps {
+    pub missing: i64,
+    pub latest: Option<Gap>,
+    /// The highest seq received (`None` before the first verdict).
+    pub highest: Option<i64>,
+}
+
+pub fn seq_gaps(conn: &Connection, device: &str) -> Result<SeqGaps> {
+    let missing: i64 = conn.query_row(
+        "SELECT coalesce(sum(hi - lo + 1), 0) FROM seq_gaps WHERE device = ?1",
+        params![device],
+        |r| r.get(0),
+    )?;
+    let latest = conn
+        .query_row(
+            "SELECT lo, hi, noticed FROM seq_gaps WHERE device = ?1 ORDER BY lo DESC LIMIT 1",
+            params![device],
+            |r| {
+                Ok(Gap {
+                    from: r.get(0)?,
+                    to: r.get(1)?,
+                    noticed: r.get(2)?,
+                })
+            },
+        )
+        .optional()?;
+    let highest = conn
+        .query_row(
+            "SELECT seq_hi FROM devices WHERE device = ?1",
+            params![device],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    Ok(SeqGaps {
+        missing,
+        latest,
+        highest,
+    })
+}
+
+/// Missing seqs per device that has sent verdicts (0 for those without gaps), by device.
+pub fn seq_missing(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    let rows = conn
+        .prepare(
+            "SELECT d.device, coalesce((SELECT sum(g.hi - g.lo + 1) FROM seq_gaps g WHERE g.device = d.device), 0)
+             FROM devices d WHERE d.seq_hi IS NOT NULL ORDER BY d.device",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Verdicts of `device` stored (received) since `since` (ms since the epoch).
+pub fn verdicts_received(conn: &Connection, device: &str, since: i64) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM verdicts WHERE device = ?1 AND received >= ?2",
+        params![device, since],
+        |r| r.get(0),
+    )?)
+}

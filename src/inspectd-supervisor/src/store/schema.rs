@@ -77,6 +77,23 @@ CREATE TABLE IF NOT EXISTS commands (
     sent_at INTEGER NOT NULL,
     sent_by TEXT
 );
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    raw TEXT NOT NULL,
+    map_png BLOB
+);
+CREATE INDEX IF NOT EXISTS conflicts_device ON conflicts (device, seq);
+CREATE INDEX IF NOT EXISTS conflicts_received ON conflicts (received);
+CREATE TABLE IF NOT EXISTS seq_gaps (
+    device TEXT NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    noticed INTEGER NOT NULL,
+    PRIMARY KEY (device, lo)
+);
 CREATE TABLE IF NOT EXISTS cmd_results (
     id INTEGER PRIMARY KEY,
     device TEXT NOT NULL,
@@ -109,14 +126,23 @@ pub fn open(path: &Path) -> Result<Connection> {
     if !has_sent_by {
         conn.execute_batch("ALTER TABLE commands ADD COLUMN sent_by TEXT")?;
     }
-    // Databases from before offline alerts: when each device's last `device_offline` was raised.
-    let has_offline_alert: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('devices') WHERE name = 'offline_alert_at'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_offline_alert {
-        conn.execute_batch("ALTER TABLE devices ADD COLUMN offline_alert_at INTEGER")?;
+    // Columns added to `devices` since its first version: when the last `device_offline` was
+    // raised; the highest seq seen (where gap counting stands); the process (`instance`) that
+    // sent the latest `online` status and the one before it.
+    for (col, ty) in [
+        ("offline_alert_at", "INTEGER"),
+        ("seq_hi", "INTEGER"),
+        ("instance", "TEXT"),
+        ("prev_instance", "TEXT"),
+    ] {
+        let has: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('devices') WHERE name = ?1",
+            [col],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE devices ADD COLUMN {col} {ty}"))?;
+        }
     }
     Ok(conn)
 }
