@@ -1835,6 +1835,8 @@ fn every_page_reads_on_a_desk_and_a_phone_with_aa_contrast_and_local_times() {
     br.wait_true(
         &format!("document.readyState === 'complete' && [...document.querySelectorAll('#alerts tr.alert')].every(r => Number(r.dataset.id) > {id})"),
         Duration::from_secs(10),
+    );
+}
 
 /// What a watcher on `{prefix}/{dev}/status` and `…/alert` saw, in order.
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
