@@ -173,8 +173,11 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
         base64::engine::general_purpose::STANDARD.encode(inspectd_cam::heatmap::map_png(&map)?);
     let copies = if a.duplicate { 2 } else { 1 };
     let total = a.verdicts * copies;
-    // Sequence numbers above anything an earlier run used.
-    let base = inspectd_contract::timefmt::now_ms() as u64 * 1000;
+    // Each run's devices are new ones (`load-<run>-<k>`) counting from seq 1, as boxes do: with
+    // the same names, a second run's seqs had to jump above the first's, and the supervisor
+    // rightly counted the jump as billions of missing verdicts.
+    let run = format!("{:x}", inspectd_contract::timefmt::now_ms() / 1000 % 0x10000);
+    let base = 1;
     let rt = inspectd_contract::client::runtime()?;
     let (t0, published) = rt.block_on(async {
         let mut opts = MqttOptions::new(
@@ -190,6 +193,7 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
         let producer = {
             let client = client.clone();
             let (prefix, devices, n, rate) = (a.prefix.clone(), a.devices, a.verdicts, a.rate);
+            let run = run.clone();
             tokio::spawn(async move {
                 let start = tokio::time::Instant::now();
                 for i in 0..n {
@@ -199,7 +203,7 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
                             start + Duration::from_secs_f64((i * copies) as f64 / rate as f64);
                         tokio::time::sleep_until(due).await;
                     }
-                    let device = format!("load-{}", i % devices);
+                    let device = format!("load-{run}-{}", i % devices);
                     let p = payload(&device, base + i / devices, &map_b64);
                     for _ in 0..copies {
                         client
