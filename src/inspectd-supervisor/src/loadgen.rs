@@ -176,7 +176,10 @@ pub fn run(a: LoadgenArgs) -> Result<()> {
     // Each run's devices are new ones (`load-<run>-<k>`) counting from seq 1, as boxes do: with
     // the same names, a second run's seqs had to jump above the first's, and the supervisor
     // rightly counted the jump as billions of missing verdicts.
-    let run = format!("{:x}", inspectd_contract::timefmt::now_ms() / 1000 % 0x10000);
+    let run = format!(
+        "{:x}",
+        inspectd_contract::timefmt::now_ms() / 1000 % 0x10000
+    );
     let base = 1;
     let rt = inspectd_contract::client::runtime()?;
     let (t0, published) = rt.block_on(async {
