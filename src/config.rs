@@ -84,6 +84,37 @@ pub enum SourceConfig {
         #[serde(default = "default_max_bad_frames")]
         max_bad_frames: u32,
     },
+    /// An RTSP IP camera (cargo feature `rtsp`): H.264 or MJPEG (RTP/JPEG), the newest picture
+    /// taken at `fps`, the rest dropped and counted.
+    Rtsp {
+        /// `rtsp://[user@]host[:port]/path`. The password goes in `password_file`, never here.
+        url: String,
+        /// File holding the password of the URL's user (never the password itself).
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+        /// `tcp` (RTP interleaved on the RTSP connection; default) or `udp`.
+        #[serde(default)]
+        transport: crate::rtsp::Transport,
+        /// Frames per second taken from the stream (0 = every picture inference keeps up with).
+        #[serde(default = "default_fps")]
+        fps: f32,
+        /// Connecting (DESCRIBE to PLAY) and the gap between two pictures, in milliseconds;
+        /// past either the camera is lost.
+        #[serde(default = "default_http_timeout")]
+        timeout_ms: u64,
+        #[serde(default)]
+        trigger: Trigger,
+        /// Largest frame accepted, in pixels (at most 16384): a larger one is refused before its
+        /// pixels are allocated, counted as a bad frame and named in a warning.
+        #[serde(default = "default_max_side")]
+        max_width: u32,
+        #[serde(default = "default_max_side")]
+        max_height: u32,
+        /// Bad frames (undecodable, too large) in a row after which the source is reported lost
+        /// (`camera_lost`); a good frame reports it back.
+        #[serde(default = "default_max_bad_frames")]
+        max_bad_frames: u32,
+    },
     /// Polls an HTTP snapshot URL for a JPEG/PNG.
     Http {
         url: String,
@@ -113,6 +144,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Replay { trigger, .. }
             | SourceConfig::Camera { trigger, .. }
+            | SourceConfig::Rtsp { trigger, .. }
             | SourceConfig::Http { trigger, .. } => *trigger,
         }
     }
@@ -127,6 +159,12 @@ impl SourceConfig {
                 ..
             }
             | SourceConfig::Camera {
+                max_width,
+                max_height,
+                max_bad_frames,
+                ..
+            }
+            | SourceConfig::Rtsp {
                 max_width,
                 max_height,
                 max_bad_frames,
@@ -149,6 +187,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Replay { fps, .. }
             | SourceConfig::Camera { fps, .. }
+            | SourceConfig::Rtsp { fps, .. }
             | SourceConfig::Http { fps, .. } => *fps,
         }
     }
@@ -507,6 +546,19 @@ impl Config {
                     );
                 }
             }
+            SourceConfig::Rtsp {
+                url, timeout_ms, ..
+            } => {
+                if let Err(e) = crate::rtsp::parse_url(url) {
+                    return err("source.url", e);
+                }
+                if !(1..=600_000).contains(timeout_ms) {
+                    return err(
+                        "source.timeout_ms",
+                        format!("{timeout_ms} must be within 1..600000"),
+                    );
+                }
+            }
             SourceConfig::Camera { width, height, .. } => {
                 for (k, v) in [("source.width", width), ("source.height", height)] {
                     if let Some(v) = v.filter(|v| !(1..=side).contains(v)) {
@@ -540,8 +592,13 @@ impl Config {
             fix(p);
         }
         fix(&mut self.spool.path);
-        if let SourceConfig::Replay { path, .. } = &mut self.source {
-            fix(path);
+        match &mut self.source {
+            SourceConfig::Replay { path, .. } => fix(path),
+            SourceConfig::Rtsp {
+                password_file: Some(p),
+                ..
+            } => fix(p),
+            _ => {}
         }
         for p in [
             &mut self.mqtt.password_file,

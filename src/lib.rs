@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod mqtt;
 pub mod pipeline;
+pub mod rtsp;
 pub mod sdnotify;
 pub mod shared;
 pub mod source;
