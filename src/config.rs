@@ -871,6 +871,52 @@ path = "spool.redb"
     }
 
     #[test]
+    fn rtsp_sources_parse_and_their_bad_keys_are_named() {
+        let rtsp = |keys: &str| {
+            GOOD.replace(
+                "kind = \"replay\"\npath = \"samples\"",
+                &format!("kind = \"rtsp\"\n{keys}"),
+            )
+        };
+        let c = parse(&rtsp(
+            "url = \"rtsp://viewer@10.0.0.7:554/ch1\"\npassword_file = \"cam.pw\"\ntransport = \"udp\"",
+        ))
+        .unwrap();
+        match &c.source {
+            SourceConfig::Rtsp {
+                password_file,
+                transport,
+                timeout_ms,
+                ..
+            } => {
+                assert_eq!(
+                    password_file.as_deref(),
+                    Some(Path::new("/etc/inspectd/cam.pw"))
+                );
+                assert_eq!(*transport, crate::rtsp::Transport::Udp);
+                assert_eq!(*timeout_ms, 2000);
+            }
+            other => panic!("{other:?}"),
+        }
+        for (keys, key) in [
+            ("url = \"http://cam/x\"", "source.url"),
+            ("url = \"rtsp://a:b@cam/x\"", "source.url"),
+            (
+                "url = \"rtsp://cam/x\"\ntransport = \"quic\"",
+                "source.transport",
+            ),
+            (
+                "url = \"rtsp://cam/x\"\ntimeout_ms = 0",
+                "source.timeout_ms",
+            ),
+        ] {
+            let e = parse(&rtsp(keys)).unwrap_err();
+            assert!(e.contains(key), "{keys}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
     fn publish_ok_accepts_every_nth() {
         assert_eq!("every:5".parse::<PublishOk>(), Ok(PublishOk::EveryNth(5)));
         assert!("every:0".parse::<PublishOk>().is_err());
