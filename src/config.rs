@@ -86,6 +86,37 @@ pub enum SourceConfig {
         #[serde(default = "default_max_bad_frames")]
         max_bad_frames: u32,
     },
+    /// An RTSP IP camera (cargo feature `rtsp`): H.264 or MJPEG (RTP/JPEG), the newest picture
+    /// taken at `fps`, the rest dropped and counted.
+    Rtsp {
+        /// `rtsp://[user@]host[:port]/path`. The password goes in `password_file`, never here.
+        url: String,
+        /// File holding the password of the URL's user (never the password itself).
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+        /// `tcp` (RTP interleaved on the RTSP connection; default) or `udp`.
+        #[serde(default)]
+        transport: crate::rtsp::Transport,
+        /// Frames per second taken from the stream (0 = every picture inference keeps up with).
+        #[serde(default = "default_fps")]
+        fps: f32,
+        /// Connecting (DESCRIBE to PLAY) and the gap between two pictures, in milliseconds;
+        /// past either the camera is lost.
+        #[serde(default = "default_http_timeout")]
+        timeout_ms: u64,
+        #[serde(default)]
+        trigger: Trigger,
+        /// Largest frame accepted, in pixels (at most 16384): a larger one is refused before its
+        /// pixels are allocated, counted as a bad frame and named in a warning.
+        #[serde(default = "default_max_side")]
+        max_width: u32,
+        #[serde(default = "default_max_side")]
+        max_height: u32,
+        /// Bad frames (undecodable, too large) in a row after which the source is reported lost
+        /// (`camera_lost`); a good frame reports it back.
+        #[serde(default = "default_max_bad_frames")]
+        max_bad_frames: u32,
+    },
     /// Polls an HTTP snapshot URL for a JPEG/PNG.
     Http {
         url: String,
@@ -115,6 +146,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Replay { trigger, .. }
             | SourceConfig::Camera { trigger, .. }
+            | SourceConfig::Rtsp { trigger, .. }
             | SourceConfig::Http { trigger, .. } => *trigger,
         }
     }
@@ -129,6 +161,12 @@ impl SourceConfig {
                 ..
             }
             | SourceConfig::Camera {
+                max_width,
+                max_height,
+                max_bad_frames,
+                ..
+            }
+            | SourceConfig::Rtsp {
                 max_width,
                 max_height,
                 max_bad_frames,
@@ -151,6 +189,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Replay { fps, .. }
             | SourceConfig::Camera { fps, .. }
+            | SourceConfig::Rtsp { fps, .. }
             | SourceConfig::Http { fps, .. } => *fps,
         }
     }
@@ -551,6 +590,19 @@ impl Config {
                     );
                 }
             }
+            SourceConfig::Rtsp {
+                url, timeout_ms, ..
+            } => {
+                if let Err(e) = crate::rtsp::parse_url(url) {
+                    return err("source.url", e);
+                }
+                if !(1..=600_000).contains(timeout_ms) {
+                    return err(
+                        "source.timeout_ms",
+                        format!("{timeout_ms} must be within 1..600000"),
+                    );
+                }
+            }
             SourceConfig::Camera { width, height, .. } => {
                 for (k, v) in [("source.width", width), ("source.height", height)] {
                     if let Some(v) = v.filter(|v| !(1..=side).contains(v)) {
@@ -610,8 +662,13 @@ impl Config {
             fix(p);
         }
         fix(&mut self.spool.path);
-        if let SourceConfig::Replay { path, .. } = &mut self.source {
-            fix(path);
+        match &mut self.source {
+            SourceConfig::Replay { path, .. } => fix(path),
+            SourceConfig::Rtsp {
+                password_file: Some(p),
+                ..
+            } => fix(p),
+            _ => {}
         }
         for p in [
             &mut self.mqtt.password_file,
@@ -918,6 +975,52 @@ path = "spool.redb"
             e.contains("plc.modbus_listen") && e.contains("triggered"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rtsp_sources_parse_and_their_bad_keys_are_named() {
+        let rtsp = |keys: &str| {
+            GOOD.replace(
+                "kind = \"replay\"\npath = \"samples\"",
+                &format!("kind = \"rtsp\"\n{keys}"),
+            )
+        };
+        let c = parse(&rtsp(
+            "url = \"rtsp://viewer@10.0.0.7:554/ch1\"\npassword_file = \"cam.pw\"\ntransport = \"udp\"",
+        ))
+        .unwrap();
+        match &c.source {
+            SourceConfig::Rtsp {
+                password_file,
+                transport,
+                timeout_ms,
+                ..
+            } => {
+                assert_eq!(
+                    password_file.as_deref(),
+                    Some(Path::new("/etc/inspectd/cam.pw"))
+                );
+                assert_eq!(*transport, crate::rtsp::Transport::Udp);
+                assert_eq!(*timeout_ms, 2000);
+            }
+            other => panic!("{other:?}"),
+        }
+        for (keys, key) in [
+            ("url = \"http://cam/x\"", "source.url"),
+            ("url = \"rtsp://a:b@cam/x\"", "source.url"),
+            (
+                "url = \"rtsp://cam/x\"\ntransport = \"quic\"",
+                "source.transport",
+            ),
+            (
+                "url = \"rtsp://cam/x\"\ntimeout_ms = 0",
+                "source.timeout_ms",
+            ),
+        ] {
+            let e = parse(&rtsp(keys)).unwrap_err();
+            assert!(e.contains(key), "{keys}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

@@ -114,7 +114,37 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
                 "source camera {device:?}: this build has no V4L2 support (cargo feature `camera`, which needs libclang-dev); use kind = \"http\" or \"replay\""
             )))
         }
+        SourceConfig::Rtsp { url, password_file, transport, fps, timeout_ms, .. } => {
+            let timeout = Duration::from_millis(*timeout_ms);
+            let file = password_file.as_deref();
+            let s = crate::rtsp::RtspSettings::new(url, file, *transport, timeout, limits);
+            (rtsp_source(s.map_err(bad_input)?)?, *fps)
+        }
     })
+}
+
+/// An RTSP camera, once its DESCRIBE shows a stream we decode. A camera that does not answer
+/// yet is not an error here (it is reported lost and retried); one that answers with only
+/// codecs we cannot decode is a setting to fix, refused like a bad key.
+#[cfg(feature = "rtsp")]
+fn rtsp_source(settings: crate::rtsp::RtspSettings) -> Result<Box<dyn FrameSource>> {
+    use crate::rtsp::client::{probe, Fault, RtspCamera};
+    match probe(&settings) {
+        Ok(codec) => tracing::info!("camera {}: offers {codec:?}", settings.url.url),
+        Err(Fault::Unsupported(m)) => {
+            return Err(bad_input(format!("source.url {}: {m}", settings.url.url)))
+        }
+        Err(Fault::Lost(m)) => tracing::warn!("camera {} not reachable yet: {m}", settings.url.url),
+    }
+    Ok(Box::new(RtspCamera::new(settings)))
+}
+
+#[cfg(not(feature = "rtsp"))]
+fn rtsp_source(settings: crate::rtsp::RtspSettings) -> Result<Box<dyn FrameSource>> {
+    Err(bad_input(format!(
+        "source.kind = \"rtsp\" ({}): this build has no RTSP support (cargo feature `rtsp`)",
+        settings.url.url
+    )))
 }
 
 /// Runs the daemon until `shutdown` resolves. Every thread and task it starts is supervised:

@@ -15,6 +15,7 @@ pub mod http;
 pub mod mqtt;
 pub mod pipeline;
 pub mod plc;
+pub mod rtsp;
 pub mod sdnotify;
 pub mod shared;
 pub mod source;

@@ -63,7 +63,9 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
             continue;
         }
         next_due = now + period;
-        let lost = match src.next_frame() {
+        let next = src.next_frame();
+        shared.slot.count_dropped(src.take_dropped());
+        let lost = match next {
             Ok(f) => {
                 bad_in_a_row = 0;
                 if shared.status.set_camera_ok(true) {

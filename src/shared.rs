@@ -241,6 +241,11 @@ impl LatestSlot {
         g.take()
     }
 
+    /// Counts frames a source let go before they reached the slot (a streaming camera's).
+    pub fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Discards a waiting frame without counting it (a trigger wants a fresh one).
     pub fn clear(&self) {
         self.frame.lock().unwrap_or_else(|e| e.into_inner()).take();

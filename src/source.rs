@@ -1,5 +1,5 @@
 //! Frame sources: image-folder replay and HTTP snapshot cameras (V4L2 cameras behind the cargo
-//! feature `camera`). A source either yields a frame or says it is lost; the source thread
+//! feature `camera`, RTSP cameras behind `rtsp`: [`crate::rtsp`]). A source either yields a frame or says it is lost; the source thread
 //! reconnects with capped exponential backoff and reports lost/recovered.
 
 use std::io::{Read, Write};
@@ -63,6 +63,11 @@ pub trait FrameSource: Send {
     fn describe(&self) -> String;
     /// The frame size and bad-frame limits this source applies.
     fn limits(&self) -> SourceLimits;
+    /// Frames the source received and let go untaken since the last call (a streaming camera
+    /// sends at its own rate and keeps only the newest): added to the dropped-frame count.
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Replays the images of a folder in name order, looping if asked.

@@ -206,3 +206,66 @@ async fn observe<T>(
     }
     got
 }
+
+/// Waits for a device's `camera_lost` alert and `lost` status; returns the alert and how long
+/// it took, asserting both arrived.
+pub async fn await_lost(host: &str, port: u16, device: &str) -> (serde_json::Value, Duration) {
+    let t0 = Instant::now();
+    let got = collect(
+        host,
+        port,
+        &format!("inspect/{device}/#"),
+        Duration::from_secs(10),
+        vec![],
+        |g| {
+            g.get("alert")
+                .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_lost"))
+                && g.get("status")
+                    .is_some_and(|s| s.iter().any(|x| x["camera"] == "lost"))
+        },
+    )
+    .await;
+    let took = t0.elapsed();
+    let alert = got
+        .get("alert")
+        .and_then(|a| a.iter().find(|a| a["kind"] == "camera_lost"))
+        .unwrap_or_else(|| panic!("{device}: no camera_lost alert: {got:?}"))
+        .clone();
+    assert!(
+        got["status"].iter().any(|s| s["camera"] == "lost"),
+        "{device}: no lost status: {got:?}"
+    );
+    (alert, took)
+}
+
+/// Waits for a device's `camera_recovered` alert, an `ok` status and verdicts flowing again.
+pub async fn await_recovered(host: &str, port: u16, device: &str) {
+    let got = collect(
+        host,
+        port,
+        &format!("inspect/{device}/#"),
+        Duration::from_secs(15),
+        vec![],
+        |g| {
+            g.get("alert")
+                .is_some_and(|a| a.iter().any(|x| x["kind"] == "camera_recovered"))
+                && g.contains_key("verdict")
+                && g.get("status")
+                    .is_some_and(|s| s.iter().any(|x| x["camera"] == "ok"))
+        },
+    )
+    .await;
+    assert!(
+        got.get("alert")
+            .is_some_and(|a| a.iter().any(|a| a["kind"] == "camera_recovered")),
+        "{device}: no camera_recovered alert: {got:?}"
+    );
+    assert!(
+        got.contains_key("verdict"),
+        "{device}: verdicts do not resume"
+    );
+    assert!(
+        got["status"].iter().any(|s| s["camera"] == "ok"),
+        "{device}: status not ok"
+    );
+}
