@@ -389,6 +389,24 @@ async fn fetched(fetch: Fetch) -> Vec<(u64, Message)> {
 }
 
 /// Runs the MQTT connection until `shutdown` resolves, then says goodbye within `deadline`.
+/// The options every connection of the box starts from: its broker, keep-alive, a clean
+/// session, credentials and TLS (the publisher and the twin watcher differ only in client id and
+/// what they add).
+fn broker_options(s: &Settings, client_id: String) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, s.host.clone(), s.port);
+    opts.set_keep_alive(s.keep_alive);
+    opts.set_clean_session(true);
+    if let Some((u, p)) = &s.credentials {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &s.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    opts
+}
+
 pub async fn run(
     shared: Arc<Shared>,
     s: Settings,
@@ -398,9 +416,7 @@ pub async fn run(
     hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) {
     let instance = new_instance();
-    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
-    opts.set_keep_alive(s.keep_alive);
-    opts.set_clean_session(true);
+    let mut opts = broker_options(&s, s.client_id.clone());
     // Incoming: the protocol's maximum. A smaller limit makes rumqttc drop the connection on a
     // larger packet, and the broker sends a retained one again on every subscribe: one
     // oversized retained command meant a reconnect loop and no verdicts. Now it is read,
@@ -413,14 +429,6 @@ pub async fn run(
         QoS::AtLeastOnce,
         true,
     ));
-    if let Some((u, p)) = &s.credentials {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    if let Some(tls) = &s.tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
     // Another live process under this device id, as the watcher saw it (`twins`).
     let twin = twins::spawn_watcher(
         shared.clone(),

@@ -163,17 +163,7 @@ impl Drop for Watcher {
 /// Starts the watcher connection on the broker of `s`.
 pub fn spawn_watcher(shared: Arc<Shared>, s: &Settings, twins: Twins) -> Watcher {
     let id = format!("{}-watch-{}", s.client_id, &twins.me()[..8]);
-    let mut opts = MqttOptions::new(id, s.host.clone(), s.port);
-    opts.set_keep_alive(s.keep_alive);
-    opts.set_clean_session(true);
-    if let Some((u, p)) = &s.credentials {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    if let Some(tls) = &s.tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
+    let opts = super::broker_options(s, id);
     let twin: Arc<Mutex<Option<String>>> = Default::default();
     let task = tokio::spawn(watch(shared, opts, twins, twin.clone()));
     Watcher { twin, task }
