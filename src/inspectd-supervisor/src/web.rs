@@ -1191,6 +1191,11 @@ async fn send_command(
             ))))
         }
         "trigger" => v1::Command::Trigger(v1::Trigger {
+            // A box with several triggered cameras needs the one to inspect with.
+            camera: f
+                .get("camera")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
             id: Some(id.clone()),
             part_id: part_id.to_string(),
         }),
