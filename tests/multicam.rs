@@ -25,11 +25,17 @@ const EVERYWHERE: &str = r#"ignore_zones = [{ name = "everywhere", polygon = [[0
 /// A box `device` whose `[[source]]` entries are `sources` (their bodies, with `camera` and
 /// `kind`).
 fn config(device: &str, host: &str, port: u16, sources: &[String], dir: &Path) -> Config {
+    let text = config_text(device, host, port, sources, dir);
+    Config::parse(&text, "test", Path::new(".")).unwrap_or_else(|e| panic!("{e:#}\n{text}"))
+}
+
+/// The text of [`config`].
+fn config_text(device: &str, host: &str, port: u16, sources: &[String], dir: &Path) -> String {
     let sources: String = sources
         .iter()
         .map(|s| format!("[[source]]\n{s}\n"))
         .collect();
-    let text = format!(
+    format!(
         r#"device_id = "{device}"
 {sources}[model]
 path = "{model}"
@@ -48,8 +54,7 @@ defect_threshold = 0.5
 "#,
         model = root().join("models/surface-defect-int8.onnx").display(),
         spool = dir.join(format!("{device}.redb")).display(),
-    );
-    Config::parse(&text, "test", Path::new(".")).unwrap_or_else(|e| panic!("{e:#}\n{text}"))
+    )
 }
 
 fn replay(camera: &str, folder: &str, keys: &str) -> String {
@@ -289,4 +294,61 @@ fn a_trigger_addressed_to_one_camera_gets_one_verdict_from_that_camera() {
             .filter(|v| v["camera"] != "line")
             .all(|v| v["part_id"].is_string()));
     });
+}
+
+/// `check-config` on bad camera entries: exit 2 and one line naming the key, `source[i].key`.
+#[test]
+fn bad_camera_entries_exit_2_naming_the_key() {
+    let dir = common::tmp("multicam", "check");
+    let cfg = |sources: &[String], more: &str| {
+        let mut text = config_text("mc-check", "127.0.0.1", 1883, sources, &dir);
+        text.push_str(more);
+        let p = dir.join("inspectd.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_inspectd"))
+            .args(["check-config", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let top = replay("top", "ok", "");
+    for (sources, more, key) in [
+        (
+            vec![top.clone(), replay("top", "dent", "")],
+            "",
+            "source[1].camera: \"top\" names two cameras",
+        ),
+        (
+            vec![top.clone(), replay("Top Cam", "dent", "")],
+            "",
+            "source[1].camera: \"Top Cam\" must be",
+        ),
+        (
+            vec![
+                top.clone(),
+                replay("x", "dent", "").replace("camera = \"x\"\n", ""),
+            ],
+            "",
+            "source[1].camera: missing",
+        ),
+        (
+            vec![top.clone(), replay("side", "nowhere", "")],
+            "",
+            "source[1].path",
+        ),
+        (
+            vec![top.clone(), replay("side", "dent", "")],
+            "[plc]\ncamera = \"side\"\n",
+            "plc.camera: camera \"side\" inspects continuously",
+        ),
+    ] {
+        let (code, err) = cfg(&sources, more);
+        assert_eq!(code, Some(2), "{key}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(key), "{key} not in {err}");
+    }
+    // A good two-camera file passes.
+    let (code, err) = cfg(&[top, replay("side", "dent", "")], "");
+    assert_eq!(code, Some(0), "{err}");
 }
