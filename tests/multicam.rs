@@ -64,6 +64,43 @@ fn replay(camera: &str, folder: &str, keys: &str) -> String {
     )
 }
 
+/// A Modbus client of the box's PLC server (tokio-modbus, as a PLC would speak it).
+async fn modbus_connect(addr: std::net::SocketAddr) -> tokio_modbus::client::Context {
+    let t0 = std::time::Instant::now();
+    loop {
+        match tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(1)).await {
+            Ok(c) => return c,
+            Err(e) if t0.elapsed() > Duration::from_secs(60) => panic!("Modbus {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Once `ready`, writes `part_id` and `trigger_seq` in one request and polls the input
+/// registers until `result_seq` equals it; returns them.
+async fn modbus_trigger(c: &mut tokio_modbus::client::Context, seq: u16, part: &str) -> Vec<u16> {
+    use tokio_modbus::prelude::*;
+    let t0 = std::time::Instant::now();
+    while c.read_input_registers(0, 10).await.unwrap().unwrap()[0] != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut words = vec![seq];
+    words.extend(inspectd::plc::registers::part_id_registers(part));
+    c.write_multiple_registers(0, &words)
+        .await
+        .unwrap()
+        .unwrap();
+    loop {
+        let r = c.read_input_registers(0, 10).await.unwrap().unwrap();
+        if r[1] == seq {
+            return r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no result: {r:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn of_camera<'a>(vs: &'a [Value], camera: &str) -> Vec<&'a Value> {
     vs.iter().filter(|v| v["camera"] == camera).collect()
 }
@@ -196,7 +233,8 @@ fn two_cameras_name_their_verdicts_keep_their_own_zones_and_a_flood_starves_neit
 /// (replay of the scratch samples) inspect on triggers. A trigger addressed to one camera gets
 /// exactly one verdict, from that camera, in trigger order; a trigger without a camera on a box
 /// with two triggered cameras, one for a continuous camera and one for a camera the box does not
-/// have are refused with a reason; the line's verdicts go on meanwhile.
+/// have are refused with a reason; the line's verdicts go on meanwhile. The PLC's Modbus trigger
+/// inspects with `plc.camera`.
 #[test]
 fn a_trigger_addressed_to_one_camera_gets_one_verdict_from_that_camera() {
     let dir = common::tmp("multicam", "trigger");
@@ -208,7 +246,8 @@ fn a_trigger_addressed_to_one_camera_gets_one_verdict_from_that_camera() {
     let rt = inspectd_contract::client::runtime().unwrap();
     let (host, port) = broker();
     rt.block_on(async {
-        let cfg = config(
+        let modbus: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+        let mut text = config_text(
             "mc-trig",
             &host,
             port,
@@ -222,7 +261,14 @@ fn a_trigger_addressed_to_one_camera_gets_one_verdict_from_that_camera() {
             ],
             &dir,
         );
+        // The PLC triggers the bench (not the first triggered camera, the dock).
+        text.push_str(&format!("[plc]\nmodbus_listen = \"{modbus}\"\ncamera = \"bench\"\n"));
+        let cfg = Config::parse(&text, "test", Path::new(".")).unwrap();
         let daemon = Daemon::start(cfg);
+        let plc = tokio::spawn(async move {
+            let mut c = modbus_connect(modbus).await;
+            modbus_trigger(&mut c, 1, "M-1").await
+        });
         let trigger = |body: &str| {
             (
                 "inspect/mc-trig/cmd/trigger".to_string(),
@@ -243,9 +289,17 @@ fn a_trigger_addressed_to_one_camera_gets_one_verdict_from_that_camera() {
             "inspect/mc-trig/#",
             Duration::from_secs(60),
             send,
-            |g| g.get("cmd_result").map_or(0, Vec::len) >= 6,
+            |g| {
+                g.get("cmd_result").map_or(0, Vec::len) >= 6
+                    && g.get("verdict")
+                        .is_some_and(|v| v.iter().any(|v| v["part_id"] == "M-1"))
+            },
         )
         .await;
+        let registers = tokio::time::timeout(Duration::from_secs(30), plc)
+            .await
+            .expect("the PLC's trigger was answered")
+            .unwrap();
         daemon.stop().await;
         let result = |id: &str| {
             got["cmd_result"]
@@ -274,6 +328,12 @@ fn a_trigger_addressed_to_one_camera_gets_one_verdict_from_that_camera() {
             root().join("models/samples/scratch").join(&bench_origin).is_file(),
             "P-2 came from the bench's folder: {bench_origin}"
         );
+        // The PLC's trigger: one verdict, from plc.camera, its seq in the result registers.
+        let m = of_part("M-1");
+        assert_eq!(m.len(), 1, "M-1: {m:?}");
+        assert_eq!(m[0]["camera"], "bench", "{}", m[0]);
+        let seq_regs = (u64::from(registers[6]) << 16) | u64::from(registers[7]);
+        assert_eq!((registers[5], Some(seq_regs)), (0, m[0]["seq"].as_u64()), "{registers:?}");
         // In trigger order.
         let seq = |p: &str| of_part(p)[0]["seq"].as_u64().unwrap();
         assert!(seq("P-1") < seq("P-2") && seq("P-2") < seq("P-6"));
