@@ -1641,7 +1641,7 @@ mod tests {
             cameras: vec![cam("top", "ok"), cam("dock<1>", "lost")],
             ..Default::default()
         };
-        let html = fleet_rows(&[row.clone()], 0, None).into_string();
+        let html = fleet_rows(std::slice::from_ref(&row), 0, None).into_string();
         assert!(html.contains(">top</span>"), "{html}");
         assert!(
             html.contains("badge bad camera") && html.contains("dock&lt;1&gt; lost"),
