@@ -1,8 +1,9 @@
-//! The two CPU threads: the source thread fills the latest-frame slot (a stale frame is
-//! replaced and counted, never queued); the inference thread explains each frame, decides the
-//! verdict and writes it to the spool, which is the bounded buffer towards the publisher (it
-//! drops `ok` verdicts first when full and counts every drop). CPU work stays on these two OS
-//! threads, never on tokio. What they share is in [`crate::shared`].
+//! The CPU threads: a source thread per camera fills that camera's latest-frame slot (a stale
+//! frame is replaced and counted, never queued); the one inference thread takes the cameras'
+//! frames round-robin, explains each, decides the verdict and writes it to the spool, which is
+//! the bounded buffer towards the publisher (it drops `ok` verdicts first when full and counts
+//! every drop). CPU work stays on these OS threads, never on tokio. What they share is in
+//! [`crate::shared`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
