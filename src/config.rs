@@ -2,12 +2,13 @@
 //! documentation; `deploy/inspectd.toml` is the annotated example. Unknown keys are errors, and
 //! every error names the file and the key at fault.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
 pub use crate::spool::Fsync;
-use crate::verdict::Rules;
+use crate::verdict::{Polygon, Rules, Zone};
 use inspectd_cam::error::bad_input;
 use inspectd_cam::Method;
 
@@ -17,7 +18,18 @@ use inspectd_cam::Method;
 pub struct Config {
     /// This box's id: the second level of every topic (`{prefix}/{device_id}/...`).
     pub device_id: String,
+    /// The first (or only) camera's source. The file has one `[source]` table (one camera) or
+    /// `[[source]]` entries (several cameras, each with its `camera` name, zones and trigger).
+    #[serde(deserialize_with = "first_source")]
     pub source: SourceConfig,
+    /// Every camera in file order: its name and zones, and from the second on its source (the
+    /// first camera's source is `source`, which wins over `cameras[0].source`). Filled by
+    /// [`Config::parse`]; see [`Config::camera_list`].
+    #[serde(skip)]
+    pub cameras: Vec<CameraConfig>,
+    /// The sources were written as `[[source]]` entries (their keys are named `source[i].key`).
+    #[serde(skip)]
+    pub source_array: bool,
     pub model: ModelConfig,
     #[serde(default)]
     pub cam: CamConfig,
@@ -31,6 +43,100 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub plc: PlcConfig,
+}
+
+/// One camera of the box: a `[source]` table or one `[[source]]` entry — its source (by `kind`),
+/// and what is the camera's own besides: its name and its zones.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CameraConfig {
+    /// The camera's name (`[a-z0-9_-]{1,32}`, unique on the box): required with several
+    /// cameras; verdicts and alerts carry it as `camera`. Without a name (one camera) messages
+    /// have no `camera` field, as before.
+    #[serde(default)]
+    pub camera: Option<String>,
+    /// This camera's ROI (instead of `verdict.roi`).
+    #[serde(default)]
+    pub roi: Option<Polygon>,
+    /// This camera's ignore zones (instead of `verdict.ignore_zones`).
+    #[serde(default)]
+    pub ignore_zones: Option<Vec<Zone>>,
+    #[serde(flatten)]
+    pub source: SourceConfig,
+}
+
+/// One camera of [`Config::camera_list`]: its name, zones and source.
+#[derive(Clone, Copy, Debug)]
+pub struct Camera<'a> {
+    pub name: Option<&'a str>,
+    pub roi: Option<&'a Polygon>,
+    pub ignore_zones: Option<&'a [Zone]>,
+    pub source: &'a SourceConfig,
+}
+
+impl Camera<'_> {
+    /// The verdict rules for this camera's frames: `rules` with the camera's ROI and ignore
+    /// zones in place of the `[verdict]` ones, where it has its own.
+    pub fn rules(&self, mut rules: Rules) -> Rules {
+        if let Some(roi) = self.roi {
+            rules.roi = Some(roi.clone());
+        }
+        if let Some(z) = self.ignore_zones {
+            rules.ignore_zones = z.to_vec();
+        }
+        rules
+    }
+}
+
+/// `[source]` (one camera) or `[[source]]` (several): every entry is checked here; the first
+/// one's source is the one this field keeps (the rest are read again by [`Config::parse`]).
+fn first_source<'de, D: Deserializer<'de>>(d: D) -> Result<SourceConfig, D::Error> {
+    let (mut cams, _) = cameras(d)?;
+    if cams.is_empty() {
+        return Err(serde::de::Error::custom(
+            "[[source]] needs at least one entry",
+        ));
+    }
+    Ok(cams.swap_remove(0).source)
+}
+
+/// Every camera, and whether they were written as an array of tables.
+fn cameras<'de, D: Deserializer<'de>>(d: D) -> Result<(Vec<CameraConfig>, bool), D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = (Vec<CameraConfig>, bool);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a [source] table or [[source]] entries")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+            let c = CameraConfig::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+            Ok((vec![c], false))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut s: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut v = vec![];
+            while let Some(c) = s.next_element::<CameraConfig>()? {
+                v.push(c);
+            }
+            Ok((v, true))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// The `source` key alone, read a second time for the cameras after the first.
+#[derive(Deserialize)]
+struct SourcesOnly {
+    #[serde(deserialize_with = "cameras")]
+    source: (Vec<CameraConfig>, bool),
+}
+
+/// A camera name: what may follow in a topic, an ACL, a file name and a metric label.
+fn valid_camera_name(n: &str) -> bool {
+    (1..=32).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Where frames come from.
@@ -462,6 +568,9 @@ pub struct PlcConfig {
     /// A trigger whose frame has not arrived this many milliseconds after the trigger is
     /// answered with an error (Modbus `error_code` 3) and raises a `trigger_timeout` alert.
     pub trigger_timeout_ms: u64,
+    /// The camera the PLC's triggers inspect with (a `[[source]]` entry's `camera`; it must be
+    /// triggered). Default: the first triggered camera.
+    pub camera: Option<String>,
 }
 
 impl Default for PlcConfig {
@@ -471,6 +580,7 @@ impl Default for PlcConfig {
             unit_id: 1,
             allow_remote: false,
             trigger_timeout_ms: 5000,
+            camera: None,
         }
     }
 }
@@ -490,8 +600,19 @@ impl Config {
     /// Parses and checks a config text; `origin` names the file in errors. Relative paths are
     /// resolved against `base` (the config file's folder).
     pub fn parse(text: &str, origin: &str, base: &Path) -> anyhow::Result<Config> {
+        let headers = |h: &str| text.lines().any(|l| l.trim().starts_with(h));
+        if headers("[source]") && headers("[[source]]") {
+            return Err(bad_input(format!(
+                "config {origin}: source: one [source] table (one camera) or [[source]] entries (several), not both"
+            )));
+        }
         let mut c: Config = toml::from_str(text)
             .map_err(|e| bad_input(format!("config {origin}{}", parse_error(text, &e))))?;
+        // The cameras after the first (`source` holds the first's source); this cannot fail
+        // where the whole file parsed.
+        let s: SourcesOnly = toml::from_str(text)
+            .map_err(|e| bad_input(format!("config {origin}{}", parse_error(text, &e))))?;
+        (c.cameras, c.source_array) = s.source;
         c.check(origin)?;
         c.resolve(base);
         Ok(c)
@@ -505,12 +626,15 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let origin = path.display().to_string();
         let c = Config::parse(&text, &origin, base)?;
-        if let SourceConfig::Replay { path: dir, .. } = &c.source {
-            if !dir.is_dir() {
-                return Err(bad_input(format!(
-                    "config {origin}: source.path: {} is not a folder",
-                    dir.display()
-                )));
+        for (i, cam) in c.camera_list().iter().enumerate() {
+            if let SourceConfig::Replay { path: dir, .. } = cam.source {
+                if !dir.is_dir() {
+                    return Err(bad_input(format!(
+                        "config {origin}: {}: {} is not a folder",
+                        c.source_key(i, "path"),
+                        dir.display()
+                    )));
+                }
             }
         }
         Ok(c)
@@ -554,67 +678,37 @@ impl Config {
                 format!("{} must be within 1..86400", self.stats.interval_s),
             );
         }
-        let fps = self.source.fps();
-        if !(fps == 0.0 || (MIN_FPS..=MAX_FPS).contains(&fps)) {
-            return err(
-                "source.fps",
-                format!(
-                    "{fps:?} must be 0 (as fast as inference allows) or within {MIN_FPS}..{MAX_FPS}"
-                ),
-            );
-        }
-        let limits = self.source.limits();
-        let side = inspectd_cam::model::preprocess::MAX_IMAGE_SIDE;
-        for (k, v) in [
-            ("source.max_width", limits.max_width),
-            ("source.max_height", limits.max_height),
-        ] {
-            if !(1..=side).contains(&v) {
-                return err(k, format!("{v} must be within 1..{side}"));
-            }
-        }
-        if limits.max_bad_frames == 0 {
-            return err("source.max_bad_frames", "must be at least 1".into());
-        }
-        match &self.source {
-            SourceConfig::Http {
-                url, timeout_ms, ..
-            } => {
-                if !url.starts_with("http://") {
-                    return err("source.url", format!("{url:?} must be an http:// URL"));
-                }
-                if !(1..=600_000).contains(timeout_ms) {
+        let cams = self.camera_list();
+        let named = cams.iter().filter(|c| c.name.is_some()).count();
+        for (i, cam) in cams.iter().enumerate() {
+            let key = |k: &str| self.source_key(i, k);
+            match cam.name {
+                Some(n) if !valid_camera_name(n) => {
                     return err(
-                        "source.timeout_ms",
-                        format!("{timeout_ms} must be within 1..600000"),
+                        &key("camera"),
+                        format!("{n:?} must be 1 to 32 of a-z, 0-9, _ and -"),
                     );
                 }
-            }
-            SourceConfig::Rtsp {
-                url, timeout_ms, ..
-            } => {
-                if let Err(e) = crate::rtsp::parse_url(url) {
-                    return err("source.url", e);
+                Some(n) if cams[..i].iter().any(|c| c.name == Some(n)) => {
+                    return err(&key("camera"), format!("{n:?} names two cameras"));
                 }
-                if !(1..=600_000).contains(timeout_ms) {
+                None if cams.len() > 1 || named > 0 => {
                     return err(
-                        "source.timeout_ms",
-                        format!("{timeout_ms} must be within 1..600000"),
+                        &key("camera"),
+                        "missing: with several cameras each needs its own name".into(),
                     );
                 }
+                _ => {}
             }
-            SourceConfig::Camera { width, height, .. } => {
-                for (k, v) in [("source.width", width), ("source.height", height)] {
-                    if let Some(v) = v.filter(|v| !(1..=side).contains(v)) {
-                        return err(k, format!("{v} must be within 1..{side}"));
-                    }
+            for (j, z) in cam.ignore_zones.unwrap_or_default().iter().enumerate() {
+                if let Err(m) = z.polygon.validate() {
+                    return err(&key(&format!("ignore_zones[{j}]")), m);
                 }
             }
-            SourceConfig::Replay { path, .. } => {
-                if path.as_os_str().is_empty() {
-                    return err("source.path", "must name a folder".into());
-                }
+            if let Some(Err(m)) = cam.roi.map(Polygon::validate) {
+                return err(&key("roi"), m);
             }
+            self.check_source(cam.source, &key, origin)?;
         }
         if let Some(addr) = self.plc.modbus_listen {
             if !addr.ip().is_loopback() && !self.plc.allow_remote {
@@ -623,11 +717,33 @@ impl Config {
                     format!("{addr} is not loopback: Modbus has no logins, set plc.allow_remote = true to serve the machine network"),
                 );
             }
-            if self.source.trigger() != Trigger::Triggered {
+            if self.plc.camera.is_none() && self.plc_camera().is_none() {
                 return err(
                     "plc.modbus_listen",
                     "the PLC triggers inspections: set source.trigger = \"triggered\"".into(),
                 );
+            }
+        }
+        if let Some(n) = &self.plc.camera {
+            let cams = self.camera_list();
+            match cams.iter().position(|c| c.name == Some(n.as_str())) {
+                None => {
+                    let names: Vec<&str> = cams.iter().filter_map(|c| c.name).collect();
+                    return err(
+                        "plc.camera",
+                        format!("{n:?} is not a camera of this box ({})", names.join(", ")),
+                    );
+                }
+                Some(i) if cams[i].source.trigger() != Trigger::Triggered => {
+                    return err(
+                        "plc.camera",
+                        format!(
+                            "camera {n:?} inspects continuously: set {} = \"triggered\"",
+                            self.source_key(i, "trigger")
+                        ),
+                    );
+                }
+                Some(_) => {}
             }
         }
         if self.plc.unit_id == 0 {
@@ -651,6 +767,122 @@ impl Config {
         Ok(())
     }
 
+    /// The checks of one camera's source; `key` names its keys (`source.fps`, `source[1].fps`).
+    fn check_source(
+        &self,
+        source: &SourceConfig,
+        key: &dyn Fn(&str) -> String,
+        origin: &str,
+    ) -> anyhow::Result<()> {
+        let err = |k: &str, m: String| Err(bad_input(format!("config {origin}: {k}: {m}")));
+        let fps = source.fps();
+        if !(fps == 0.0 || (MIN_FPS..=MAX_FPS).contains(&fps)) {
+            return err(
+                &key("fps"),
+                format!(
+                    "{fps:?} must be 0 (as fast as inference allows) or within {MIN_FPS}..{MAX_FPS}"
+                ),
+            );
+        }
+        let limits = source.limits();
+        let side = inspectd_cam::model::preprocess::MAX_IMAGE_SIDE;
+        for (k, v) in [
+            (key("max_width"), limits.max_width),
+            (key("max_height"), limits.max_height),
+        ] {
+            if !(1..=side).contains(&v) {
+                return err(&k, format!("{v} must be within 1..{side}"));
+            }
+        }
+        if limits.max_bad_frames == 0 {
+            return err(&key("max_bad_frames"), "must be at least 1".into());
+        }
+        match source {
+            SourceConfig::Http {
+                url, timeout_ms, ..
+            } => {
+                if !url.starts_with("http://") {
+                    return err(&key("url"), format!("{url:?} must be an http:// URL"));
+                }
+                if !(1..=600_000).contains(timeout_ms) {
+                    return err(
+                        &key("timeout_ms"),
+                        format!("{timeout_ms} must be within 1..600000"),
+                    );
+                }
+            }
+            SourceConfig::Rtsp {
+                url, timeout_ms, ..
+            } => {
+                if let Err(e) = crate::rtsp::parse_url(url) {
+                    return err(&key("url"), e);
+                }
+                if !(1..=600_000).contains(timeout_ms) {
+                    return err(
+                        &key("timeout_ms"),
+                        format!("{timeout_ms} must be within 1..600000"),
+                    );
+                }
+            }
+            SourceConfig::Camera { width, height, .. } => {
+                for (k, v) in [(key("width"), width), (key("height"), height)] {
+                    if let Some(v) = v.filter(|v| !(1..=side).contains(v)) {
+                        return err(&k, format!("{v} must be within 1..{side}"));
+                    }
+                }
+            }
+            SourceConfig::Replay { path, .. } => {
+                if path.as_os_str().is_empty() {
+                    return err(&key("path"), "must name a folder".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The key `k` of camera `i` as the file spells it: `source.k`, or `source[i].k` for
+    /// `[[source]]` entries.
+    pub fn source_key(&self, i: usize, k: &str) -> String {
+        if self.source_array {
+            format!("source[{i}].{k}")
+        } else {
+            format!("source.{k}")
+        }
+    }
+
+    /// Every camera of the box, in file order (one, unnamed, for a plain `[source]` table).
+    pub fn camera_list(&self) -> Vec<Camera<'_>> {
+        if self.cameras.is_empty() {
+            return vec![Camera {
+                name: None,
+                roi: None,
+                ignore_zones: None,
+                source: &self.source,
+            }];
+        }
+        self.cameras
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Camera {
+                name: c.camera.as_deref(),
+                roi: c.roi.as_ref(),
+                ignore_zones: c.ignore_zones.as_deref(),
+                source: if i == 0 { &self.source } else { &c.source },
+            })
+            .collect()
+    }
+
+    /// The camera the PLC's triggers inspect with: `plc.camera`, or the first triggered one.
+    pub fn plc_camera(&self) -> Option<usize> {
+        let cams = self.camera_list();
+        match &self.plc.camera {
+            Some(n) => cams.iter().position(|c| c.name == Some(n.as_str())),
+            None => cams
+                .iter()
+                .position(|c| c.source.trigger() == Trigger::Triggered),
+        }
+    }
+
     fn resolve(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -662,13 +894,16 @@ impl Config {
             fix(p);
         }
         fix(&mut self.spool.path);
-        match &mut self.source {
-            SourceConfig::Replay { path, .. } => fix(path),
-            SourceConfig::Rtsp {
-                password_file: Some(p),
-                ..
-            } => fix(p),
-            _ => {}
+        let rest = self.cameras.iter_mut().skip(1).map(|c| &mut c.source);
+        for source in std::iter::once(&mut self.source).chain(rest) {
+            match source {
+                SourceConfig::Replay { path, .. } => fix(path),
+                SourceConfig::Rtsp {
+                    password_file: Some(p),
+                    ..
+                } => fix(p),
+                _ => {}
+            }
         }
         for p in [
             &mut self.mqtt.password_file,
@@ -696,9 +931,16 @@ const MAX_FPS: f32 = 1000.0;
 /// The key a line of the file sets, with its table (`source.fps`), if it sets one.
 fn key_on_line(text: &str, line: usize) -> Option<String> {
     let mut table = String::new();
+    let mut entries: HashMap<String, usize> = HashMap::new();
     for (i, l) in text.lines().enumerate() {
         let t = l.trim();
-        if t.starts_with('[') {
+        if t.starts_with("[[") {
+            // An array of tables: its entries are named `source[0]`, `source[1]`, …
+            let name = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            let n = entries.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if t.starts_with('[') {
             table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
         } else if i + 1 == line {
             let (k, _) = t.split_once('=').filter(|_| !t.starts_with('#'))?;
@@ -1021,6 +1263,100 @@ path = "spool.redb"
             assert!(e.contains(key), "{keys}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
         }
+    }
+
+    const TWO: &str = r#"
+device_id = "line4"
+[[source]]
+camera = "top"
+kind = "replay"
+path = "top"
+ignore_zones = [{ name = "sticker", polygon = [[0.0, 0.0], [0.3, 0.0], [0.3, 0.3]] }]
+[[source]]
+camera = "side"
+kind = "rtsp"
+url = "rtsp://viewer@10.0.0.22:554/ch1"
+password_file = "side.pw"
+trigger = "triggered"
+[model]
+path = "models/m.onnx"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[spool]
+path = "spool.redb"
+"#;
+
+    #[test]
+    fn several_cameras_parse_each_with_its_name_zones_source_and_trigger() {
+        let c = parse(TWO).unwrap();
+        let cams = c.camera_list();
+        assert_eq!(cams.len(), 2);
+        assert_eq!((cams[0].name, cams[1].name), (Some("top"), Some("side")));
+        assert!(
+            matches!(cams[0].source, SourceConfig::Replay { path, .. } if path == Path::new("/etc/inspectd/top"))
+        );
+        assert!(
+            matches!(cams[1].source, SourceConfig::Rtsp { password_file: Some(p), .. } if p == Path::new("/etc/inspectd/side.pw"))
+        );
+        assert_eq!(cams[0].source.trigger(), Trigger::Continuous);
+        assert_eq!(cams[1].source.trigger(), Trigger::Triggered);
+        // The camera's zones replace the [verdict] ones for its frames only.
+        let r = cams[0].rules(c.verdict.clone());
+        assert_eq!(r.ignore_zones[0].name, "sticker");
+        assert_eq!(cams[1].rules(c.verdict.clone()), c.verdict);
+        // The PLC defaults to the first triggered camera.
+        assert_eq!(c.plc_camera(), Some(1));
+        // One plain [source] table is one unnamed camera, as before.
+        let one = parse(GOOD).unwrap();
+        assert_eq!(one.camera_list().len(), 1);
+        assert_eq!(one.camera_list()[0].name, None);
+    }
+
+    #[test]
+    fn bad_camera_entries_name_their_key() {
+        for (from, to, key) in [
+            ("camera = \"side\"\n", "", "source[1].camera"),
+            ("camera = \"side\"", "camera = \"top\"", "source[1].camera"),
+            (
+                "camera = \"side\"",
+                "camera = \"Side Cam\"",
+                "source[1].camera",
+            ),
+            ("camera = \"top\"", "camera = \"a/b\"", "source[0].camera"),
+            (
+                "path = \"top\"",
+                "path = \"top\"\nfps = -3",
+                "source[0].fps",
+            ),
+            (
+                "trigger = \"triggered\"",
+                "trigger = \"triggered\"\ntimeout_ms = 0",
+                "source[1].timeout_ms",
+            ),
+            ("[0.3, 0.3]]", "[3.0, 0.3]]", "source[0].ignore_zones[0]"),
+            ("[model]", "[plc]\ncamera = \"top\"\n[model]", "plc.camera"),
+            ("[model]", "[plc]\ncamera = \"back\"\n[model]", "plc.camera"),
+        ] {
+            assert!(TWO.contains(from), "{from}");
+            let e = parse(&TWO.replacen(from, to, 1)).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        // Unknown keys of an entry are named with its index.
+        let e = parse(&TWO.replace("path = \"top\"", "path = \"top\"\nfsp = 3")).unwrap_err();
+        assert!(e.contains("fsp"), "{e}");
+        // [source] and [[source]] together is refused, naming the key.
+        let mixed = format!("{TWO}[source]\nkind = \"replay\"\npath = \"x\"\n");
+        let e = parse(&mixed).unwrap_err();
+        assert!(e.contains("source") && e.contains("not both"), "{e}");
+        // A single [[source]] entry needs no name; a named plain [source] keeps its name.
+        let single = TWO.split("[[source]]\ncamera = \"side\"").next().unwrap().to_string()
+            + "[model]\npath = \"m.onnx\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[spool]\npath = \"s\"\n";
+        assert_eq!(parse(&single).unwrap().camera_list().len(), 1);
+        let unnamed = single.replace("camera = \"top\"\n", "");
+        assert_eq!(parse(&unnamed).unwrap().camera_list()[0].name, None);
+        let named = GOOD.replace("[source]", "[source]\ncamera = \"top\"");
+        assert_eq!(parse(&named).unwrap().camera_list()[0].name, Some("top"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{Config, SourceConfig, Trigger};
 use crate::pipeline::{self, InferenceSetup};
-use crate::shared::{model_id, Device, Inbox, LatestSlot, Shared, StatsCell, Status};
+use crate::shared::{model_id, Camera, Device, FrameBoard, Inbox, Shared, StatsCell, Status};
 use crate::source::{FrameSource, HttpSnapshot, Replay};
 use crate::spool::Spool;
 use crate::tasks::Supervisor;
@@ -83,18 +83,29 @@ pub fn load_explainer_in(
 pub fn check(cfg: &Config) -> Result<Explainer> {
     let ex = load_explainer(cfg, None)?;
     cfg.mqtt.settings(&cfg.device_id)?;
-    make_source(cfg)?;
+    make_sources(cfg)?;
     Ok(ex)
 }
 
-fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
-    let limits = cfg.source.limits();
-    Ok(match &cfg.source {
+/// Every camera's source and its frame rate, in config order.
+fn make_sources(cfg: &Config) -> Result<Vec<(Box<dyn FrameSource>, f32)>> {
+    (0..cfg.camera_list().len())
+        .map(|i| make_source(cfg.camera_list()[i].source, &|k| cfg.source_key(i, k)))
+        .collect()
+}
+
+/// One camera's source; `key` names its keys in errors (`source.url`, `source[1].url`).
+fn make_source(
+    source: &SourceConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(Box<dyn FrameSource>, f32)> {
+    let limits = source.limits();
+    Ok(match source {
         SourceConfig::Replay { path, fps, looping, .. } => (Box::new(Replay::new(path.clone(), *looping).with_limits(limits)), *fps),
         SourceConfig::Http { url, fps, timeout_ms, .. } => (
             Box::new(
                 HttpSnapshot::new(url, Duration::from_millis(*timeout_ms))
-                    .map_err(|e| bad_input(format!("source.url: {e}")))?
+                    .map_err(|e| bad_input(format!("{}: {e}", key("url"))))?
                     .with_limits(limits),
             ),
             *fps,
@@ -103,7 +114,7 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
         SourceConfig::Camera { device, width, height, fps, format, .. } => {
             let format = match format.as_deref() {
                 None => crate::camera::PixelFormat::Mjpeg,
-                Some(f) => f.parse().map_err(|e| bad_input(format!("source.format: {e}")))?,
+                Some(f) => f.parse().map_err(|e| bad_input(format!("{}: {e}", key("format"))))?,
             };
             let (w, h) = (width.unwrap_or(640), height.unwrap_or(480));
             (Box::new(crate::camera::V4l2Camera::new(device, w, h, *fps, format).with_limits(limits)), *fps)
@@ -118,7 +129,7 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
             let timeout = Duration::from_millis(*timeout_ms);
             let file = password_file.as_deref();
             let s = crate::rtsp::RtspSettings::new(url, file, *transport, timeout, limits);
-            (rtsp_source(s.map_err(bad_input)?)?, *fps)
+            (rtsp_source(s.map_err(bad_input)?, &key("url"))?, *fps)
         }
     })
 }
@@ -127,12 +138,12 @@ fn make_source(cfg: &Config) -> Result<(Box<dyn FrameSource>, f32)> {
 /// yet is not an error here (it is reported lost and retried); one that answers with only
 /// codecs we cannot decode is a setting to fix, refused like a bad key.
 #[cfg(feature = "rtsp")]
-fn rtsp_source(settings: crate::rtsp::RtspSettings) -> Result<Box<dyn FrameSource>> {
+fn rtsp_source(settings: crate::rtsp::RtspSettings, key: &str) -> Result<Box<dyn FrameSource>> {
     use crate::rtsp::client::{probe, Fault, RtspCamera};
     match probe(&settings) {
         Ok(codec) => tracing::info!("camera {}: offers {codec:?}", settings.url.url),
         Err(Fault::Unsupported(m)) => {
-            return Err(bad_input(format!("source.url {}: {m}", settings.url.url)))
+            return Err(bad_input(format!("{key} {}: {m}", settings.url.url)))
         }
         Err(Fault::Lost(m)) => tracing::warn!("camera {} not reachable yet: {m}", settings.url.url),
     }
@@ -140,7 +151,7 @@ fn rtsp_source(settings: crate::rtsp::RtspSettings) -> Result<Box<dyn FrameSourc
 }
 
 #[cfg(not(feature = "rtsp"))]
-fn rtsp_source(settings: crate::rtsp::RtspSettings) -> Result<Box<dyn FrameSource>> {
+fn rtsp_source(settings: crate::rtsp::RtspSettings, _key: &str) -> Result<Box<dyn FrameSource>> {
     Err(bad_input(format!(
         "source.kind = \"rtsp\" ({}): this build has no RTSP support (cargo feature `rtsp`)",
         settings.url.url
@@ -160,7 +171,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         f(&ex);
     }
     let settings = cfg.mqtt.settings(&cfg.device_id)?;
-    let (src, fps) = make_source(&cfg)?;
+    let sources = make_sources(&cfg)?;
     let spool = Spool::open(&cfg.spool.path, cfg.spool.max_bytes, cfg.spool.fsync)
         .map_err(|e| bad_input(format!("spool.path: {e}")))?;
     if let Some((to, why)) = spool.recovered_from() {
@@ -171,7 +182,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         );
     }
     let depth = spool.len();
-    let source_name = src.describe();
+    let source_name: Vec<String> = sources.iter().map(|(s, _)| s.describe()).collect();
+    let source_name = source_name.join(", ");
     let sha_short: String = ex.model.sha256.chars().take(12).collect();
     tracing::info!(
         "inspectd {} on {}: model {} {} (sha256 {sha_short}), variant {}, layer {}, source {source_name}, broker {}:{}{}, {depth} message(s) waiting in the spool",
@@ -201,6 +213,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let spool_thread = sup
         .thread("spool", spool_body)
         .context("starting the spool thread")?;
+    let cameras = cfg
+        .camera_list()
+        .iter()
+        .zip(&sources)
+        .map(|(c, (src, _))| {
+            let triggered = c.source.trigger() == Trigger::Triggered;
+            let mut cam = Camera::new(c.name.map(str::to_string), triggered, src.describe());
+            cam.roi = c.roi.cloned();
+            cam.ignore_zones = c.ignore_zones.map(<[_]>::to_vec);
+            cam
+        })
+        .collect::<Vec<_>>();
+    let any_triggered = cameras.iter().any(|c| c.triggered);
     let shared = Arc::new(Shared {
         device: Device {
             id: cfg.device_id.clone(),
@@ -210,12 +235,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         stats: StatsCell::default(),
         spool,
         health: Default::default(),
-        slot: LatestSlot::default(),
+        frames: FrameBoard::new(cameras.len()),
+        cameras,
+        trigger_camera: cfg.plc_camera(),
         stop: stop.clone(),
-        inbox: Inbox::new(
-            cfg.source.trigger() == Trigger::Triggered,
-            cfg.verdict.clone(),
-        ),
+        inbox: Inbox::new(any_triggered, cfg.verdict.clone()),
     });
 
     let publish_ok = cfg.mqtt.publish_ok;
@@ -234,10 +258,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let inference = sup
         .thread("inference", move || pipeline::inference_loop(sh, ex, setup))
         .context("starting the inference thread")?;
-    let sh = shared.clone();
-    let source = sup
-        .thread("source", move || pipeline::source_loop(sh, src, fps))
-        .context("starting the source thread")?;
+    let mut source = vec![];
+    for (i, (src, fps)) in sources.into_iter().enumerate() {
+        let sh = shared.clone();
+        // One thread per camera; the first keeps the name `source` (logs, fault injection).
+        let name: &'static str = match (i, &shared.cameras[i].name) {
+            (0, _) | (_, None) => "source",
+            (_, Some(n)) => Box::leak(format!("source {n}").into_boxed_str()),
+        };
+        source.push(
+            sup.thread(name, move || pipeline::source_loop(sh, i, src, fps))
+                .with_context(|| format!("starting the source thread of camera {i}"))?,
+        );
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let publisher = sup.task(
@@ -310,7 +343,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     crate::sdnotify::notify("STOPPING=1\nSTATUS=draining the spool");
     tracing::info!("stopping: source, inference, then draining the spool");
     let joined = tokio::task::spawn_blocking(move || {
-        let _ = source.join();
+        for s in source {
+            let _ = s.join();
+        }
         let _ = inference.join();
     });
     let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;

@@ -39,7 +39,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     r.register(
         "inspectd_frames_dropped",
         "Stale frames replaced before inference",
-        ConstCounter::new(shared.slot.dropped()),
+        ConstCounter::new(shared.frames.dropped_total()),
     );
     r.register(
         "inspectd_bad_frames",

@@ -1,9 +1,11 @@
-//! The two CPU threads: the source thread fills the latest-frame slot (a stale frame is
-//! replaced and counted, never queued); the inference thread explains each frame, decides the
-//! verdict and writes it to the spool, which is the bounded buffer towards the publisher (it
-//! drops `ok` verdicts first when full and counts every drop). CPU work stays on these two OS
-//! threads, never on tokio. What they share is in [`crate::shared`].
+//! The CPU threads: a source thread per camera fills that camera's latest-frame slot (a stale
+//! frame is replaced and counted, never queued); the one inference thread takes the cameras'
+//! frames round-robin, explains each, decides the verdict and writes it to the spool, which is
+//! the bounded buffer towards the publisher (it drops `ok` verdicts first when full and counts
+//! every drop). CPU work stays on these OS threads, never on tokio. What they share is in
+//! [`crate::shared`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,8 @@ pub fn spool_full_alert(device: &str, topic: String, dropped: u64) -> Message {
 /// does not decode (empty, garbage, larger than the source's limits) is skipped and counted;
 /// `max_bad_frames` of them in a row mean the camera is broken, and it is reported lost like one
 /// that does not answer.
-pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32) {
+/// `cam` is the camera's index in [`Shared::cameras`]: its frames, state and alerts.
+pub fn source_loop(shared: Arc<Shared>, cam: usize, mut src: Box<dyn FrameSource>, fps: f32) {
     // Config::check keeps fps at 0 or within 0.01..=1000; a bad value still must not panic here.
     let period = if fps.is_finite() && fps > 0.0 {
         Duration::try_from_secs_f64(1.0 / fps as f64).unwrap_or(Duration::from_secs(100))
@@ -64,13 +67,15 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
         }
         next_due = now + period;
         let next = src.next_frame();
-        shared.slot.count_dropped(src.take_dropped());
+        shared.frames.count_dropped(cam, src.take_dropped());
+        let camera = &shared.cameras[cam];
         let lost = match next {
             Ok(f) => {
                 bad_in_a_row = 0;
-                if shared.status.set_camera_ok(true) {
+                if shared.set_camera_ok(cam, true) {
                     tracing::info!("source {} recovered", src.describe());
-                    shared.alert(shared.device.new_alert(
+                    shared.alert(shared.camera_alert(
+                        cam,
                         "camera_recovered",
                         "info",
                         &format!("source {} is back", src.describe()),
@@ -78,12 +83,14 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
                 }
                 backoff.reset();
                 shared.stats.lock().frames += 1;
-                shared.slot.put(f);
+                camera.frames.fetch_add(1, Ordering::Relaxed);
+                shared.frames.put(cam, f);
                 None
             }
             Err(SourceError::BadFrame(m)) => {
                 tracing::warn!("bad frame: {m}");
                 shared.stats.lock().bad_frames += 1;
+                camera.bad_frames.fetch_add(1, Ordering::Relaxed);
                 bad_in_a_row = bad_in_a_row.saturating_add(1);
                 (bad_in_a_row >= max_bad)
                     .then(|| format!("{bad_in_a_row} bad frames in a row, the last: {m}"))
@@ -91,11 +98,11 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
             Err(SourceError::Lost(m)) => Some(m),
         };
         if let Some(m) = lost {
-            if shared.status.set_camera_ok(false) {
+            if shared.set_camera_ok(cam, false) {
                 tracing::warn!("source lost: {m}");
                 shared.alert(v1::Alert {
                     source: Some(src.describe()),
-                    ..shared.device.new_alert("camera_lost", "critical", &m)
+                    ..shared.camera_alert(cam, "camera_lost", "critical", &m)
                 });
             }
             let d = backoff.next_delay();
@@ -132,9 +139,23 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The inference loop: frame → tensor → forward → CAM → verdict → spool.
+/// A trigger being served: its request, and when it gives up waiting for a frame.
+struct Pending {
+    req: crate::shared::TriggerReq,
+    deadline: Instant,
+}
+
+/// The inference loop: frame → tensor → forward → CAM → verdict → spool. One thread for every
+/// camera: it takes the cameras' frames round-robin (after the camera it served last, the next
+/// that has a frame ready), so a camera that floods cannot starve another. Triggers are served
+/// one at a time in their order, each on the first frame its camera captures after it, while
+/// the continuous cameras go on.
 pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSetup) {
+    use crate::shared::TriggerError;
     let mut ok_count: u64 = 0;
+    let n = shared.cameras.len();
+    let mut next = 0;
+    let mut pending: Option<Pending> = None;
     while !shared.stopping() {
         crate::tasks::fault_point("inference");
         // Every turn of this loop (a frame, or a 200 ms wait for one) proves inference is
@@ -161,76 +182,97 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
                 }
             }
         }
-        if shared.inbox.triggered() {
-            if let Some(req) = shared.inbox.wait_trigger(Duration::from_millis(200)) {
-                triggered(&shared, &ex, &setup, req, &mut ok_count);
+        if pending.is_none() {
+            pending = shared.inbox.next_trigger().and_then(|req| {
+                // Refused if the box is paused or the camera lost by now.
+                let refused = if shared.status.paused() {
+                    Some(TriggerError::Paused)
+                } else if !shared.cameras[req.camera].ok() {
+                    Some(TriggerError::CameraLost)
+                } else {
+                    None
+                };
+                if let Some(e) = refused {
+                    req.reply.answer(Err(e));
+                    return None;
+                }
+                // The part is in front of the camera now: use a frame captured after it.
+                shared.frames.clear(req.camera);
+                let deadline = req.at + setup.trigger_timeout;
+                Some(Pending { req, deadline })
+            });
+        }
+        if let Some(p) = pending.take() {
+            pending = still_waiting(&shared, &setup, p);
+        }
+        let want = pending.as_ref().map(|p| p.req.camera);
+        let wait = pending.as_ref().map_or(Duration::from_millis(200), |p| {
+            p.deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200))
+        });
+        let taken = shared.frames.take_next(
+            next,
+            |i| !shared.cameras[i].triggered || want == Some(i),
+            wait,
+        );
+        let Some((cam, frame)) = taken else {
+            continue;
+        };
+        next = (cam + 1) % n;
+        if want == Some(cam) {
+            if let Some(p) = pending.take_if(|p| frame.captured >= p.req.at) {
+                let crate::shared::TriggerReq { part_id, reply, .. } = p.req;
+                let r = guarded(
+                    &shared,
+                    &ex,
+                    &setup,
+                    cam,
+                    frame,
+                    Some(part_id),
+                    &mut ok_count,
+                );
+                reply.answer(r.map_err(TriggerError::Model));
             }
             continue;
         }
-        let Some(frame) = shared.slot.take(Duration::from_millis(200)) else {
-            continue;
-        };
         if shared.status.paused() {
             continue;
         }
-        let _ = guarded(&shared, &ex, &setup, frame, None, &mut ok_count);
+        let _ = guarded(&shared, &ex, &setup, cam, frame, None, &mut ok_count);
     }
 }
 
-/// One trigger: refused if the box is paused or the camera lost by now; otherwise the first
-/// frame captured after the trigger, within `trigger_timeout_ms` of it, is inspected. The
-/// trigger's reply gets the verdict or the reason there is none.
-fn triggered(
-    shared: &Shared,
-    ex: &Explainer,
-    setup: &InferenceSetup,
-    req: crate::shared::TriggerReq,
-    ok_count: &mut u64,
-) {
+/// A trigger still waiting for its frame, or `None` once it was answered: past its deadline
+/// (`trigger_timeout` alert), the daemon stopping, or its camera lost meanwhile (no frame
+/// will come; say so rather than time out).
+fn still_waiting(shared: &Shared, setup: &InferenceSetup, p: Pending) -> Option<Pending> {
     use crate::shared::TriggerError;
-    let crate::shared::TriggerReq { part_id, at, reply } = req;
-    if shared.status.paused() {
-        return reply.answer(Err(TriggerError::Paused));
+    let cam = p.req.camera;
+    if Instant::now() >= p.deadline {
+        let ms = setup.trigger_timeout.as_millis() as u64;
+        let part_id = &p.req.part_id;
+        shared.alert(v1::Alert {
+            part_id: Some(Some(part_id.clone())),
+            ..shared.camera_alert(
+                cam,
+                "trigger_timeout",
+                "warning",
+                &format!("no frame within {ms} ms of the trigger for part {part_id}"),
+            )
+        });
+        p.req.reply.answer(Err(TriggerError::Timeout(ms)));
+        return None;
     }
-    if !shared.status.camera_ok() {
-        return reply.answer(Err(TriggerError::CameraLost));
+    if shared.stopping() {
+        p.req.reply.answer(Err(TriggerError::Stopping));
+        return None;
     }
-    // The part is in front of the camera now: use a frame captured after the trigger.
-    shared.slot.clear();
-    let deadline = at + setup.trigger_timeout;
-    let frame = loop {
-        let now = Instant::now();
-        if now >= deadline {
-            let ms = setup.trigger_timeout.as_millis() as u64;
-            shared.alert(v1::Alert {
-                part_id: Some(Some(part_id.clone())),
-                ..shared.device.new_alert(
-                    "trigger_timeout",
-                    "warning",
-                    &format!("no frame within {ms} ms of the trigger for part {part_id}"),
-                )
-            });
-            return reply.answer(Err(TriggerError::Timeout(ms)));
-        }
-        // Waiting for the frame is a turn of the loop too: inference is not stalled.
-        shared.health.inference_beat();
-        if shared.stopping() {
-            return reply.answer(Err(TriggerError::Stopping));
-        }
-        // Lost while waiting: no frame will come; say so rather than time out.
-        if !shared.status.camera_ok() {
-            return reply.answer(Err(TriggerError::CameraLost));
-        }
-        match shared
-            .slot
-            .take((deadline - now).min(Duration::from_millis(200)))
-        {
-            Some(f) if f.captured >= at => break f,
-            _ => {}
-        }
-    };
-    let r = guarded(shared, ex, setup, frame, Some(part_id), ok_count);
-    reply.answer(r.map_err(TriggerError::Model));
+    if !shared.cameras[cam].ok() {
+        p.req.reply.answer(Err(TriggerError::CameraLost));
+        return None;
+    }
+    Some(p)
 }
 
 /// One frame, with a panic in it (a tensor shape, a head op) caught: it becomes a
@@ -239,29 +281,30 @@ fn guarded(
     shared: &Shared,
     ex: &Explainer,
     setup: &InferenceSetup,
+    cam: usize,
     frame: Frame,
     part_id: Option<String>,
     ok_count: &mut u64,
 ) -> Result<Inspected, String> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        process(shared, ex, setup, frame, part_id, ok_count)
+        process(shared, ex, setup, cam, frame, part_id, ok_count)
     }));
     match r {
         Ok(r) => r,
         Err(p) => {
             let e = anyhow::anyhow!("panicked: {}", crate::tasks::panic_text(&*p));
-            Err(model_error(shared, "inference on a frame", &e))
+            Err(model_error(shared, cam, "inference on a frame", &e))
         }
     }
 }
 
 /// Counts and alerts a failure of the model on one frame (the loop goes on with the next);
 /// returns what the alert says.
-fn model_error(shared: &Shared, stage: &str, e: &anyhow::Error) -> String {
+fn model_error(shared: &Shared, cam: usize, stage: &str, e: &anyhow::Error) -> String {
     let text = format!("{stage} failed: {e:#}");
     tracing::error!("{text}");
     shared.stats.lock().errors += 1;
-    shared.alert(shared.device.new_alert("model_error", "critical", &text));
+    shared.alert(shared.camera_alert(cam, "model_error", "critical", &text));
     text
 }
 
@@ -269,10 +312,12 @@ fn process(
     shared: &Shared,
     ex: &Explainer,
     setup: &InferenceSetup,
+    cam: usize,
     frame: Frame,
     part_id: Option<String>,
     ok_count: &mut u64,
 ) -> Result<Inspected, String> {
+    let camera = &shared.cameras[cam];
     let queued = frame.captured.elapsed();
     let t0 = Instant::now();
     let spec = &ex.model.input;
@@ -281,11 +326,12 @@ fn process(
     let t_pre = t0.elapsed();
     let fwd = match ex.forward(&input) {
         Ok(f) => f,
-        Err(e) => return Err(model_error(shared, "forward pass", &e)),
+        Err(e) => return Err(model_error(shared, cam, "forward pass", &e)),
     };
     let t1 = Instant::now();
     // Decide which class the verdict is about first, then explain that class.
-    let rules = shared.inbox.rules();
+    // The box's rules, with this camera's own ROI and ignore zones.
+    let rules = camera.rules(shared.inbox.rules());
     let labels = &ex.model.output.labels;
     let ok_idx = ex
         .model
@@ -296,7 +342,7 @@ fn process(
     let (class, _, _) = crate::verdict::target(&rules, &ex.scores(&fwd.logits), ok_idx);
     let e = match ex.explain_forward(&input, &fwd, &ClassChoice::Index(class), setup.method) {
         Ok(e) => e,
-        Err(err) => return Err(model_error(shared, "CAM", &err)),
+        Err(err) => return Err(model_error(shared, cam, "CAM", &err)),
     };
     let t_cam = t1.elapsed();
     let t2 = Instant::now();
@@ -345,6 +391,7 @@ fn process(
     let reasons: Vec<v1::Reason> = d.reasons.iter().map(v1::Reason::from).collect();
     // The verdict with seq 0: the spool's owner puts the real one in when it stores it.
     let mut v = v1::Verdict {
+        camera: camera.name.clone(),
         cam: v1::Cam {
             class: e.class,
             h,
@@ -433,7 +480,8 @@ fn process(
                 part_id: Some(part_id),
                 reasons: Some(v.reasons.clone()),
                 seq: Some(seq),
-                ..shared.device.new_alert(
+                ..shared.camera_alert(
+                    cam,
                     "suspect",
                     "warning",
                     &format!(
@@ -450,6 +498,7 @@ fn process(
     {
         let mut st = shared.stats.lock();
         st.verdicts[kind_ix] += 1;
+        camera.verdicts[kind_ix].fetch_add(1, Ordering::Relaxed);
         if !publish {
             st.unpublished_ok += 1;
         }

@@ -163,10 +163,70 @@ pub struct Shared {
     /// The spool's owner thread (every spool read and write goes through it).
     pub spool: SpoolHandle,
     pub health: Health,
-    pub slot: LatestSlot,
+    /// The box's cameras, in config order (one, unnamed, for a plain `[source]`).
+    pub cameras: Vec<Camera>,
+    /// Each camera's latest frame.
+    pub frames: FrameBoard,
+    /// The camera `trigger` (the PLC, OPC UA) inspects with: `plc.camera`, or the first
+    /// triggered one; `None` when every camera inspects continuously.
+    pub trigger_camera: Option<usize>,
     pub stop: Arc<AtomicBool>,
     /// The commands for the inference thread.
     pub inbox: Inbox,
+}
+
+/// One camera at run time: its name, its trigger mode, its zones, its state and counters.
+pub struct Camera {
+    /// `None` for the one camera of a plain `[source]` table: then messages carry no `camera`.
+    pub name: Option<String>,
+    /// Inspected on triggers only (`trigger = "triggered"`).
+    pub triggered: bool,
+    /// The source, as its thread describes it (no password).
+    pub source: String,
+    /// Its own ROI and ignore zones, in place of the `[verdict]` ones.
+    pub roi: Option<crate::verdict::Polygon>,
+    pub ignore_zones: Option<Vec<crate::verdict::Zone>>,
+    ok: AtomicBool,
+    pub frames: AtomicU64,
+    pub bad_frames: AtomicU64,
+    /// Verdicts on its frames: ok, defect, suspect.
+    pub verdicts: [AtomicU64; 3],
+}
+
+impl Camera {
+    pub fn new(name: Option<String>, triggered: bool, source: String) -> Camera {
+        Camera {
+            name,
+            triggered,
+            source,
+            roi: None,
+            ignore_zones: None,
+            ok: AtomicBool::new(true),
+            frames: AtomicU64::new(0),
+            bad_frames: AtomicU64::new(0),
+            verdicts: Default::default(),
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// The rules for this camera's frames: `rules` with its own ROI and zones where it has them.
+    pub fn rules(&self, mut rules: Rules) -> Rules {
+        if let Some(roi) = &self.roi {
+            rules.roi = Some(roi.clone());
+        }
+        if let Some(z) = &self.ignore_zones {
+            rules.ignore_zones = z.clone();
+        }
+        rules
+    }
+
+    /// `name` for messages of the camera (`None`: a box with one unnamed camera).
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "camera".into())
+    }
 }
 
 impl Shared {
@@ -185,74 +245,215 @@ impl Shared {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// A trigger from any path: queued for the inference thread, or refused at once (paused,
-    /// camera lost, continuous box, queue full, stopping). Either way `reply` gets exactly one
-    /// answer; the refusal is also returned.
+    /// A trigger from any path, for the default camera ([`Shared::trigger_camera`]: the PLC's):
+    /// queued for the inference thread, or refused at once (paused, camera lost, continuous
+    /// box, queue full, stopping). Either way `reply` gets exactly one answer; the refusal is
+    /// also returned.
     pub fn trigger(&self, part_id: String, reply: Reply) -> Result<(), TriggerError> {
-        let reply = reply.counted(self.inbox.answers.clone());
-        let refused = if self.stopping() {
-            Some(TriggerError::Stopping)
-        } else if !self.inbox.triggered {
-            Some(TriggerError::Continuous)
-        } else if self.status.paused() {
-            Some(TriggerError::Paused)
-        } else if !self.status.camera_ok() {
-            Some(TriggerError::CameraLost)
-        } else {
-            None
+        self.trigger_at(self.trigger_camera, part_id, reply)
+    }
+
+    /// A trigger for the camera named `camera` (MQTT `cmd/trigger`'s `camera`). Without a
+    /// name: the box's one triggered camera; with several triggered cameras the name is
+    /// required (refused otherwise, naming them).
+    pub fn trigger_named(
+        &self,
+        camera: Option<&str>,
+        part_id: String,
+        reply: Reply,
+    ) -> Result<(), TriggerError> {
+        let names = |triggered_only: bool| -> String {
+            let n: Vec<String> = self
+                .cameras
+                .iter()
+                .filter(|c| c.triggered || !triggered_only)
+                .map(Camera::label)
+                .collect();
+            n.join(", ")
         };
-        if let Some(e) = refused {
-            reply.answer(Err(e.clone()));
-            return Err(e);
+        let target = match camera {
+            Some(n) => match self
+                .cameras
+                .iter()
+                .position(|c| c.name.as_deref() == Some(n))
+            {
+                Some(i) => Ok(Some(i)),
+                None => Err(TriggerError::Camera(format!(
+                    "no camera {n:?} on this box (cameras: {})",
+                    names(false)
+                ))),
+            },
+            None => {
+                let mut t = (0..self.cameras.len()).filter(|&i| self.cameras[i].triggered);
+                match (t.next(), t.next()) {
+                    (one, None) => Ok(one),
+                    _ => Err(TriggerError::Camera(format!(
+                        "this box has several triggered cameras: name one ({})",
+                        names(true)
+                    ))),
+                }
+            }
+        };
+        match target {
+            Ok(i) => self.trigger_at(i, part_id, reply),
+            Err(e) => {
+                reply
+                    .counted(self.inbox.answers.clone())
+                    .answer(Err(e.clone()));
+                Err(e)
+            }
         }
-        self.inbox.trigger(TriggerReq {
+    }
+
+    fn trigger_at(
+        &self,
+        camera: Option<usize>,
+        part_id: String,
+        reply: Reply,
+    ) -> Result<(), TriggerError> {
+        let reply = reply.counted(self.inbox.answers.clone());
+        let cam = camera.and_then(|i| self.cameras.get(i).map(|c| (i, c)));
+        let refused = match cam {
+            _ if self.stopping() => Err(TriggerError::Stopping),
+            None => Err(TriggerError::Continuous),
+            Some((_, c)) if !c.triggered => Err(TriggerError::Continuous),
+            Some(_) if self.status.paused() => Err(TriggerError::Paused),
+            Some((_, c)) if !c.ok() => Err(TriggerError::CameraLost),
+            Some((i, _)) => Ok(i),
+        };
+        let camera = match refused {
+            Ok(i) => i,
+            Err(e) => {
+                reply.answer(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let r = self.inbox.trigger(TriggerReq {
             part_id,
+            camera,
             at: reply.at,
             reply,
-        })
+        });
+        // The inference thread may be waiting for frames: it takes the trigger now.
+        self.frames.wake();
+        r
     }
-}
 
-/// Holds at most one frame: the newest. `put` replaces an unread frame (counted as dropped).
-#[derive(Default)]
-pub struct LatestSlot {
-    frame: Mutex<Option<Frame>>,
-    ready: Condvar,
-    dropped: AtomicU64,
-}
-
-impl LatestSlot {
-    /// Stores a frame, dropping (and counting) any frame not yet taken. Never blocks.
-    pub fn put(&self, f: Frame) {
-        let mut g = self.frame.lock().unwrap_or_else(|e| e.into_inner());
-        if g.replace(f).is_some() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Sets camera `i`'s state and the box's (`ok` when every camera is); true when the
+    /// camera's changed (the publisher is then woken: the status shows it).
+    pub fn set_camera_ok(&self, i: usize, ok: bool) -> bool {
+        let changed = self.cameras[i].ok.swap(ok, Ordering::SeqCst) != ok;
+        if changed {
+            let all = self.cameras.iter().all(Camera::ok);
+            if !self.status.set_camera_ok(all) {
+                self.status.changed();
+            }
         }
-        self.ready.notify_one();
+        changed
     }
 
-    /// Takes the frame, waiting up to `timeout` for one.
-    pub fn take(&self, timeout: Duration) -> Option<Frame> {
-        let g = self.frame.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut g, _) = self
-            .ready
-            .wait_timeout_while(g, timeout, |f| f.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        g.take()
+    /// Messages name their camera when the box's cameras have names.
+    pub fn named_cameras(&self) -> bool {
+        self.cameras.iter().any(|c| c.name.is_some())
     }
 
-    /// Counts frames a source let go before they reached the slot (a streaming camera's).
-    pub fn count_dropped(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
+    /// An alert about camera `i` (its `camera` set when it has a name).
+    pub fn camera_alert(&self, i: usize, kind: &str, severity: &str, message: &str) -> v1::Alert {
+        v1::Alert {
+            camera: self.cameras[i].name.clone(),
+            ..self.device.new_alert(kind, severity, message)
+        }
+    }
+}
+
+/// Each camera's latest frame: at most one per camera, the newest. `put` replaces an unread
+/// frame (counted as that camera's dropped frame) and never blocks. One lock and one condvar for
+/// all cameras, so the inference thread waits for "any camera has a frame" and takes them
+/// round-robin ([`FrameBoard::take_next`]).
+pub struct FrameBoard {
+    frames: Mutex<Vec<Option<Frame>>>,
+    ready: Condvar,
+    dropped: Vec<AtomicU64>,
+}
+
+impl FrameBoard {
+    pub fn new(cameras: usize) -> FrameBoard {
+        FrameBoard {
+            frames: Mutex::new((0..cameras).map(|_| None).collect()),
+            ready: Condvar::new(),
+            dropped: (0..cameras).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 
-    /// Discards a waiting frame without counting it (a trigger wants a fresh one).
-    pub fn clear(&self) {
-        self.frame.lock().unwrap_or_else(|e| e.into_inner()).take();
+    fn lock(&self) -> MutexGuard<'_, Vec<Option<Frame>>> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// Stores camera `cam`'s frame, dropping (and counting) its frame not yet taken.
+    pub fn put(&self, cam: usize, f: Frame) {
+        if self.lock()[cam].replace(f).is_some() {
+            self.dropped[cam].fetch_add(1, Ordering::Relaxed);
+        }
+        self.ready.notify_all();
+    }
+
+    /// Takes a frame from the first camera, from `start` on (wrapping), that `want`s one and has
+    /// one, waiting up to `timeout` for one. Starting after the camera served last makes it
+    /// round-robin: a camera that always has a frame ready cannot starve another.
+    pub fn take_next(
+        &self,
+        start: usize,
+        want: impl Fn(usize) -> bool,
+        timeout: Duration,
+    ) -> Option<(usize, Frame)> {
+        let until = Instant::now() + timeout;
+        let mut g = self.lock();
+        let n = g.len();
+        loop {
+            for k in 0..n {
+                let i = (start + k) % n;
+                if want(i) {
+                    if let Some(f) = g[i].take() {
+                        return Some((i, f));
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= until {
+                return None;
+            }
+            g = self
+                .ready
+                .wait_timeout(g, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes a waiting [`FrameBoard::take_next`] (a trigger came: what it wants changed).
+    pub fn wake(&self) {
+        let _g = self.lock();
+        self.ready.notify_all();
+    }
+
+    /// Counts frames camera `cam`'s source let go before they reached the board.
+    pub fn count_dropped(&self, cam: usize, n: u64) {
+        self.dropped[cam].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Discards camera `cam`'s waiting frame without counting it (a trigger wants a fresh one).
+    pub fn clear(&self, cam: usize) {
+        self.lock()[cam].take();
+    }
+
+    /// Camera `cam`'s dropped frames.
+    pub fn dropped(&self, cam: usize) -> u64 {
+        self.dropped[cam].load(Ordering::Relaxed)
+    }
+
+    /// Every camera's dropped frames.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(|d| d.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -296,6 +497,8 @@ pub struct Stats {
 /// in front of the camera, when the trigger came, and where its one answer goes.
 pub struct TriggerReq {
     pub part_id: String,
+    /// The camera to inspect with (index in [`Shared::cameras`]).
+    pub camera: usize,
     pub at: Instant,
     pub reply: Reply,
 }
@@ -318,10 +521,12 @@ pub enum TriggerError {
     QueueFull,
     /// The daemon is stopping.
     Stopping,
+    /// The trigger names no camera of the box, or none where several are triggered.
+    Camera(String),
 }
 
 /// How a trigger was answered, as `/metrics` counts it (`inspectd_trigger_answers{answer}`).
-pub const TRIGGER_ANSWERS: [&str; 8] = [
+pub const TRIGGER_ANSWERS: [&str; 9] = [
     "verdict",
     "paused",
     "camera_lost",
@@ -330,6 +535,7 @@ pub const TRIGGER_ANSWERS: [&str; 8] = [
     "queue_full",
     "continuous",
     "stopping",
+    "bad_camera",
 ];
 
 /// Triggers answered so far, by [`TRIGGER_ANSWERS`].
@@ -346,6 +552,7 @@ impl TriggerError {
             TriggerError::QueueFull => 5,
             TriggerError::Continuous => 6,
             TriggerError::Stopping => 7,
+            TriggerError::Camera(_) => 8,
         }
     }
 
@@ -359,7 +566,8 @@ impl TriggerError {
             TriggerError::Continuous
             | TriggerError::Paused
             | TriggerError::QueueFull
-            | TriggerError::Stopping => 4,
+            | TriggerError::Stopping
+            | TriggerError::Camera(_) => 4,
         }
     }
 }
@@ -377,6 +585,7 @@ impl std::fmt::Display for TriggerError {
             TriggerError::Timeout(ms) => write!(f, "no frame within {ms} ms of the trigger"),
             TriggerError::QueueFull => write!(f, "busy: trigger queue full ({MAX_TRIGGERS})"),
             TriggerError::Stopping => write!(f, "the daemon is stopping"),
+            TriggerError::Camera(m) => write!(f, "{m}"),
         }
     }
 }
@@ -545,8 +754,9 @@ impl Inbox {
         self.reload.1.try_recv().ok()
     }
 
-    pub(crate) fn wait_trigger(&self, timeout: Duration) -> Option<TriggerReq> {
-        self.triggers.1.recv_timeout(timeout).ok()
+    /// The oldest trigger waiting, if any.
+    pub(crate) fn next_trigger(&self) -> Option<TriggerReq> {
+        self.triggers.1.try_recv().ok()
     }
 }
 
@@ -566,24 +776,60 @@ mod tests {
     }
 
     #[test]
-    fn the_slot_keeps_only_the_newest_frame_and_counts_the_rest() {
-        let slot = LatestSlot::default();
-        slot.put(frame("a"));
-        slot.put(frame("b"));
-        slot.put(frame("c"));
-        assert_eq!(slot.dropped(), 2);
-        assert_eq!(slot.take(Duration::from_millis(1)).unwrap().origin, "c");
-        assert!(slot.take(Duration::from_millis(1)).is_none());
+    fn the_board_keeps_only_each_cameras_newest_frame_and_counts_the_rest() {
+        let board = FrameBoard::new(2);
+        board.put(0, frame("a"));
+        board.put(0, frame("b"));
+        board.put(0, frame("c"));
+        board.put(1, frame("x"));
+        assert_eq!((board.dropped(0), board.dropped(1)), (2, 0));
+        assert_eq!(board.dropped_total(), 2);
+        let all = |_| true;
+        let got = board.take_next(0, all, Duration::from_millis(1)).unwrap();
+        assert_eq!((got.0, got.1.origin.as_str()), (0, "c"));
+        let got = board.take_next(0, all, Duration::from_millis(1)).unwrap();
+        assert_eq!((got.0, got.1.origin.as_str()), (1, "x"));
+        assert!(board.take_next(0, all, Duration::from_millis(1)).is_none());
+    }
+
+    #[test]
+    fn a_camera_that_always_has_a_frame_does_not_starve_another() {
+        let board = FrameBoard::new(2);
+        let mut served = [0; 2];
+        let mut next = 0;
+        for round in 0..10 {
+            // Camera 0 floods (a frame before every take); camera 1 has one every other turn.
+            board.put(0, frame("flood"));
+            if round % 2 == 0 {
+                board.put(1, frame("slow"));
+            }
+            let (i, _) = board
+                .take_next(next, |_| true, Duration::from_millis(1))
+                .unwrap();
+            served[i] += 1;
+            next = (i + 1) % 2;
+        }
+        assert_eq!(served, [5, 5], "the slow camera gets every frame it has");
+        // A camera nobody wants (triggered, no trigger) is never taken.
+        board.put(1, frame("idle"));
+        let got = board.take_next(0, |i| i == 0, Duration::from_millis(1));
+        assert_eq!(got.map(|(i, _)| i), Some(0));
+        assert!(board
+            .take_next(0, |i| i == 0, Duration::from_millis(1))
+            .is_none());
     }
 
     #[test]
     fn a_waiting_reader_gets_the_next_frame() {
-        let slot = Arc::new(LatestSlot::default());
-        let s2 = slot.clone();
-        let t = std::thread::spawn(move || s2.take(Duration::from_secs(5)).map(|f| f.origin));
+        let board = Arc::new(FrameBoard::new(2));
+        let b2 = board.clone();
+        let t = std::thread::spawn(move || {
+            b2.take_next(0, |_| true, Duration::from_secs(5))
+                .map(|(i, f)| (i, f.origin))
+        });
         std::thread::sleep(Duration::from_millis(50));
-        slot.put(frame("x"));
-        assert_eq!(t.join().unwrap().as_deref(), Some("x"));
+        board.put(1, frame("x"));
+        assert_eq!(t.join().unwrap(), Some((1, "x".into())));
     }
 
     #[test]
@@ -616,7 +862,7 @@ mod tests {
             ]
         );
         let n: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        assert_eq!(n, [1, 1, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(n, [1, 1, 0, 0, 0, 0, 0, 1, 0]);
     }
 
     #[test]

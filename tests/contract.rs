@@ -53,6 +53,7 @@ fn every_message_the_edge_publishes_is_its_contract_type_and_the_supervisor_acce
         ..Default::default()
     });
     let trigger = v1::Command::Trigger(v1::Trigger {
+        camera: None,
         id: Some("contract-trigger".into()),
         part_id: "P-1".into(),
     });

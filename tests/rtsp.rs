@@ -8,79 +8,17 @@
 #![cfg(feature = "rtsp")]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use inspectd::config::Config;
 
 mod common;
 use common::{await_recovered, broker, collect, replay_config, root, Daemon};
-
-/// A running `tests/rtsp_server.py`; killed (SIGKILL, like a camera losing power) on drop.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-}
-
-impl Server {
-    /// Starts the server on a free port with `args` (mounts and options), its clips encoded into
-    /// `clips` (kept there, so a restart serves the same bytes without encoding again).
-    fn start(clips: &Path, args: &[String]) -> Server {
-        let mut s = Server {
-            child: None,
-            port: common::free_port(),
-            args: [
-                vec!["--dir".to_string(), clips.display().to_string()],
-                args.to_vec(),
-            ]
-            .concat(),
-        };
-        s.restart();
-        s
-    }
-
-    /// (Re)starts the server on its port; returns once it listens.
-    fn restart(&mut self) {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(root().join("tests/rtsp_server.py"))
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting /usr/bin/python3 tests/rtsp_server.py (scripts/test installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("ready"),
-            "the RTSP server did not start (said {line:?}); run scripts/test to install what it needs"
-        );
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self, mount: &str) -> String {
-        format!("rtsp://127.0.0.1:{}{mount}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+#[path = "common/rtsp_server.rs"]
+mod rtsp_server;
+use rtsp_server::Server;
 
 /// One still per label: the sample whose label the test expects back.
 const STILLS: [(&str, &str); 5] = [

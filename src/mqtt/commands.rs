@@ -12,6 +12,8 @@ use crate::verdict::Rules;
 pub enum Command {
     Trigger {
         part_id: String,
+        /// The camera named by the command (checked against the box's cameras when queued).
+        camera: Option<String>,
     },
     /// New verdict rules (the current ones with the given keys changed, already validated).
     Set(Box<Rules>),
@@ -60,7 +62,10 @@ fn validate(command: v1::Command, rules: &Rules) -> Result<Command, String> {
                     "trigger: part_id must be 1 to {MAX_PART_ID_BYTES} bytes"
                 ));
             }
-            Command::Trigger { part_id: t.part_id }
+            Command::Trigger {
+                part_id: t.part_id,
+                camera: t.camera,
+            }
         }
         v1::Command::Set(s) => {
             let v1::Set {
@@ -196,7 +201,15 @@ mod tests {
         assert_eq!(
             p("trigger", r#"{"part_id":"A-17"}"#),
             Ok(Command::Trigger {
-                part_id: "A-17".into()
+                part_id: "A-17".into(),
+                camera: None
+            })
+        );
+        assert_eq!(
+            p("trigger", r#"{"part_id":"A-18","camera":"side"}"#),
+            Ok(Command::Trigger {
+                part_id: "A-18".into(),
+                camera: Some("side".into())
             })
         );
         assert_eq!(p("pause", ""), Ok(Command::Pause));

@@ -69,6 +69,25 @@ fn status_payload(shared: &Shared, instance: &str, state: v1::State) -> Vec<u8> 
             "lost"
         }
         .into(),
+        cameras: if shared.named_cameras() {
+            shared
+                .cameras
+                .iter()
+                .map(|c| v1::CameraState {
+                    camera: if c.ok() { "ok" } else { "lost" }.into(),
+                    name: c.label(),
+                    source: c.source.clone(),
+                    trigger: if c.triggered {
+                        "triggered"
+                    } else {
+                        "continuous"
+                    }
+                    .into(),
+                })
+                .collect()
+        } else {
+            vec![]
+        },
         device: shared.device.id.clone(),
         inference: shared.health.inference_state().into(),
         instance: instance.into(),
@@ -128,11 +147,33 @@ pub fn stats_json(shared: &Shared, fps: f64) -> v1::Stats {
         .collect();
     let sp = shared.spool.counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let cameras = if shared.named_cameras() {
+        let counts = |v: &[std::sync::atomic::AtomicU64; 3]| v1::VerdictCounts {
+            defect: load(&v[1]),
+            ok: load(&v[0]),
+            suspect: load(&v[2]),
+        };
+        shared
+            .cameras
+            .iter()
+            .enumerate()
+            .map(|(i, c)| v1::CameraStats {
+                bad_frames: load(&c.bad_frames),
+                dropped_frames: shared.frames.dropped(i),
+                frames: load(&c.frames),
+                name: c.label(),
+                verdicts: counts(&c.verdicts),
+            })
+            .collect()
+    } else {
+        vec![]
+    };
     v1::Stats {
         bad_frames: st.bad_frames,
+        cameras,
         commands_unanswered: st.commands_unanswered,
         device: shared.device.id.clone(),
-        dropped_frames: shared.slot.dropped(),
+        dropped_frames: shared.frames.dropped_total(),
         errors: st.errors,
         fps,
         frames: st.frames,
@@ -267,14 +308,14 @@ async fn handle_command(
     let (name, id, parsed) = commands::route(level, payload, retained, &rules);
     let result = match parsed {
         Err(e) => Err(e),
-        Ok(Command::Trigger { part_id }) => {
+        Ok(Command::Trigger { part_id, camera }) => {
             // Answered once the trigger has its verdict (or is refused: paused, camera lost,
             // timed out), off this loop.
             let (tx, rx) = flume::bounded(1);
             let reply = crate::shared::Reply::new(&part_id, Instant::now(), move |o| {
                 let _ = tx.send(o);
             });
-            let _ = shared.trigger(part_id, reply);
+            let _ = shared.trigger_named(camera.as_deref(), part_id, reply);
             let sh = shared.clone();
             tokio::spawn(async move {
                 let r = match rx.recv_async().await {

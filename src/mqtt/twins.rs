@@ -264,6 +264,7 @@ mod tests {
     fn status(instance: &str, state: v1::State, ts_ms: i64) -> v1::Status {
         v1::Status {
             camera: "ok".into(),
+            cameras: vec![],
             device: "d".into(),
             inference: "running".into(),
             instance: instance.into(),

@@ -34,10 +34,10 @@ pub const IDLE: Duration = Duration::from_secs(60);
 /// `ready`: the box runs, inspects on triggers, is not paused, sees its camera, its inference
 /// turns and its trigger queue has room.
 pub fn ready(shared: &Shared) -> bool {
-    shared.inbox.triggered()
+    let camera = shared.trigger_camera.map(|i| &shared.cameras[i]);
+    camera.is_some_and(|c| c.triggered && c.ok())
         && !shared.stopping()
         && !shared.status.paused()
-        && shared.status.camera_ok()
         && shared.health.inference_running()
         && shared.inbox.pending_triggers() < MAX_TRIGGERS
 }

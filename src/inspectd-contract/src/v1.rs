@@ -131,6 +131,11 @@ pub struct Status {
     /// `ok` or `lost`.
     #[serde(default)]
     pub camera: String,
+    /// Each camera's state, on a box with named cameras (`[[source]]`): `camera` above is then
+    /// `ok` only when every one is. (Added within v1: absent from a box with one unnamed
+    /// camera, and ignored by older receivers.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<CameraState>,
     #[serde(default)]
     pub device: String,
     /// `running` or `stalled`.
@@ -166,6 +171,20 @@ pub struct Status {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// One named camera of a box, as its status reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CameraState {
+    /// `ok` or `lost`.
+    pub camera: String,
+    /// The camera's name (`source[i].camera`).
+    pub name: String,
+    /// The camera's source, as the daemon describes it (`rtsp rtsp://cam-2/…`, no password).
+    pub source: String,
+    /// `continuous` or `triggered`.
+    pub trigger: String,
 }
 
 /// The model a device runs.
@@ -218,6 +237,10 @@ impl Kind {
 pub struct Verdict {
     #[serde(default)]
     pub cam: Cam,
+    /// The camera that took the frame, on a box with named cameras (`[[source]]`). (Added
+    /// within v1: absent from a box with one unnamed camera, and ignored by older receivers.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
     /// The probability of the decision itself: `p_defect` for a defect (or suspect defect),
     /// P(ok) for an ok verdict. Kept for v1 consumers; new ones read `p_defect` and `p_label`.
     #[serde(deserialize_with = "nan_if_null")]
@@ -416,6 +439,10 @@ impl Reason {
 /// `suspect`: seq, label, confidence, reasons, part_id; `spool_full`: dropped_total).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
+    /// The camera the alert is about (`camera_lost`, `camera_recovered`, `suspect`,
+    /// `trigger_timeout`, `model_error`), on a box with named cameras; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
     #[serde(default)]
@@ -463,6 +490,7 @@ impl Alert {
     /// An alert with only the fields every kind has.
     pub fn new(device: &str, ts: String, kind: &str, severity: &str, message: &str) -> Alert {
         Alert {
+            camera: None,
             confidence: None,
             device: device.into(),
             dropped_total: None,
@@ -489,6 +517,10 @@ pub struct Stats {
     /// Frames that did not decode.
     #[serde(default)]
     pub bad_frames: u64,
+    /// Per camera, on a box with named cameras (absent otherwise; the totals above count
+    /// every camera).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<CameraStats>,
     /// Command answers not sent (over the answer budget).
     #[serde(default)]
     pub commands_unanswered: u64,
@@ -522,6 +554,21 @@ pub struct Stats {
     pub unpublished_ok: u64,
     #[serde(default, deserialize_with = "nan_if_null")]
     pub uptime_s: f64,
+    pub verdicts: VerdictCounts,
+}
+
+/// One named camera's counters (cumulative since start).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CameraStats {
+    /// Frames that did not decode.
+    pub bad_frames: u64,
+    /// Frames replaced before inference took them.
+    pub dropped_frames: u64,
+    /// Frames captured.
+    pub frames: u64,
+    pub name: String,
+    /// Verdicts decided on this camera's frames.
     pub verdicts: VerdictCounts,
 }
 
@@ -623,6 +670,10 @@ pub enum Command {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
+    /// Which camera to inspect with (`source[i].camera`); needed on a box with several
+    /// triggered cameras, optional with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
     #[serde(
         default,
         deserialize_with = "request_id",

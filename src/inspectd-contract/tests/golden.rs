@@ -40,17 +40,23 @@ fn every_golden_file_is_checked() {
     assert_eq!(
         names,
         [
+            "alert-camera.json",
+            "alert-camera_lost.json",
             "alert.json",
             "cmd_result-error.json",
             "cmd_result.json",
             "command-pause.json",
             "command-reload_model.json",
             "command-set.json",
+            "command-trigger-camera.json",
             "command-trigger.json",
+            "stats-cameras.json",
             "stats.json",
+            "status-cameras.json",
             "status-instance.json",
             "status-stopped.json",
             "status.json",
+            "verdict-camera.json",
             "verdict-ok.json",
             "verdict.json",
         ]
@@ -111,6 +117,53 @@ fn stats_encode_back_to_their_bytes() {
 }
 
 #[test]
+fn a_box_with_one_unnamed_camera_names_none() {
+    let v: Verdict = round_trip("verdict.json");
+    assert_eq!(v.camera, None);
+    let s: Status = round_trip("status.json");
+    assert!(s.cameras.is_empty());
+    let st: Stats = round_trip("stats.json");
+    assert!(st.cameras.is_empty());
+    let a: Alert = round_trip("alert.json");
+    assert_eq!(a.camera, None);
+}
+
+#[test]
+fn messages_of_a_box_with_named_cameras_name_theirs_and_encode_back() {
+    let v: Verdict = round_trip("verdict-camera.json");
+    assert_eq!(v.camera.as_deref(), Some("station-2"));
+    let a: Alert = round_trip("alert-camera.json");
+    assert_eq!(
+        (a.kind.as_str(), a.camera.as_deref()),
+        ("suspect", Some("station-2"))
+    );
+    let lost: Alert = round_trip("alert-camera_lost.json");
+    assert_eq!(lost.camera.as_deref(), Some("station-2"));
+    let s: Status = round_trip("status-cameras.json");
+    let names: Vec<(&str, &str, &str)> = s
+        .cameras
+        .iter()
+        .map(|c| (c.name.as_str(), c.camera.as_str(), c.trigger.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("top", "ok", "continuous"),
+            ("station-2", "lost", "triggered")
+        ]
+    );
+    assert_eq!(
+        s.camera, "lost",
+        "one lost camera makes the box's camera lost"
+    );
+    let st: Stats = round_trip("stats-cameras.json");
+    assert_eq!(st.cameras.iter().map(|c| c.frames).sum::<u64>(), st.frames);
+    // A v1 receiver that knows nothing of cameras still reads them (unknown keys are ignored).
+    let old = String::from_utf8(golden("verdict-camera.json")).unwrap();
+    assert!(serde_json::from_str::<serde_json::Value>(&old).unwrap()["seq"].is_u64());
+}
+
+#[test]
 fn command_results_encode_back_to_their_bytes() {
     let ok: CmdResult = round_trip("cmd_result.json");
     assert_eq!((ok.ok, ok.detail.as_deref()), (true, Some("paused")));
@@ -120,9 +173,14 @@ fn command_results_encode_back_to_their_bytes() {
 
 #[test]
 fn commands_encode_back_to_their_bytes() {
-    for name in ["trigger", "set", "pause", "reload_model"] {
-        let file = format!("command-{name}.json");
-        let bytes = golden(&file);
+    for (name, file) in [
+        ("trigger", "command-trigger.json"),
+        ("trigger", "command-trigger-camera.json"),
+        ("set", "command-set.json"),
+        ("pause", "command-pause.json"),
+        ("reload_model", "command-reload_model.json"),
+    ] {
+        let bytes = golden(file);
         let c = Command::from_json(name, &bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(c.name(), name);
         assert_eq!(

@@ -86,6 +86,7 @@ fn payload(device: &str, seq: u64, map_b64: &str) -> Vec<u8> {
         ("crack", 0.0),
     ];
     v1::Verdict {
+        camera: None,
         cam: v1::Cam {
             class: 1,
             h: 16,

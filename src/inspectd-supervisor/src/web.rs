@@ -258,10 +258,21 @@ pub fn fleet_rows(rows: &[FleetRow], now: i64, lost: Option<i64>) -> Markup {
                     @if r.model.is_empty() { "–" } @else { (r.model) " " (r.model_version) }
                 }
                 td {
-                    @match r.camera.as_deref() {
-                        Some("lost") => { span.badge.bad { "camera lost" } }
-                        Some(c) => { (c) }
-                        None => { "–" }
+                    // A box with named cameras: each by name, the lost ones marked.
+                    @for (i, c) in r.cameras.iter().enumerate() {
+                        @if i > 0 { " " }
+                        @if c.camera == "lost" {
+                            span.badge.bad.camera title=(c.source) { (c.name) " lost" }
+                        } @else {
+                            span.camera title={ (c.source) ", " (c.trigger) } { (c.name) }
+                        }
+                    }
+                    @if r.cameras.is_empty() {
+                        @match r.camera.as_deref() {
+                            Some("lost") => { span.badge.bad { "camera lost" } }
+                            Some(c) => { (c) }
+                            None => { "–" }
+                        }
                     }
                 }
                 (stat_cell(r.fps.map_or("–".into(), |v| format!("{v:.1}")), r, current, now))
@@ -1062,6 +1073,7 @@ async fn device_page(
                 option value="rebirth" { "rebirth (re-send status)" }
             } }
             label { "part id " input name="part_id" maxlength=(MAX_PART_ID_BYTES) placeholder="for trigger"; }
+            label { "camera " input name="camera" maxlength="32" placeholder="trigger: camera name"; }
             button type="submit" { "Send" }
         }
         h2 { "Commands" }
@@ -1191,6 +1203,11 @@ async fn send_command(
             ))))
         }
         "trigger" => v1::Command::Trigger(v1::Trigger {
+            // A box with several triggered cameras needs the one to inspect with.
+            camera: f
+                .get("camera")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
             id: Some(id.clone()),
             part_id: part_id.to_string(),
         }),
@@ -1528,6 +1545,7 @@ async fn api_fleet(State(hub): Shared) -> Result<Response, WebError> {
         .iter()
         .map(|r| {
             json!({"device": r.device, "state": r.state, "last_seen": rfc3339_ms(r.last_seen), "camera": r.camera,
+                   "cameras": r.cameras,
                    "paused": r.paused, "model": r.model, "model_version": r.model_version, "fps": r.fps, "p95_ms": r.p95_ms,
                    "spool_depth": r.spool_depth, "stats_at": r.stats_at.map(rfc3339_ms), "stats_fresh": r.stats_fresh,
                    "open_alerts": r.open_alerts, "inspected_1h": r.inspected, "defect_rate": r.defect_rate, "suspect_rate": r.suspect_rate})
@@ -1606,6 +1624,41 @@ mod tests {
             row.contains("<td>&quot;&gt;&lt;img src=x onerror=alert(1)&gt;</td>"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn the_fleet_shows_a_boxs_named_cameras_and_marks_the_lost_one() {
+        let cam = |name: &str, state: &str| v1::CameraState {
+            camera: state.into(),
+            name: name.into(),
+            source: format!("replay /srv/{name}"),
+            trigger: "continuous".into(),
+        };
+        let row = FleetRow {
+            device: "line4".into(),
+            state: "online".into(),
+            camera: Some("lost".into()),
+            cameras: vec![cam("top", "ok"), cam("dock<1>", "lost")],
+            ..Default::default()
+        };
+        let html = fleet_rows(std::slice::from_ref(&row), 0, None).into_string();
+        assert!(html.contains(">top</span>"), "{html}");
+        assert!(
+            html.contains("badge bad camera") && html.contains("dock&lt;1&gt; lost"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("camera lost"),
+            "named cameras replace the box-wide cell: {html}"
+        );
+        // A box with one unnamed camera shows its state as before.
+        let one = FleetRow {
+            cameras: vec![],
+            ..row
+        };
+        assert!(fleet_rows(&[one], 0, None)
+            .into_string()
+            .contains("camera lost"));
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub struct FleetRow {
     pub state: String,
     pub last_seen: i64,
     pub camera: Option<String>,
+    /// Each named camera's state, from the latest status (empty for a box with one unnamed
+    /// camera, or an older box).
+    pub cameras: Vec<v1::CameraState>,
     pub paused: bool,
     pub model: String,
     pub model_version: String,
@@ -109,6 +112,10 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
                 .as_ref()
                 .map(|s| s.camera.clone())
                 .filter(|c| !c.is_empty()),
+            cameras: status
+                .as_ref()
+                .map(|s| s.cameras.clone())
+                .unwrap_or_default(),
             paused: status.as_ref().is_some_and(|s| s.paused)
                 || stats.as_ref().is_some_and(|s| s.paused),
             model: status
