@@ -65,20 +65,28 @@ pub fn source_loop(shared: Arc<Shared>, mut src: Box<dyn FrameSource>, fps: f32)
         next_due = now + period;
         let next = src.next_frame();
         shared.slot.count_dropped(src.take_dropped());
+        let answering = |backoff: &mut Backoff| {
+            if shared.status.set_camera_ok(true) {
+                tracing::info!("source {} recovered", src.describe());
+                shared.alert(shared.device.new_alert(
+                    "camera_recovered",
+                    "info",
+                    &format!("source {} is back", src.describe()),
+                ));
+            }
+            backoff.reset();
+        };
         let lost = match next {
             Ok(f) => {
                 bad_in_a_row = 0;
-                if shared.status.set_camera_ok(true) {
-                    tracing::info!("source {} recovered", src.describe());
-                    shared.alert(shared.device.new_alert(
-                        "camera_recovered",
-                        "info",
-                        &format!("source {} is back", src.describe()),
-                    ));
-                }
-                backoff.reset();
+                answering(&mut backoff);
                 shared.stats.lock().frames += 1;
                 shared.slot.put(f);
+                None
+            }
+            // A triggered camera that answers is as good as one that sends frames.
+            Err(SourceError::Idle) => {
+                answering(&mut backoff);
                 None
             }
             Err(SourceError::BadFrame(m)) => {
@@ -126,6 +134,8 @@ pub struct InferenceSetup {
     pub watchdog: crate::sdnotify::Watchdog,
     /// How long a trigger waits for its frame (`plc.trigger_timeout_ms`).
     pub trigger_timeout: Duration,
+    /// Fires the camera on each trigger (a GigE camera in software trigger mode).
+    pub fire_trigger: Option<crate::source::FireTrigger>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -197,6 +207,9 @@ fn triggered(
     }
     // The part is in front of the camera now: use a frame captured after the trigger.
     shared.slot.clear();
+    if let Some(fire) = &setup.fire_trigger {
+        fire();
+    }
     let deadline = at + setup.trigger_timeout;
     let frame = loop {
         let now = Instant::now();
