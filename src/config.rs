@@ -223,6 +223,50 @@ pub enum SourceConfig {
         #[serde(default = "default_max_bad_frames")]
         max_bad_frames: u32,
     },
+    /// A GigE Vision / GenICam camera through libaravis 0.8 (cargo feature `gige`).
+    Gige {
+        /// Which camera: its aravis device id (`Vendor-Model-Serial`), serial number or IP
+        /// address. Absent: the first camera found.
+        #[serde(default)]
+        camera_id: Option<String>,
+        /// Exposure time in microseconds (`ExposureTime`; auto exposure is turned off).
+        /// Absent: left as the camera has it.
+        #[serde(default)]
+        exposure_us: Option<f64>,
+        /// Gain in dB (`Gain`; auto gain is turned off). Absent: left as the camera has it.
+        #[serde(default)]
+        gain_db: Option<f64>,
+        /// `Mono8`, `RGB8`, `BGR8`, `BayerRG8`, `BayerBG8`, `BayerGB8` or `BayerGR8`, converted
+        /// to RGB for the model. Absent: the camera's current format, if it is one of these.
+        #[serde(default)]
+        pixel_format: Option<crate::gige::PixelFormat>,
+        /// `free_run` (default; the camera streams, the newest frame is taken), `software`
+        /// (each box trigger fires the camera once; needs `trigger = "triggered"`) or a hardware
+        /// line `line0`..`line7` (each exposure the line fires is one verdict; needs
+        /// `trigger = "continuous"`).
+        #[serde(default)]
+        trigger_mode: crate::gige::TriggerMode,
+        /// The longest silence (no frame in free run; no answer to a control read while it
+        /// waits for a trigger), in milliseconds; past it the camera is lost. Opening the camera
+        /// (a discovery, about a second) may take 5 s or this, whichever is longer.
+        #[serde(default = "default_gige_timeout")]
+        timeout_ms: u64,
+        /// Frames per second taken in free run (0 = every frame inference keeps up with).
+        #[serde(default = "default_fps")]
+        fps: f32,
+        #[serde(default)]
+        trigger: Trigger,
+        /// Largest frame accepted, in pixels (at most 16384): a larger one is refused before it
+        /// is converted, counted as a bad frame and named in a warning.
+        #[serde(default = "default_max_side")]
+        max_width: u32,
+        #[serde(default = "default_max_side")]
+        max_height: u32,
+        /// Bad frames (incomplete, too large) in a row after which the source is reported lost
+        /// (`camera_lost`); a good frame reports it back.
+        #[serde(default = "default_max_bad_frames")]
+        max_bad_frames: u32,
+    },
     /// Polls an HTTP snapshot URL for a JPEG/PNG.
     Http {
         url: String,
@@ -253,6 +297,7 @@ impl SourceConfig {
             SourceConfig::Replay { trigger, .. }
             | SourceConfig::Camera { trigger, .. }
             | SourceConfig::Rtsp { trigger, .. }
+            | SourceConfig::Gige { trigger, .. }
             | SourceConfig::Http { trigger, .. } => *trigger,
         }
     }
@@ -278,6 +323,12 @@ impl SourceConfig {
                 max_bad_frames,
                 ..
             }
+            | SourceConfig::Gige {
+                max_width,
+                max_height,
+                max_bad_frames,
+                ..
+            }
             | SourceConfig::Http {
                 max_width,
                 max_height,
@@ -296,6 +347,7 @@ impl SourceConfig {
             SourceConfig::Replay { fps, .. }
             | SourceConfig::Camera { fps, .. }
             | SourceConfig::Rtsp { fps, .. }
+            | SourceConfig::Gige { fps, .. }
             | SourceConfig::Http { fps, .. } => *fps,
         }
     }
@@ -319,6 +371,10 @@ fn default_fps() -> f32 {
 }
 fn default_http_timeout() -> u64 {
     2000
+}
+/// A lost GigE camera is reported within 2 s: one second of silence, plus the source loop's turn.
+fn default_gige_timeout() -> u64 {
+    1000
 }
 fn default_max_side() -> u32 {
     crate::source::SourceLimits::default().max_width
@@ -822,6 +878,53 @@ impl Config {
                         &key("timeout_ms"),
                         format!("{timeout_ms} must be within 1..600000"),
                     );
+                }
+            }
+            SourceConfig::Gige {
+                camera_id,
+                exposure_us,
+                gain_db,
+                trigger_mode,
+                timeout_ms,
+                trigger,
+                ..
+            } => {
+                if camera_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+                    return err(
+                        &key("camera_id"),
+                        "is empty: leave it out for the first camera found".into(),
+                    );
+                }
+                if let Some(us) = exposure_us.filter(|us| !(us.is_finite() && *us > 0.0)) {
+                    return err(
+                        &key("exposure_us"),
+                        format!("{us} must be a positive number of microseconds"),
+                    );
+                }
+                if let Some(db) = gain_db.filter(|db| !(-100.0..=100.0).contains(db)) {
+                    return err(&key("gain_db"), format!("{db} must be within -100..100 dB"));
+                }
+                if !(1..=600_000).contains(timeout_ms) {
+                    return err(
+                        &key("timeout_ms"),
+                        format!("{timeout_ms} must be within 1..600000"),
+                    );
+                }
+                use crate::gige::TriggerMode;
+                match (trigger_mode, trigger) {
+                    (TriggerMode::Software, Trigger::Continuous) => {
+                        return err(
+                            &key("trigger_mode"),
+                            format!("\"software\" fires the camera on the box's triggers: set {} = \"triggered\"", key("trigger")),
+                        )
+                    }
+                    (TriggerMode::Line(n), Trigger::Triggered) => {
+                        return err(
+                            &key("trigger_mode"),
+                            format!("\"line{n}\": the camera's input line triggers it and each exposure is one verdict: leave {} = \"continuous\"", key("trigger")),
+                        )
+                    }
+                    _ => {}
                 }
             }
             SourceConfig::Camera { width, height, .. } => {
@@ -1357,6 +1460,66 @@ path = "spool.redb"
         assert_eq!(parse(&unnamed).unwrap().camera_list()[0].name, None);
         let named = GOOD.replace("[source]", "[source]\ncamera = \"top\"");
         assert_eq!(parse(&named).unwrap().camera_list()[0].name, Some("top"));
+    }
+
+    #[test]
+    fn gige_sources_parse_and_their_bad_keys_are_named() {
+        let gige = |keys: &str| {
+            GOOD.replace(
+                "kind = \"replay\"\npath = \"samples\"",
+                &format!("kind = \"gige\"\n{keys}"),
+            )
+        };
+        let c = parse(&gige(
+            "camera_id = \"192.168.10.21\"\nexposure_us = 1500.5\ngain_db = 6\npixel_format = \"BayerRG8\"\ntrigger_mode = \"software\"\ntrigger = \"triggered\"",
+        ))
+        .unwrap();
+        match &c.source {
+            SourceConfig::Gige {
+                camera_id,
+                exposure_us,
+                gain_db,
+                pixel_format,
+                trigger_mode,
+                timeout_ms,
+                ..
+            } => {
+                assert_eq!(camera_id.as_deref(), Some("192.168.10.21"));
+                assert_eq!((*exposure_us, *gain_db), (Some(1500.5), Some(6.0)));
+                assert_eq!(*pixel_format, Some(crate::gige::PixelFormat::BayerRG8));
+                assert_eq!(*trigger_mode, crate::gige::TriggerMode::Software);
+                assert_eq!(*timeout_ms, 1000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = parse(&gige("trigger_mode = \"line1\"")).unwrap();
+        assert!(matches!(
+            c.source,
+            SourceConfig::Gige {
+                trigger_mode: crate::gige::TriggerMode::Line(1),
+                camera_id: None,
+                ..
+            }
+        ));
+        for (keys, key) in [
+            ("camera_id = \"\"", "source.camera_id"),
+            ("exposure_us = 0", "source.exposure_us"),
+            ("exposure_us = -3.5", "source.exposure_us"),
+            ("gain_db = 300", "source.gain_db"),
+            ("pixel_format = \"YUV422\"", "source.pixel_format"),
+            ("trigger_mode = \"hardware\"", "source.trigger_mode"),
+            ("trigger_mode = \"software\"", "source.trigger_mode"),
+            (
+                "trigger_mode = \"line1\"\ntrigger = \"triggered\"",
+                "source.trigger_mode",
+            ),
+            ("timeout_ms = 0", "source.timeout_ms"),
+            ("serial = \"x\"", "serial"),
+        ] {
+            let e = parse(&gige(keys)).unwrap_err();
+            assert!(e.contains(key), "{keys}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

@@ -125,6 +125,20 @@ fn make_source(
                 "source camera {device:?}: this build has no V4L2 support (cargo feature `camera`, which needs libclang-dev); use kind = \"http\" or \"replay\""
             )))
         }
+        SourceConfig::Gige { camera_id, exposure_us, gain_db, pixel_format, trigger_mode, timeout_ms, fps, .. } => {
+            let s = crate::gige::GigeSettings {
+                camera_id: camera_id.clone(),
+                exposure_us: *exposure_us,
+                gain_db: *gain_db,
+                pixel_format: *pixel_format,
+                trigger_mode: *trigger_mode,
+                timeout: Duration::from_millis(*timeout_ms),
+                limits,
+            };
+            // A triggered camera sends a frame when fired: no pacing but its own.
+            let fps = if *trigger_mode == crate::gige::TriggerMode::FreeRun { *fps } else { 0.0 };
+            (gige_source(s)?, fps)
+        }
         SourceConfig::Rtsp { url, password_file, transport, fps, timeout_ms, .. } => {
             let timeout = Duration::from_millis(*timeout_ms);
             let file = password_file.as_deref();
@@ -155,6 +169,28 @@ fn rtsp_source(settings: crate::rtsp::RtspSettings, _key: &str) -> Result<Box<dy
     Err(bad_input(format!(
         "source.kind = \"rtsp\" ({}): this build has no RTSP support (cargo feature `rtsp`)",
         settings.url.url
+    )))
+}
+
+/// A GigE camera, once it has taken the settings. One that is not there yet is retried like a
+/// lost camera; one that lacks a setting (a pixel format, a trigger line, gain in dB) is a
+/// setting to fix, refused like a bad key.
+#[cfg(feature = "gige")]
+fn gige_source(settings: crate::gige::GigeSettings) -> Result<Box<dyn FrameSource>> {
+    use crate::gige::camera::{probe, Fault, GigeCamera};
+    match probe(&settings) {
+        Ok(what) => tracing::info!("camera {}: {what}", settings.shown()),
+        Err(Fault::Unsupported(m)) => return Err(bad_input(m)),
+        Err(Fault::Lost(m)) => tracing::warn!("{m} (retrying)"),
+    }
+    Ok(Box::new(GigeCamera::new(settings)))
+}
+
+#[cfg(not(feature = "gige"))]
+fn gige_source(settings: crate::gige::GigeSettings) -> Result<Box<dyn FrameSource>> {
+    Err(bad_input(format!(
+        "source.kind = \"gige\" ({}): this build has no GigE Vision support (cargo feature `gige`, which needs libaravis-dev)",
+        settings.shown()
     )))
 }
 
@@ -253,6 +289,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         on_verdict: hooks.on_verdict,
         watchdog: crate::sdnotify::Watchdog::from_env(),
         trigger_timeout: Duration::from_millis(cfg.plc.trigger_timeout_ms),
+        fire_trigger: sources.iter().map(|(s, _)| s.trigger_hook()).collect(),
     };
     let sh = shared.clone();
     let inference = sup

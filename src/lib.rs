@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod gate;
+pub mod gige;
 pub mod health;
 pub mod http;
 pub mod mqtt;

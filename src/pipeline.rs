@@ -69,22 +69,30 @@ pub fn source_loop(shared: Arc<Shared>, cam: usize, mut src: Box<dyn FrameSource
         let next = src.next_frame();
         shared.frames.count_dropped(cam, src.take_dropped());
         let camera = &shared.cameras[cam];
+        let answering = |backoff: &mut Backoff| {
+            if shared.set_camera_ok(cam, true) {
+                tracing::info!("source {} recovered", src.describe());
+                shared.alert(shared.camera_alert(
+                    cam,
+                    "camera_recovered",
+                    "info",
+                    &format!("source {} is back", src.describe()),
+                ));
+            }
+            backoff.reset();
+        };
         let lost = match next {
             Ok(f) => {
                 bad_in_a_row = 0;
-                if shared.set_camera_ok(cam, true) {
-                    tracing::info!("source {} recovered", src.describe());
-                    shared.alert(shared.camera_alert(
-                        cam,
-                        "camera_recovered",
-                        "info",
-                        &format!("source {} is back", src.describe()),
-                    ));
-                }
-                backoff.reset();
+                answering(&mut backoff);
                 shared.stats.lock().frames += 1;
                 camera.frames.fetch_add(1, Ordering::Relaxed);
                 shared.frames.put(cam, f);
+                None
+            }
+            // A triggered camera that answers is as good as one that sends frames.
+            Err(SourceError::Idle) => {
+                answering(&mut backoff);
                 None
             }
             Err(SourceError::BadFrame(m)) => {
@@ -133,6 +141,9 @@ pub struct InferenceSetup {
     pub watchdog: crate::sdnotify::Watchdog,
     /// How long a trigger waits for its frame (`plc.trigger_timeout_ms`).
     pub trigger_timeout: Duration,
+    /// What fires each camera on a trigger, by camera index (a GigE camera in software
+    /// trigger mode; `None` for the others).
+    pub fire_trigger: Vec<Option<crate::source::FireTrigger>>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -198,6 +209,9 @@ pub fn inference_loop(shared: Arc<Shared>, mut ex: Explainer, setup: InferenceSe
                 }
                 // The part is in front of the camera now: use a frame captured after it.
                 shared.frames.clear(req.camera);
+                if let Some(Some(fire)) = setup.fire_trigger.get(req.camera) {
+                    fire();
+                }
                 let deadline = req.at + setup.trigger_timeout;
                 Some(Pending { req, deadline })
             });

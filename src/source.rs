@@ -1,5 +1,6 @@
 //! Frame sources: image-folder replay and HTTP snapshot cameras (V4L2 cameras behind the cargo
-//! feature `camera`, RTSP cameras behind `rtsp`: [`crate::rtsp`]). A source either yields a frame or says it is lost; the source thread
+//! feature `camera`, RTSP cameras behind `rtsp`: [`crate::rtsp`], GigE Vision cameras behind
+//! `gige`: [`crate::gige`]). A source either yields a frame or says it is lost; the source thread
 //! reconnects with capped exponential backoff and reports lost/recovered.
 
 use std::io::{Read, Write};
@@ -56,7 +57,15 @@ pub enum SourceError {
     /// This one frame was unusable (a file that does not decode): skip it.
     #[error("{0}")]
     BadFrame(String),
+    /// No frame, and none is due: the camera answers and waits for its trigger (a GigE camera
+    /// in software or hardware trigger mode). The camera is fine.
+    #[error("waiting for a trigger")]
+    Idle,
 }
+
+/// Fires a camera's own trigger (a GigE camera's `TriggerSoftware`): called by the inference
+/// thread when the box's trigger path asks for a frame.
+pub type FireTrigger = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 pub trait FrameSource: Send {
     fn next_frame(&mut self) -> Result<Frame, SourceError>;
@@ -67,6 +76,10 @@ pub trait FrameSource: Send {
     /// sends at its own rate and keeps only the newest): added to the dropped-frame count.
     fn take_dropped(&mut self) -> u64 {
         0
+    }
+    /// A camera that exposes only when told to: what fires it on a trigger.
+    fn trigger_hook(&self) -> Option<FireTrigger> {
+        None
     }
 }
 
