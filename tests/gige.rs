@@ -246,7 +246,12 @@ fn software_trigger_over_mqtt_exposes_once_per_trigger() {
         );
         // The camera was fired three times and sent three frames: none while nobody asked.
         assert_eq!(most(&got, "frames"), Some(3), "{:?}", got.get("stats"));
-        assert_eq!(most(&got, "dropped_frames"), Some(0));
+        assert_eq!(
+            most(&got, "dropped_frames"),
+            Some(0),
+            "{:?}",
+            got.get("stats")
+        );
     });
 }
 

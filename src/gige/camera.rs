@@ -103,7 +103,14 @@ pub struct GigeCamera {
     settings: GigeSettings,
     link: Arc<Link>,
     running: bool,
+    /// The newest capture thread, told to stop or not.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long a new capture thread waits for the previous one to let go of the camera (it may
+/// be in the middle of opening it), and how long dropping the source waits for the last one.
+const HANDOVER: Duration = Duration::from_secs(1);
+const RELEASE: Duration = Duration::from_secs(2);
 
 impl GigeCamera {
     pub fn new(settings: GigeSettings) -> GigeCamera {
@@ -123,10 +130,32 @@ impl GigeCamera {
                 triggers: AtomicU32::new(0),
             }),
             running: false,
+            thread: None,
+        }
+    }
+
+    /// Waits up to `within` for the previous capture thread to end (two threads opening one
+    /// camera fight over its control channel).
+    fn join_previous(&mut self, within: Duration) {
+        let t0 = Instant::now();
+        if let Some(t) = self.thread.take() {
+            while !t.is_finished() && t0.elapsed() < within {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(
+                    "camera {}: the previous capture thread has not ended within {} ms",
+                    self.settings.shown(),
+                    within.as_millis()
+                );
+            }
         }
     }
 
     fn start(&mut self) {
+        self.join_previous(HANDOVER);
         let gen = self.link.gen.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let mut st = self.link.lock();
@@ -142,10 +171,11 @@ impl GigeCamera {
         let spawned = std::thread::Builder::new()
             .name("inspectd-gige".into())
             .spawn(move || capture(settings, link, gen));
-        if let Err(e) = spawned {
-            self.link.report(gen, |st| {
+        match spawned {
+            Ok(t) => self.thread = Some(t),
+            Err(e) => self.link.report(gen, |st| {
                 st.fault = Some(Fault::Lost(format!("starting the capture thread: {e}")))
-            });
+            }),
         }
         self.running = true;
     }
@@ -163,8 +193,11 @@ impl GigeCamera {
 }
 
 impl Drop for GigeCamera {
+    /// Stops acquisition and lets go of the camera before the daemon goes on (or exits), so
+    /// the next one to open it is not refused control.
     fn drop(&mut self) {
         self.stop();
+        self.join_previous(RELEASE);
     }
 }
 
@@ -509,6 +542,11 @@ fn capture(s: GigeSettings, link: Arc<Link>, gen: u64) {
             }
         }
         if let Some(buf) = stream.timeout_pop_buffer(POLL.as_micros() as u64) {
+            // A buffer handed back never filled (`Cleared`) holds no frame, not a bad one.
+            if buf.status() == BufferStatus::Cleared {
+                stream.push_buffer(buf);
+                continue;
+            }
             let got = if buf.status() == BufferStatus::Success {
                 Ok(Raw {
                     data: buf.image_data(),

@@ -198,23 +198,30 @@ fn demosaic(data: &[u8], w: usize, h: usize, tile: [usize; 4]) -> Result<Vec<u8>
     if w < 2 || h < 2 {
         return Err(format!("a Bayer frame of {w}x{h} has no 2x2 tile"));
     }
+    // For a window starting on an even or odd row and column: which of its four pixels
+    // (top-left, top-right, bottom-left, bottom-right) is red, green, green, blue.
+    let mut maps = [[[0usize; 4]; 2]; 2];
+    for (py, row) in maps.iter_mut().enumerate() {
+        for (px, m) in row.iter_mut().enumerate() {
+            let colour = |k: usize| tile[((py + k / 2) & 1) * 2 + ((px + k % 2) & 1)];
+            let greens: Vec<usize> = (0..4).filter(|&k| colour(k) == 1).collect();
+            let red = (0..4).find(|&k| colour(k) == 0).unwrap_or(0);
+            let blue = (0..4).find(|&k| colour(k) == 2).unwrap_or(0);
+            *m = [red, greens[0], greens[1], blue];
+        }
+    }
     let mut out = vec![0u8; w * h * 3];
-    for y in 0..h {
+    for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
         let y0 = y.min(h - 2);
         let (r0, r1) = (&data[y0 * w..][..w], &data[(y0 + 1) * w..][..w]);
-        let row = &mut out[y * w * 3..][..w * 3];
+        let maps = &maps[y0 & 1];
         for (x, px) in row.chunks_exact_mut(3).enumerate() {
             let x0 = x.min(w - 2);
-            let mut sum = [0u16; 3];
-            for (dy, r) in [r0, r1].into_iter().enumerate() {
-                for dx in 0..2 {
-                    let c = tile[((y0 + dy) & 1) * 2 + ((x0 + dx) & 1)];
-                    sum[c] += r[x0 + dx] as u16;
-                }
-            }
-            px[0] = sum[0] as u8;
-            px[1] = (sum[1] / 2) as u8;
-            px[2] = sum[2] as u8;
+            let v = [r0[x0], r0[x0 + 1], r1[x0], r1[x0 + 1]];
+            let m = &maps[x0 & 1];
+            px[0] = v[m[0]];
+            px[1] = ((v[m[1]] as u16 + v[m[2]] as u16) / 2) as u8;
+            px[2] = v[m[3]];
         }
     }
     Ok(out)
