@@ -837,6 +837,7 @@ async fn start_with(
         retain_days: 30,
         max_verdicts: 1_000_000,
         stale_after_s: 30,
+        shared: Default::default(),
     };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let (btx, brx) = tokio::sync::oneshot::channel();
