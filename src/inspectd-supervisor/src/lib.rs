@@ -89,13 +89,7 @@ pub struct SuperviseArgs {
     /// An online device silent this long is shown as stale (seconds).
     #[arg(long, default_value_t = 30)]
     pub stale_after_s: u64,
-    #[command(flatten)]
-    pub shared: SharedArgs,
-}
-
-/// PostgreSQL, and several supervisors on one database.
-#[derive(Args, Debug, Clone, Default)]
-pub struct SharedArgs {
+    // PostgreSQL, and several supervisors on one database.
     /// File holding the PostgreSQL password (when the --db URL has none; otherwise PGPASSFILE or
     /// ~/.pgpass is read, as libpq does).
     #[arg(long)]
@@ -240,6 +234,8 @@ pub struct Outgoing {
 /// Everything the web handlers share.
 pub struct Hub {
     pub db: store::Readers,
+    /// `--evidence-dir`: where pictures stored as files are read from.
+    pub evidence_dir: Option<PathBuf>,
     pub prefix: String,
     pub stale_after_ms: i64,
     pub events: broadcast::Sender<Event>,
@@ -564,7 +560,12 @@ fn writer(
         }
         if retain_due {
             retain_due = false;
-            match store::enforce(&conn, w.retention, inspectd_contract::timefmt::now_ms()) {
+            match store::enforce_with(
+                &conn,
+                w.retention,
+                inspectd_contract::timefmt::now_ms(),
+                w.apply.evidence_dir.as_deref(),
+            ) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("retention: {n} verdicts deleted"),
                 Err(e) => {
@@ -625,12 +626,8 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
     };
     access::check_listen(listen, users.as_ref(), a.allow_anonymous_ui)
         .map_err(|e| bad_input(e.to_string()))?;
-    let target = Target::parse(
-        &a.db,
-        a.shared.db_password_file.as_deref(),
-        a.allow_insecure,
-    )
-    .map_err(|e| bad_input(format!("{e:#}")))?;
+    let target = Target::parse(&a.db, a.db_password_file.as_deref(), a.allow_insecure)
+        .map_err(|e| bad_input(format!("{e:#}")))?;
     if let Target::Sqlite(db) = &target {
         if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
@@ -642,9 +639,9 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
             }
         }
         for (flag, set) in [
-            ("--share-group", a.shared.share_group.is_some()),
-            ("--evidence-dir", a.shared.evidence_dir.is_some()),
-            ("--db-password-file", a.shared.db_password_file.is_some()),
+            ("--share-group", a.share_group.is_some()),
+            ("--evidence-dir", a.evidence_dir.is_some()),
+            ("--db-password-file", a.db_password_file.is_some()),
         ] {
             if set {
                 return Err(bad_input(format!(
@@ -653,14 +650,14 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
             }
         }
     }
-    if let Some(g) = &a.shared.share_group {
+    if let Some(g) = &a.share_group {
         if g.is_empty() || g.contains(['+', '#', '/']) {
             return Err(bad_input(format!(
                 "--share-group {g:?}: must be one non-empty topic level without + #"
             )));
         }
     }
-    if let Some(dir) = &a.shared.evidence_dir {
+    if let Some(dir) = &a.evidence_dir {
         if !dir.is_dir() {
             return Err(bad_input(format!(
                 "--evidence-dir {}: not a folder",
@@ -726,7 +723,8 @@ pub async fn serve(
         },
         stale_after_ms: a.stale_after_s as i64 * 1000,
         apply: ApplyOptions {
-            statuses_once: a.shared.share_group.is_some(),
+            statuses_once: a.share_group.is_some(),
+            evidence_dir: a.evidence_dir.clone(),
         },
         instance: instance.clone(),
     };
@@ -748,6 +746,7 @@ pub async fn serve(
     };
     let hub = Arc::new(Hub {
         db: store::Readers::new(target.clone()),
+        evidence_dir: a.evidence_dir.clone(),
         prefix: a.prefix.clone(),
         stale_after_ms: a.stale_after_s as i64 * 1000,
         events: events.clone(),
@@ -757,7 +756,7 @@ pub async fn serve(
     let mqtt_task = tokio::spawn(link(
         mqtt,
         a.prefix.clone(),
-        a.shared.share_group.clone(),
+        a.share_group.clone(),
         work_tx.clone(),
         ack_rx,
         cmd_rx,
@@ -796,7 +795,7 @@ pub async fn serve(
     eprintln!(
         "inspectd-supervisor: web UI on http://{addr}/, database {}{}",
         target.shown(),
-        match &a.shared.share_group {
+        match &a.share_group {
             Some(g) => format!(", share group {g}"),
             None => String::new(),
         }

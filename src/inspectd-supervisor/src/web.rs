@@ -976,7 +976,8 @@ async fn picture(
     Path((device, seq)): Path<(String, i64)>,
 ) -> Result<Response, WebError> {
     let d = device.clone();
-    if let Some(jpg) = db(&hub, move |c| store::evidence(c, &d, seq)).await? {
+    let dir = hub.evidence_dir.clone();
+    if let Some(jpg) = db(&hub, move |c| store::evidence(c, &d, seq, dir.as_deref())).await? {
         return Ok(image_response("image/jpeg", jpg));
     }
     heatmap_of(&hub, device, seq).await

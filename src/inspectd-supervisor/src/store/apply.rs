@@ -48,6 +48,8 @@ pub struct ApplyOptions {
     /// Several instances share the subscriptions (`--share-group`), and each receives every
     /// status: a status already applied (by any of them) is a duplicate.
     pub statuses_once: bool,
+    /// Evidence pictures go to files under this folder, their path (relative to it) in the row.
+    pub evidence_dir: Option<std::path::PathBuf>,
 }
 
 /// Stores a batch in one transaction (`tx` is inside it).
@@ -227,10 +229,25 @@ pub fn apply_with(tx: &Db, items: &[Item], now: i64, opt: &ApplyOptions) -> Resu
                 }
             }
             Incoming::Evidence { device, seq, jpeg } => {
-                let n = tx.execute(
-                    "INSERT INTO evidence (device, seq, received, jpeg) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                    params![device, seq, now, jpeg],
-                )?;
+                let n = match &opt.evidence_dir {
+                    None => tx.execute(
+                        "INSERT INTO evidence (device, seq, received, jpeg) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                        params![device, seq, now, jpeg],
+                    )?,
+                    Some(dir) => {
+                        let rel = evidence_path(device, *seq);
+                        let n = tx.execute(
+                            "INSERT INTO evidence (device, seq, received, path) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                            params![device, seq, now, rel],
+                        )?;
+                        // Written inside the transaction: a failure rolls the row back (and the
+                        // batch is retried); a file left by a rolled-back batch is written again.
+                        if n == 1 {
+                            write_evidence(&dir.join(&rel), jpeg)?;
+                        }
+                        n
+                    }
+                };
                 if n == 1 {
                     out.events.push(Event::Evidence {
                         device: device.clone(),
@@ -302,6 +319,38 @@ pub fn apply_with(tx: &Db, items: &[Item], now: i64, opt: &ApplyOptions) -> Resu
         }
     }
     Ok(out)
+}
+
+/// Where a picture goes under `--evidence-dir`: a folder per device, named so that any device id
+/// (`..`, `/`-free but hostile) stays one plain folder name, and `SEQ.jpg` in it.
+pub fn evidence_path(device: &str, seq: i64) -> String {
+    let mut name = String::new();
+    for b in device.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if name.len() > 120 {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(device.as_bytes());
+        let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        name = format!("{}~{hex}", &name[..100]);
+    }
+    format!("{name}/{seq}.jpg")
+}
+
+fn write_evidence(path: &std::path::Path, jpeg: &[u8]) -> Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--evidence-dir: creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("jpg.part");
+    std::fs::write(&tmp, jpeg)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("--evidence-dir: writing {}", path.display()))
 }
 
 /// What identifies one status message: its content (with its `ts` and `instance`); a retained
@@ -543,22 +592,61 @@ pub struct Retention {
 /// `max_verdicts`, their evidence, acknowledged alerts, command results and stats samples older
 /// than `days` (stats samples: one day). Open alerts are kept. Returns the verdicts deleted.
 pub fn enforce(conn: &Db, r: Retention, now: i64) -> Result<usize> {
-    let cutoff = now - r.days as i64 * 86_400_000;
-    conn.write(|tx| enforce_in(tx, r, now, cutoff))
+    enforce_with(conn, r, now, None)
 }
 
-fn enforce_in(tx: &Db, r: Retention, now: i64, cutoff: i64) -> Result<usize> {
+/// [`enforce`]; the files of the evidence deleted go too (`--evidence-dir`), once the
+/// transaction that deleted their rows has committed.
+pub fn enforce_with(
+    conn: &Db,
+    r: Retention,
+    now: i64,
+    evidence_dir: Option<&std::path::Path>,
+) -> Result<usize> {
+    let cutoff = now - r.days as i64 * 86_400_000;
+    let (n, files) = conn.write(|tx| enforce_in(tx, r, now, cutoff))?;
+    if let Some(dir) = evidence_dir {
+        for f in files {
+            let p = dir.join(&f);
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("retention: deleting {}: {e}", p.display());
+                }
+            }
+            // The device's folder once empty (fails harmlessly while it is not).
+            if let Some(d) = p.parent() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn enforce_in(tx: &Db, r: Retention, now: i64, cutoff: i64) -> Result<(usize, Vec<String>)> {
     let mut n = tx.execute("DELETE FROM verdicts WHERE received < ?1", params![cutoff])?;
     n += tx.execute(
         "DELETE FROM verdicts WHERE id <= (SELECT id FROM verdicts ORDER BY id DESC LIMIT 1 OFFSET ?1)",
         params![r.max_verdicts as i64],
     )?;
     // Evidence without its verdict: gone with it, or never came (after a grace period).
-    tx.execute(
-        "DELETE FROM evidence WHERE received < ?1 AND NOT EXISTS
-         (SELECT 1 FROM verdicts v WHERE v.device = evidence.device AND v.seq = evidence.seq)",
-        params![now - 600_000],
-    )?;
+    let orphans = "received < ?1 AND NOT EXISTS
+         (SELECT 1 FROM verdicts v WHERE v.device = evidence.device AND v.seq = evidence.seq)";
+    let files: Vec<String> = if tx.is_postgres() {
+        tx.query(
+            &format!("DELETE FROM evidence WHERE {orphans} RETURNING path"),
+            params![now - 600_000],
+            |r| r.get::<Option<String>>(0),
+        )?
+        .into_iter()
+        .flatten()
+        .collect()
+    } else {
+        tx.execute(
+            &format!("DELETE FROM evidence WHERE {orphans}"),
+            params![now - 600_000],
+        )?;
+        Vec::new()
+    };
     tx.execute(
         "DELETE FROM alerts WHERE acked_at IS NOT NULL AND received < ?1",
         params![cutoff],
@@ -581,5 +669,5 @@ fn enforce_in(tx: &Db, r: Retention, now: i64, cutoff: i64) -> Result<usize> {
             params![now - 86_400_000],
         )?;
     }
-    Ok(n)
+    Ok((n, files))
 }

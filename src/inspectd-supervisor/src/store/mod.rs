@@ -293,6 +293,71 @@ mod tests {
     }
 
     #[test]
+    fn on_postgresql_evidence_goes_to_files_with_its_path_in_the_row_and_retention_deletes_both() {
+        let mut c = db(Backend::Postgres, "evidence_dir");
+        let dir = std::env::temp_dir().join(format!("inspectd-evidence-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let opt = ApplyOptions {
+            evidence_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        // A device id that would climb out of the folder if used as a path as it is.
+        let dev = ".. a%b";
+        let jpeg = |tag: u8| vec![0xFF, 0xD8, 0xFF, 0xE0, tag, 1, 2, 3];
+        let ev = |tag: u8| Item {
+            msg: classify("inspect", &format!("inspect/{dev}/evidence/1"), &jpeg(tag))
+                .unwrap()
+                .unwrap(),
+            retained: false,
+        };
+        let store_with = |c: &mut Db, items: &[Item], now: i64| {
+            c.write(|tx| apply_with(tx, items, now, &opt)).unwrap()
+        };
+        let a = store_with(
+            &mut c,
+            &[verdict(dev, 1, "defect", "2026-11-26T10:00:00Z"), ev(7)],
+            1000,
+        );
+        assert_eq!(a.stored, 2);
+        let (in_row, path): (bool, String) = c
+            .query_row(
+                "SELECT jpeg IS NOT NULL, path FROM evidence WHERE device = ?1 AND seq = 1",
+                params![dev],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!((in_row, path.as_str()), (false, "%2E%2E%20a%25b/1.jpg"));
+        let file = dir.join(&path);
+        assert_eq!(std::fs::read(&file).unwrap(), jpeg(7));
+        assert_eq!(evidence(&c, dev, 1, Some(&dir)).unwrap(), Some(jpeg(7)));
+        assert!(verdict_of(&c, dev, 1).has_evidence);
+        assert_eq!(counts(&c).unwrap()[1], 1);
+        // Again (a redelivery): a duplicate, the file as it was.
+        assert_eq!(
+            store_with(&mut c, &[ev(8)], 2000).duplicates,
+            vec!["evidence"]
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), jpeg(7));
+        // Retention: the verdict goes, its evidence row and file with it.
+        let n = enforce_with(
+            &c,
+            Retention {
+                days: 1,
+                max_verdicts: 100,
+            },
+            1000 + 2 * 86_400_000,
+            Some(&dir),
+        )
+        .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(counts(&c).unwrap()[1], 0);
+        assert!(!file.exists() && !file.parent().unwrap().exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn cursors_parse_from_their_ids_only() {
         let c = Cursor {
             verdict: 12,

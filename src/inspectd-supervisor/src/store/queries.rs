@@ -131,14 +131,33 @@ pub fn verdict(conn: &Db, device: &str, seq: i64) -> Result<Option<StoredVerdict
     )
 }
 
-pub fn evidence(conn: &Db, device: &str, seq: i64) -> Result<Option<Vec<u8>>> {
-    Ok(conn
-        .query_row(
-            "SELECT jpeg FROM evidence WHERE device = ?1 AND seq = ?2",
-            params![device, seq],
-            |r| r.get::<Option<Vec<u8>>>(0),
-        )?
-        .flatten())
+/// A verdict's evidence picture: from its row, or from its file under `dir` (`--evidence-dir`).
+pub fn evidence(
+    conn: &Db,
+    device: &str,
+    seq: i64,
+    dir: Option<&std::path::Path>,
+) -> Result<Option<Vec<u8>>> {
+    let sql = if conn.is_postgres() {
+        "SELECT jpeg, path FROM evidence WHERE device = ?1 AND seq = ?2"
+    } else {
+        "SELECT jpeg, NULL FROM evidence WHERE device = ?1 AND seq = ?2"
+    };
+    let row: Option<(Option<Vec<u8>>, Option<String>)> =
+        conn.query_row(sql, params![device, seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    match row {
+        Some((Some(jpeg), _)) => Ok(Some(jpeg)),
+        Some((None, Some(path))) => match dir {
+            Some(d) => match std::fs::read(d.join(&path)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow::anyhow!("evidence {}: {e}", d.join(&path).display())),
+            },
+            // Stored as a file by a supervisor with --evidence-dir; this one has none.
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    }
 }
 
 /// Whether alert `a`'s verdict has a picture.
