@@ -9,7 +9,7 @@ set -euo pipefail
 bin=${1:-target/release}/inspectd-supervisor
 [[ -x $bin ]] || { echo "no $bin: cargo build --release -p inspectd-supervisor" >&2; exit 2; }
 bin=$(readlink -f "$bin")
-pgbin=$(dirname "$(command -v initdb || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+pgbin=$(dirname "$(readlink -f "$(command -v initdb || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
 dir=$(mktemp -d /tmp/inspectd-bench.XXXXXX)
 chmod 755 "$dir"
 pids=()

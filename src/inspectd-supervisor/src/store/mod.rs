@@ -357,6 +357,40 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A share group: every instance receives every status (a plain subscription) and may store
+    /// it late, after newer ones another instance stored.
+    #[test]
+    fn on_postgresql_with_a_share_group_each_status_is_applied_once_whoever_stores_it() {
+        let mut c = db(Backend::Postgres, "statuses_once");
+        let opt = ApplyOptions {
+            statuses_once: true,
+            ..Default::default()
+        };
+        let mut by =
+            |items: &[Item], now: i64| c.write(|tx| apply_with(tx, items, now, &opt)).unwrap();
+        let online = || {
+            status(
+                "a",
+                "online",
+                json!({"instance": "i1", "ts": "2026-11-26T10:00:09Z"}),
+            )
+        };
+        let will = || {
+            status(
+                "a",
+                "offline",
+                json!({"instance": "i1", "ts": "2026-11-26T10:00:09Z"}),
+            )
+        };
+        // Instance A stores online then the last will; B stores its copies late.
+        assert_eq!(by(&[online()], 1000).stored, 1);
+        assert_eq!(by(&[will()], 2000).stored, 1);
+        let b = by(&[online(), will()], 3000);
+        assert_eq!((b.stored, b.duplicates.len()), (0, 2));
+        assert_eq!(fleet(&c, 3000, 30_000).unwrap()[0].state, "offline");
+        assert_eq!(offline_alerts(&c, "a"), 1);
+    }
+
     #[test]
     fn cursors_parse_from_their_ids_only() {
         let c = Cursor {
