@@ -152,6 +152,11 @@ fn follow(
 
 /// The rows past `cur`, to the live views.
 fn publish(db: &Db, cur: &mut Cursor, events: &broadcast::Sender<Event>) -> Result<()> {
+    // No page is open: nothing to read, only where the rows stand (two index lookups).
+    if events.receiver_count() == 0 {
+        *cur = store::cursor(db)?;
+        return Ok(());
+    }
     let (from, verdicts, alerts) = store::since(db, *cur, ROWS)?;
     *cur = from;
     for v in verdicts {

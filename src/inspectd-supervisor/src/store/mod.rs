@@ -361,13 +361,12 @@ mod tests {
     /// it late, after newer ones another instance stored.
     #[test]
     fn on_postgresql_with_a_share_group_each_status_is_applied_once_whoever_stores_it() {
-        let mut c = db(Backend::Postgres, "statuses_once");
+        let c = db(Backend::Postgres, "statuses_once");
         let opt = ApplyOptions {
             statuses_once: true,
             ..Default::default()
         };
-        let mut by =
-            |items: &[Item], now: i64| c.write(|tx| apply_with(tx, items, now, &opt)).unwrap();
+        let by = |items: &[Item], now: i64| c.write(|tx| apply_with(tx, items, now, &opt)).unwrap();
         let online = || {
             status(
                 "a",
