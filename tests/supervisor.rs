@@ -837,6 +837,9 @@ async fn start_with(
         retain_days: 30,
         max_verdicts: 1_000_000,
         stale_after_s: 30,
+        db_password_file: None,
+        share_group: None,
+        evidence_dir: None,
     };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let (btx, brx) = tokio::sync::oneshot::channel();
@@ -891,19 +894,30 @@ async fn stats_when(
 
 #[test]
 fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survives_a_restart() {
-    let (_own_broker, host, port) = test_broker();
     let dir = tmp("sup", "dedupe");
-    let db = dir.join("sup.sqlite");
-    let dev = format!("dup-{}", std::process::id());
+    redeliveries_and_malformed_messages(dir.join("sup.sqlite"), "dedupe");
+}
+
+/// The same on PostgreSQL (a throwaway cluster of this test process).
+#[test]
+fn on_postgresql_redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survives_a_restart(
+) {
+    let url = inspectd_supervisor::pgtest::cluster().create_db("sup_dedupe");
+    redeliveries_and_malformed_messages(PathBuf::from(url), "dedupepg");
+}
+
+fn redeliveries_and_malformed_messages(db: PathBuf, tag: &'static str) {
+    let (_own_broker, host, port) = test_broker();
+    let dev = format!("dup-{tag}-{}", std::process::id());
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn,rumqttd=off")
         .with_test_writer()
         .try_init();
     let rt = inspectd_contract::client::runtime().unwrap();
     rt.block_on(async {
-        let (stop, task, web) = start(&host, port, &db, "dedupe").await;
-        let c = mqtt(&host, port, "dedupe-pub");
-        let p = prefix("dedupe");
+        let (stop, task, web) = start(&host, port, &db, tag).await;
+        let c = mqtt(&host, port, &format!("{tag}-pub"));
+        let p = prefix(tag);
         let t = format!("{p}/{dev}/verdict");
         // Seq 1 three times (a redelivery storm: the same bytes), seq 2 once: two verdicts.
         let (one, two) = (
@@ -975,7 +989,7 @@ fn redeliveries_are_stored_once_malformed_messages_are_counted_and_history_survi
 
         // Restarted on the same database: the history is there, and seq 2 once more is a
         // duplicate. (The broker may also replay the old session's messages: all duplicates.)
-        let (stop, task, web) = start(&host, port, &db, "dedupe").await;
+        let (stop, task, web) = start(&host, port, &db, tag).await;
         c.publish(&t, QoS::AtLeastOnce, false, two).unwrap();
         c.publish(&t, QoS::AtLeastOnce, false, verdict(&dev, 4, "ok", "ok"))
             .unwrap();

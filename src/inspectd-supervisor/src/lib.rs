@@ -1,15 +1,23 @@
 //! `inspectd-supervisor`: the plant-side dashboard. It subscribes to every device's topics,
 //! checks each message against the MQTT contract, stores verdicts (de-duplicated by device and
-//! sequence number), evidence, alerts and status in SQLite, and serves a web UI with live
-//! updates (server-sent events), history with CSV export, alert acknowledgement and commands.
+//! sequence number), evidence, alerts and status in SQLite or PostgreSQL, and serves a web UI
+//! with live updates (server-sent events), history with CSV export, alert acknowledgement and
+//! commands.
 //!
 //! Delivery: the subscription is QoS 1 on a persistent session, and a message is acknowledged
 //! to the broker only after the transaction that stores it commits. A crash loses nothing the
 //! broker handed over; a redelivery is recognised by (device, seq) and stored once.
+//!
+//! Several supervisors (`--share-group`, PostgreSQL): the broker spreads the boxes' messages
+//! over them through a shared subscription; statuses reach every one (a plain subscription) and
+//! are applied once. Each serves the whole UI from the shared database, and its live views
+//! follow the rows every instance stores (`follow`).
 
 pub mod access;
+mod follow;
 pub mod ingest;
 pub mod loadgen;
+pub mod pgtest;
 pub mod store;
 pub mod web;
 
@@ -27,7 +35,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use ingest::{classify, Reject, KINDS};
 use inspectd_cam::error::bad_input;
 use inspectd_contract::client::{Backoff, BrokerConfig};
-use store::{Event, Item, Retention};
+use store::{ApplyOptions, Db, Event, Item, Retention, Target};
 
 #[derive(Args, Debug, Clone)]
 pub struct SuperviseArgs {
@@ -45,7 +53,9 @@ pub struct SuperviseArgs {
     /// Serve the UI without logins on any address (behind a proxy that logs people in).
     #[arg(long)]
     pub allow_anonymous_ui: bool,
-    /// SQLite database file (created if missing; history survives restarts).
+    /// The history: a SQLite file (created if missing), or a PostgreSQL database
+    /// `postgres://USER@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=CA.pem]` (the schema is
+    /// created or migrated on start).
     #[arg(long, default_value = "supervisor.sqlite")]
     pub db: PathBuf,
     /// Topic prefix the devices publish under.
@@ -79,6 +89,21 @@ pub struct SuperviseArgs {
     /// An online device silent this long is shown as stale (seconds).
     #[arg(long, default_value_t = 30)]
     pub stale_after_s: u64,
+    // PostgreSQL, and several supervisors on one database.
+    /// File holding the PostgreSQL password (when the --db URL has none; otherwise PGPASSFILE or
+    /// ~/.pgpass is read, as libpq does).
+    #[arg(long)]
+    pub db_password_file: Option<PathBuf>,
+    /// Share the boxes' verdicts, alerts, evidence, stats and command results with the other
+    /// supervisors of this group (MQTT `$share/NAME/...`): the broker gives each message to one
+    /// of them. Statuses reach every one. Needs a PostgreSQL --db; give each its own --client-id.
+    #[arg(long)]
+    pub share_group: Option<String>,
+    /// Keep evidence pictures as files under this folder (the row keeps their path) instead of in
+    /// the database; retention deletes both. PostgreSQL only. Several supervisors must see the
+    /// same folder (one host, or a shared mount) to show each other's pictures.
+    #[arg(long)]
+    pub evidence_dir: Option<PathBuf>,
 }
 
 /// The supervisor's own counters (`/metrics`).
@@ -208,7 +233,9 @@ pub struct Outgoing {
 
 /// Everything the web handlers share.
 pub struct Hub {
-    pub db: PathBuf,
+    pub db: store::Readers,
+    /// `--evidence-dir`: where pictures stored as files are read from.
+    pub evidence_dir: Option<PathBuf>,
     pub prefix: String,
     pub stale_after_ms: i64,
     pub events: broadcast::Sender<Event>,
@@ -232,6 +259,7 @@ fn flush_acks(client: &AsyncClient, pending: &mut std::collections::VecDeque<rum
 async fn link(
     s: inspectd_contract::client::Settings,
     prefix: String,
+    share_group: Option<String>,
     work: mpsc::Sender<Work>,
     mut acks: mpsc::UnboundedReceiver<Ack>,
     mut commands: mpsc::Receiver<Outgoing>,
@@ -255,7 +283,18 @@ async fn link(
             rumqttc::TlsConfiguration::Rustls(tls.clone()),
         ));
     }
-    let filter = format!("{prefix}/+/#");
+    // One filter for everything, or with a share group: the broker's shared subscription for
+    // what one instance stores for all, and statuses on a plain one (retained messages are not
+    // delivered through shared subscriptions, and every instance must learn each box's state).
+    let filters: Vec<String> = match &share_group {
+        None => vec![format!("{prefix}/+/#")],
+        Some(g) => ["verdict", "alert", "stats", "cmd_result", "evidence/+"]
+            .iter()
+            .map(|leaf| format!("$share/{g}/{prefix}/+/{leaf}"))
+            .chain([format!("{prefix}/+/status")])
+            .collect(),
+    };
+    let filter = filters.join(", ");
     // Dropped at shutdown: the writer then stores what it has, acknowledges it and ends.
     let mut work = Some(work);
     let mut backoff = Backoff::new(Duration::from_secs(10));
@@ -280,7 +319,8 @@ async fn link(
                         }
                         // Subscribe on every connection: a broker restarted without persistence
                         // has forgotten the session.
-                        if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        let subs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                        if let Err(e) = client.try_subscribe_many(subs) {
                             tracing::warn!("subscribing to {filter}: {e}");
                             break;
                         }
@@ -289,7 +329,11 @@ async fn link(
                         metrics.connects.fetch_add(1, Ordering::Relaxed);
                     }
                     // Connected means subscribed: from here on nothing published is missed.
-                    Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                    Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                            tracing::error!("the broker refused a subscription of {filter} ({:?}); a share group needs Mosquitto 2 or another broker with shared subscriptions", ack.return_codes);
+                            break;
+                        }
                         tracing::info!("connected to {}:{}, subscribed to {filter}", s.host, s.port);
                         if metrics.set_link(true) {
                             let _ = events.send(Event::Link);
@@ -380,21 +424,55 @@ async fn link(
     }
 }
 
+/// What the writer thread needs besides its channels.
+struct WriterSetup {
+    target: Target,
+    retention: Retention,
+    stale_after_ms: i64,
+    apply: ApplyOptions,
+    /// This process, in the notifications of stored rows (PostgreSQL).
+    instance: String,
+}
+
+/// Stores one batch in one transaction; on PostgreSQL, tells every supervisor listening (this
+/// one's follower too) at commit.
+fn store_batch(conn: &Db, items: &[Item], now: i64, w: &WriterSetup) -> Result<store::Applied> {
+    conn.write(|tx| {
+        let a = store::apply_with(tx, items, now, &w.apply)?;
+        if tx.is_postgres() && (a.stored > 0 || a.conflicts > 0) {
+            follow::notify(tx, &w.instance, &a.events)?;
+        }
+        Ok(a)
+    })
+}
+
 /// The writer thread: batches whatever is waiting into one transaction, then acknowledges the
-/// batch to the broker and tells the UI. A failing database is retried with backoff; nothing
-/// is acknowledged until it is stored.
+/// batch to the broker and tells the UI. A failing database is retried with backoff (a lost
+/// PostgreSQL connection is made again); nothing is acknowledged until it is stored.
 fn writer(
-    mut conn: rusqlite::Connection,
+    mut conn: Db,
     mut rx: mpsc::Receiver<Work>,
     acks: mpsc::UnboundedSender<Ack>,
     events: broadcast::Sender<Event>,
     metrics: Arc<Metrics>,
-    retention: Retention,
-    stale_after_ms: i64,
+    w: WriterSetup,
 ) {
     const BATCH: usize = 4096;
     let mut retain_due = true;
     let mut sweep_due = false;
+    // On PostgreSQL the live views' rows come from the follower, in commit order across every
+    // supervisor: the writer announces everything else.
+    let rows_from_db = conn.is_postgres();
+    let reconnect = |conn: &mut Db| {
+        if let Db::Postgres(pg) = &*conn {
+            if pg.is_closed() {
+                match store::open(&w.target) {
+                    Ok(db) => *conn = db,
+                    Err(e) => tracing::error!("{e:#}"),
+                }
+            }
+        }
+    };
     loop {
         let Some(first) = rx.blocking_recv() else {
             return;
@@ -420,20 +498,13 @@ fn writer(
             let mut backoff = Backoff::new(Duration::from_secs(10));
             let applied = loop {
                 let now = inspectd_contract::timefmt::now_ms();
-                let r = conn
-                    .transaction()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|tx| {
-                        let a = store::apply(&tx, &items, now)?;
-                        tx.commit()?;
-                        Ok(a)
-                    });
-                match r {
+                match store_batch(&conn, &items, now, &w) {
                     Ok(a) => break a,
                     Err(e) => {
                         metrics.db_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!("storing {} messages: {e:#}; retrying", items.len());
                         std::thread::sleep(backoff.next_delay());
+                        reconnect(&mut conn);
                     }
                 }
             };
@@ -450,6 +521,9 @@ fn writer(
                 let _ = acks.send(t);
             }
             for e in applied.events {
+                if rows_from_db && matches!(e, Event::Verdict(_) | Event::Alert(_)) {
+                    continue;
+                }
                 let _ = events.send(e);
             }
         }
@@ -459,36 +533,45 @@ fn writer(
             // off from the broker meanwhile (then their silence says nothing).
             let now = inspectd_contract::timefmt::now_ms();
             let (up, since) = metrics.link();
-            if up && now - since >= stale_after_ms {
-                let r = conn
-                    .transaction()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|tx| {
-                        let e = store::sweep_silent(&tx, now, stale_after_ms)?;
-                        tx.commit()?;
-                        Ok(e)
-                    });
+            if up && now - since >= w.stale_after_ms {
+                let r = conn.write(|tx| {
+                    let evs = store::sweep_silent(tx, now, w.stale_after_ms)?;
+                    if tx.is_postgres() && !evs.is_empty() {
+                        follow::notify(tx, &w.instance, &evs)?;
+                    }
+                    Ok(evs)
+                });
                 match r {
                     Ok(evs) => {
                         for e in evs {
+                            if rows_from_db && matches!(e, Event::Alert(_)) {
+                                continue;
+                            }
                             let _ = events.send(e);
                         }
                     }
                     Err(e) => {
                         metrics.db_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!("looking for silent boxes: {e:#}");
+                        reconnect(&mut conn);
                     }
                 }
             }
         }
         if retain_due {
             retain_due = false;
-            match store::enforce(&conn, retention, inspectd_contract::timefmt::now_ms()) {
+            match store::enforce_with(
+                &conn,
+                w.retention,
+                inspectd_contract::timefmt::now_ms(),
+                w.apply.evidence_dir.as_deref(),
+            ) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("retention: {n} verdicts deleted"),
                 Err(e) => {
                     metrics.db_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("retention: {e:#}");
+                    reconnect(&mut conn);
                 }
             }
         }
@@ -500,7 +583,7 @@ struct Setup {
     mqtt: inspectd_contract::client::Settings,
     listen: SocketAddr,
     users: Option<access::Users>,
-    conn: rusqlite::Connection,
+    target: Target,
 }
 
 fn setup(a: &SuperviseArgs) -> Result<Setup> {
@@ -543,21 +626,50 @@ fn setup(a: &SuperviseArgs) -> Result<Setup> {
     };
     access::check_listen(listen, users.as_ref(), a.allow_anonymous_ui)
         .map_err(|e| bad_input(e.to_string()))?;
-    if let Some(dir) = a.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let target = Target::parse(&a.db, a.db_password_file.as_deref(), a.allow_insecure)
+        .map_err(|e| bad_input(format!("{e:#}")))?;
+    if let Target::Sqlite(db) = &target {
+        if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(bad_input(format!(
+                    "--db {}: folder {} does not exist",
+                    db.display(),
+                    dir.display()
+                )));
+            }
+        }
+        for (flag, set) in [
+            ("--share-group", a.share_group.is_some()),
+            ("--evidence-dir", a.evidence_dir.is_some()),
+            ("--db-password-file", a.db_password_file.is_some()),
+        ] {
+            if set {
+                return Err(bad_input(format!(
+                    "{flag}: needs a PostgreSQL --db (postgres://USER@HOST/DB); a SQLite file serves one supervisor"
+                )));
+            }
+        }
+    }
+    if let Some(g) = &a.share_group {
+        if g.is_empty() || g.contains(['+', '#', '/']) {
+            return Err(bad_input(format!(
+                "--share-group {g:?}: must be one non-empty topic level without + #"
+            )));
+        }
+    }
+    if let Some(dir) = &a.evidence_dir {
         if !dir.is_dir() {
             return Err(bad_input(format!(
-                "--db {}: folder {} does not exist",
-                a.db.display(),
+                "--evidence-dir {}: not a folder",
                 dir.display()
             )));
         }
     }
-    let conn = store::open(&a.db).map_err(|e| bad_input(format!("{e:#}")))?;
     Ok(Setup {
         mqtt,
         listen,
         users,
-        conn,
+        target,
     })
 }
 
@@ -577,42 +689,64 @@ pub async fn serve(
         mqtt,
         listen,
         users,
-        conn,
+        target,
     } = setup(&a)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| bad_input(format!("--listen {listen}: cannot listen: {e}")))?;
     let addr = listener.local_addr()?;
+    // Blocking (PostgreSQL's client runs a small runtime of its own): off the async workers.
+    let conn = {
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || store::open(&t))
+            .await
+            .context("opening the database")?
+            .map_err(|e| bad_input(format!("{e:#}")))?
+    };
+    let instance = format!(
+        "{}/{}/{}",
+        a.client_id,
+        std::process::id(),
+        inspectd_contract::timefmt::now_ms()
+    );
     let metrics = Arc::new(Metrics::new());
     let (events, _) = broadcast::channel(4096);
     let (work_tx, work_rx) = mpsc::channel(8192);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let retention = Retention {
-        days: a.retain_days,
-        max_verdicts: a.max_verdicts,
+    let setup = WriterSetup {
+        target: target.clone(),
+        retention: Retention {
+            days: a.retain_days,
+            max_verdicts: a.max_verdicts,
+        },
+        stale_after_ms: a.stale_after_s as i64 * 1000,
+        apply: ApplyOptions {
+            statuses_once: a.share_group.is_some(),
+            evidence_dir: a.evidence_dir.clone(),
+        },
+        instance: instance.clone(),
     };
-    let stale_after_ms = a.stale_after_s as i64 * 1000;
+    // PostgreSQL: the live views follow the rows every supervisor stores.
+    let follower = match &target {
+        Target::Postgres(_) => Some(follow::start(
+            target.clone(),
+            instance.clone(),
+            events.clone(),
+        )?),
+        Target::Sqlite(_) => None,
+    };
     let writer_thread = {
         let (events, metrics) = (events.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("supervisor-db".into())
-            .spawn(move || {
-                writer(
-                    conn,
-                    work_rx,
-                    ack_tx,
-                    events,
-                    metrics,
-                    retention,
-                    stale_after_ms,
-                )
-            })
+            .spawn(move || writer(conn, work_rx, ack_tx, events, metrics, setup))
             .context("starting the database thread")?
     };
     let hub = Arc::new(Hub {
-        db: a.db.clone(),
+        db: store::Readers::new(target.clone()),
+        evidence_dir: a.evidence_dir.clone(),
         prefix: a.prefix.clone(),
         stale_after_ms: a.stale_after_s as i64 * 1000,
         events: events.clone(),
@@ -622,6 +756,7 @@ pub async fn serve(
     let mqtt_task = tokio::spawn(link(
         mqtt,
         a.prefix.clone(),
+        a.share_group.clone(),
         work_tx.clone(),
         ack_rx,
         cmd_rx,
@@ -658,8 +793,12 @@ pub async fn serve(
     };
     tracing::info!("supervisor web UI on http://{addr}/");
     eprintln!(
-        "inspectd-supervisor: web UI on http://{addr}/, database {}",
-        a.db.display()
+        "inspectd-supervisor: web UI on http://{addr}/, database {}{}",
+        target.shown(),
+        match &a.share_group {
+            Some(g) => format!(", share group {g}"),
+            None => String::new(),
+        }
     );
     if let Some(b) = bound {
         let _ = b.send(addr);
@@ -681,5 +820,8 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     // The last batch is stored before the process ends.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if let Some(f) = follower {
+        let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+    }
     Ok(())
 }

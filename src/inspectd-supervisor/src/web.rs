@@ -126,16 +126,13 @@ fn not_found(what: String) -> WebError {
 /// Runs a database read off the async workers.
 async fn db<T: Send + 'static>(
     hub: &Arc<Hub>,
-    f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T> + Send + 'static,
+    f: impl FnOnce(&store::Db) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, WebError> {
-    let path = hub.db.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn = store::open_read(&path)?;
-        f(&conn)
-    })
-    .await
-    .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(WebError::from)
+    let hub = hub.clone();
+    tokio::task::spawn_blocking(move || hub.db.with(f))
+        .await
+        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(WebError::from)
 }
 
 fn layout(title: &str, page: &str, body: Markup, open_alerts: i64) -> Html<String> {
@@ -180,7 +177,7 @@ fn layout(title: &str, page: &str, body: Markup, open_alerts: i64) -> Html<Strin
     Html(doc.into_string())
 }
 
-fn open_alert_count(conn: &rusqlite::Connection) -> anyhow::Result<i64> {
+fn open_alert_count(conn: &store::Db) -> anyhow::Result<i64> {
     Ok(store::counts(conn)?[2])
 }
 
@@ -384,12 +381,13 @@ async fn live_page(
     };
     // One read transaction: the rows and the cursor are the same snapshot.
     let (rows, open, cursor) = db(&hub, move |c| {
-        let t = c.unchecked_transaction()?;
-        Ok((
-            store::verdicts(&t, &f, 50)?,
-            open_alert_count(&t)?,
-            store::cursor(&t)?,
-        ))
+        c.snapshot(|t| {
+            Ok((
+                store::verdicts(t, &f, 50)?,
+                open_alert_count(t)?,
+                store::cursor(t)?,
+            ))
+        })
     })
     .await?;
     let body = html! {
@@ -564,14 +562,15 @@ async fn alerts_page(
     let f = alert_filter_of(&q);
     let ff = f.clone();
     let ((groups, total), done, facets, open, cursor) = db(&hub, move |c| {
-        let t = c.unchecked_transaction()?;
-        Ok((
-            store::alert_groups(&t, &ff)?,
-            store::alerts_acked(&t, 100)?,
-            store::alert_facets(&t)?,
-            open_alert_count(&t)?,
-            store::cursor(&t)?,
-        ))
+        c.snapshot(|t| {
+            Ok((
+                store::alert_groups(t, &ff)?,
+                store::alerts_acked(t, 100)?,
+                store::alert_facets(t)?,
+                open_alert_count(t)?,
+                store::cursor(t)?,
+            ))
+        })
     })
     .await?;
     let now = now_ms();
@@ -988,7 +987,8 @@ async fn picture(
     Path((device, seq)): Path<(String, i64)>,
 ) -> Result<Response, WebError> {
     let d = device.clone();
-    if let Some(jpg) = db(&hub, move |c| store::evidence(c, &d, seq)).await? {
+    let dir = hub.evidence_dir.clone();
+    if let Some(jpg) = db(&hub, move |c| store::evidence(c, &d, seq, dir.as_deref())).await? {
         return Ok(image_response("image/jpeg", jpg));
     }
     heatmap_of(&hub, device, seq).await
@@ -1396,14 +1396,6 @@ async fn stream_events(
     }
 }
 
-fn db_bytes(path: &std::path::Path) -> u64 {
-    ["", "-wal"]
-        .iter()
-        .filter_map(|ext| std::fs::metadata(format!("{}{ext}", path.display())).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 /// One label and its value, for a family of series.
 type Label = [(&'static str, &'static str); 1];
 
@@ -1433,12 +1425,14 @@ fn gauges(
 
 async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
     let stale = hub.stale_after_ms;
-    let (fleet, counts, conflicts, missing) = db(&hub, move |c| {
+    let h = hub.clone();
+    let (fleet, counts, conflicts, missing, db_bytes) = db(&hub, move |c| {
         Ok((
             store::fleet(c, now_ms(), stale)?,
             store::counts(c)?,
             store::conflict_count(c)?,
             store::seq_missing(c)?,
+            store::db_bytes(c, &h.db.target)?,
         ))
     })
     .await?;
@@ -1500,8 +1494,8 @@ async fn metrics(State(hub): Shared) -> Result<Response, WebError> {
     );
     r.register(
         "inspectd_supervisor_db_bytes",
-        "Size of the database and its WAL",
-        ConstGauge::new(db_bytes(&hub.db)),
+        "Size of the database (SQLite: the file and its WAL; PostgreSQL: the database)",
+        ConstGauge::new(db_bytes),
     );
     r.register(
         "inspectd_supervisor_rows",
@@ -1555,7 +1549,11 @@ async fn api_fleet(State(hub): Shared) -> Result<Response, WebError> {
 }
 
 async fn api_stats(State(hub): Shared) -> Result<Response, WebError> {
-    let counts = db(&hub, store::counts).await?;
+    let h = hub.clone();
+    let (counts, db_bytes) = db(&hub, move |c| {
+        Ok((store::counts(c)?, store::db_bytes(c, &h.db.target)?))
+    })
+    .await?;
     let m = &hub.metrics;
     let by = |a: &[std::sync::atomic::AtomicU64], names: &[&str]| -> Value {
         names
@@ -1576,7 +1574,7 @@ async fn api_stats(State(hub): Shared) -> Result<Response, WebError> {
         "connected": m.connected.load(Ordering::Relaxed),
         "connects": m.connects.load(Ordering::Relaxed),
         "messages_per_second": m.rate(),
-        "db_bytes": db_bytes(&hub.db),
+        "db_bytes": db_bytes,
     }))
     .into_response())
 }

@@ -121,3 +121,154 @@ bo:short
         &["--verdicts"],
     );
 }
+
+/// Starts the supervisor with `args` (its broker need not exist) and returns its first stderr
+/// line: the start-up line once the database is open, or the error.
+fn first_line(args: &[&str], env: &[(&str, &Path)]) -> (String, Option<i32>) {
+    use std::io::BufRead;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_inspectd-supervisor"));
+    c.args(args)
+        .env_remove("PGPASSFILE")
+        .env("INSPECTD_LOG", "error")
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // An error ends the process at once; a supervisor that started runs until killed.
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let code = child.wait().unwrap().code();
+    (line.trim_end().to_string(), code)
+}
+
+#[test]
+fn postgresql_and_share_group_flags_are_checked_and_the_password_comes_from_a_file() {
+    let dir = tmpdir("postgres");
+    let ok_db = dir.join("sup.sqlite");
+    let sup = |db: &str, extra: &[&str]| {
+        let mut a = vec![
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db,
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    // Several supervisors cannot share one SQLite file.
+    assert_bad_input(
+        &sup(s(&ok_db), &["--share-group", "plant"]),
+        &["--share-group", "PostgreSQL"],
+    );
+    assert_bad_input(
+        &sup(s(&ok_db), &["--evidence-dir", s(&dir)]),
+        &["--evidence-dir"],
+    );
+    let c = inspectd_supervisor::pgtest::cluster();
+    let url = c.create_db("cli");
+    assert_bad_input(&sup(&url, &["--share-group", "a/b"]), &["--share-group"]);
+    assert_bad_input(
+        &sup(&url, &["--evidence-dir", "/nonexistent-folder"]),
+        &["--evidence-dir", "/nonexistent-folder"],
+    );
+    // A server elsewhere without a checked certificate; a mode that does not exist.
+    assert_bad_input(&sup("postgres://ops@db.plant/x", &[]), &["--db", "sslmode"]);
+    assert_bad_input(
+        &sup("postgresql://ops@127.0.0.1:1/x?sslmode=sometimes", &[]),
+        &["--db", "sslmode"],
+    );
+    assert_bad_input(
+        &sup(
+            &format!(
+                "postgres://ops@127.0.0.1:{}/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                c.port
+            ),
+            &[],
+        ),
+        &["sslrootcert", "/nonexistent/ca.pem"],
+    );
+    // Nothing listening there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert_bad_input(
+        &sup(
+            &format!("postgres://ops@127.0.0.1:{port}/x?sslmode=disable"),
+            &[],
+        ),
+        &["--db", "cannot connect"],
+    );
+    // The role `pwuser` logs in with its password only: from --db-password-file or PGPASSFILE.
+    let pw_url = format!("postgres://pwuser@127.0.0.1:{}/cli?sslmode=disable", c.port);
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "not-it\n").unwrap();
+    assert_bad_input(
+        &sup(&pw_url, &["--db-password-file", s(&wrong)]),
+        &["--db", "password authentication failed"],
+    );
+    let right = dir.join("right");
+    std::fs::write(
+        &right,
+        format!("{}\n", inspectd_supervisor::pgtest::PW_PASSWORD),
+    )
+    .unwrap();
+    let args = |extra: &'static [&'static str]| {
+        let mut a: Vec<String> = [
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(pw_url.clone());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut with_file = args(&["--db-password-file"]);
+    with_file.push(s(&right).to_string());
+    let v: Vec<&str> = with_file.iter().map(String::as_str).collect();
+    let (line, _) = first_line(&v, &[]);
+    assert!(
+        line.contains("database postgres://pwuser@127.0.0.1"),
+        "{line}"
+    );
+    let pgpass = dir.join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "127.0.0.1:{}:cli:pwuser:{}\n",
+            c.port,
+            inspectd_supervisor::pgtest::PW_PASSWORD
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let plain = args(&[]);
+    let v: Vec<&str> = plain.iter().map(String::as_str).collect();
+    let (line, _) = first_line(&v, &[("PGPASSFILE", &pgpass)]);
+    assert!(
+        line.contains("database postgres://pwuser@127.0.0.1"),
+        "{line}"
+    );
+    // A password file others may read is ignored, as libpq does: no password, refused.
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (line, code) = first_line(&v, &[("PGPASSFILE", &pgpass)]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("--db"), "{line}");
+}

@@ -1,8 +1,10 @@
 //! The writer: one batch of incoming messages stored in one transaction, and retention.
 
 use crate::ingest::Incoming;
+use crate::params;
 use anyhow::Result;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::db::Db;
 
 use super::queries::{severity_class, AlertRow, CmdRow, VerdictRow, PICTURE};
 
@@ -40,13 +42,32 @@ pub struct Applied {
     pub events: Vec<Event>,
 }
 
-/// Stores a batch in one transaction.
-pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
+/// How a batch is stored beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// Several instances share the subscriptions (`--share-group`), and each receives every
+    /// status: a status already applied (by any of them) is a duplicate.
+    pub statuses_once: bool,
+    /// Evidence pictures go to files under this folder, their path (relative to it) in the row.
+    pub evidence_dir: Option<std::path::PathBuf>,
+}
+
+/// Stores a batch in one transaction (`tx` is inside it).
+pub fn apply(tx: &Db, items: &[Item], now: i64) -> Result<Applied> {
+    apply_with(tx, items, now, &ApplyOptions::default())
+}
+
+/// [`apply`], with options.
+pub fn apply_with(tx: &Db, items: &[Item], now: i64, opt: &ApplyOptions) -> Result<Applied> {
     let mut out = Applied::default();
-    let mut seen = tx.prepare_cached(
-        "INSERT INTO devices (device, last_seen) VALUES (?1, ?2)
-         ON CONFLICT (device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
-    )?;
+    let seen = |dev: &str, at: i64| {
+        tx.execute(
+            "INSERT INTO devices (device, last_seen) VALUES (?1, ?2)
+             ON CONFLICT (device) DO UPDATE SET last_seen = CASE
+               WHEN excluded.last_seen > devices.last_seen THEN excluded.last_seen ELSE devices.last_seen END",
+            params![dev, at],
+        )
+    };
     for it in items {
         let dev = it.msg.device();
         // A retained status says nothing about now: the device was seen when it was sent.
@@ -59,18 +80,27 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
         // What the device was before this status: a lost box (its last will) is an alert.
         type Before = (String, i64, Option<i64>, Option<String>);
         let before: Option<Before> = match &it.msg {
-            Incoming::Status { .. } => tx
-                .prepare_cached(
-                    "SELECT state, last_seen, offline_alert_at, instance FROM devices WHERE device = ?1",
-                )?
-                .query_row(params![dev], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()?,
+            Incoming::Status { .. } => tx.query_row(
+                "SELECT state, last_seen, offline_alert_at, instance FROM devices WHERE device = ?1",
+                params![dev],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?,
             _ => None,
         };
+        // Another instance of the share group applied this very status already.
+        if let (true, Incoming::Status { device, raw, .. }) = (opt.statuses_once, &it.msg) {
+            let digest = status_digest(raw);
+            let n = tx.execute(
+                "INSERT INTO statuses_seen (device, digest, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![device, digest, now],
+            )?;
+            if n == 0 {
+                out.duplicates.push(it.msg.kind());
+                continue;
+            }
+        }
         if !matches!(it.msg, Incoming::Forget { .. }) {
-            seen.execute(params![dev, seen_at])?;
+            seen(dev, seen_at)?;
         }
         let fresh = match &it.msg {
             Incoming::Status {
@@ -98,12 +128,11 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                     // The last will is the exception: its `ts` is when the connection began, so
                     // `offline` always applies (a later message from the box shows it alive
                     // again: `fleet`).
-                    let n = tx
-                        .prepare_cached(
-                            "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
-                             WHERE device = ?1 AND (?6 = 'offline' OR ?5 IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
-                        )?
-                        .execute(params![device, state, raw, now, ts_ms, state])?;
+                    let n = tx.execute(
+                        "UPDATE devices SET state = ?2, status = ?3, status_at = ?4, status_ts = ?5
+                         WHERE device = ?1 AND (?6 = 'offline' OR CAST(?5 AS BIGINT) IS NULL OR status_ts IS NULL OR status_ts <= ?5)",
+                        params![device, state, raw, now, ts_ms, state],
+                    )?;
                     // The last will of a box that was up (not one already known lost or
                     // stopped, nor one already alerted since it was last heard): it vanished.
                     if let Some((prev, last_seen, alerted, _)) = &before {
@@ -125,10 +154,14 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                 }
             }
             Incoming::Forget { device } => {
-                tx.prepare_cached("DELETE FROM devices WHERE device = ?1")?
-                    .execute(params![device])?;
-                tx.prepare_cached("DELETE FROM seq_gaps WHERE device = ?1")?
-                    .execute(params![device])?;
+                tx.execute("DELETE FROM devices WHERE device = ?1", params![device])?;
+                tx.execute("DELETE FROM seq_gaps WHERE device = ?1", params![device])?;
+                if opt.statuses_once {
+                    tx.execute(
+                        "DELETE FROM statuses_seen WHERE device = ?1",
+                        params![device],
+                    )?;
+                }
                 out.events.push(Event::Fleet);
                 true
             }
@@ -137,43 +170,36 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                 counts,
                 raw,
             } => {
-                tx.prepare_cached(
+                tx.execute(
                     "UPDATE devices SET stats = ?2, stats_at = ?3 WHERE device = ?1",
-                )?
-                .execute(params![device, raw, now])?;
-                tx.prepare_cached("INSERT INTO stats_samples (device, at, ok, defect, suspect) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![device, now, counts[0], counts[1], counts[2]])?;
+                    params![device, raw, now],
+                )?;
+                tx.execute(
+                    "INSERT INTO stats_samples (device, at, ok, defect, suspect) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![device, now, counts[0], counts[1], counts[2]],
+                )?;
                 out.events.push(Event::Fleet);
                 true
             }
             Incoming::Verdict(v) => {
                 let reasons = serde_json::to_string(&v.reasons)?;
-                let n = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO verdicts (device, seq, ts, ts_ms, received, part_id, verdict, label,
-                         confidence, reasons, model, latency_ms, map_png, raw)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                    )?
-                    .execute(params![
+                let id: Option<i64> = tx.query_row(
+                    "INSERT INTO verdicts (device, seq, ts, ts_ms, received, part_id, verdict, label,
+                     confidence, reasons, model, latency_ms, map_png, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT DO NOTHING RETURNING id",
+                    params![
                         v.device, v.seq, v.ts, v.ts_ms, now, v.part_id, v.verdict, v.label, v.confidence,
                         reasons, v.model, v.latency_ms, (!v.map_png.is_empty()).then_some(&v.map_png), v.raw
-                    ])?;
-                if n == 0 {
-                    // (device, seq) is stored: the same content again is a redelivery; other
-                    // content is a conflict (two boxes under one id, a seq reset), kept and
-                    // alerted instead of being dropped as a duplicate.
-                    let conflict = conflicting(tx, v, now)?;
-                    if let Some(ev) = &conflict {
-                        out.conflicts += 1;
-                        out.events.extend(ev.clone());
-                    }
-                    conflict.is_some()
-                } else {
-                    let id = tx.last_insert_rowid();
+                    ],
+                    |r| r.get(0),
+                )?;
+                if let Some(id) = id {
                     track_seq(tx, &v.device, v.seq, now)?;
-                    let has_evidence = tx
-                        .prepare_cached("SELECT 1 FROM evidence WHERE device = ?1 AND seq = ?2")?
-                        .exists(params![v.device, v.seq])?;
+                    let has_evidence = tx.exists(
+                        "SELECT 1 FROM evidence WHERE device = ?1 AND seq = ?2",
+                        params![v.device, v.seq],
+                    )?;
                     out.events.push(Event::Verdict(Box::new(VerdictRow {
                         id,
                         device: v.device.clone(),
@@ -190,12 +216,38 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         has_evidence,
                     })));
                     true
+                } else {
+                    // (device, seq) is stored: the same content again is a redelivery; other
+                    // content is a conflict (two boxes under one id, a seq reset), kept and
+                    // alerted instead of being dropped as a duplicate.
+                    let conflict = conflicting(tx, v, now)?;
+                    if let Some(ev) = &conflict {
+                        out.conflicts += 1;
+                        out.events.extend(ev.clone());
+                    }
+                    conflict.is_some()
                 }
             }
             Incoming::Evidence { device, seq, jpeg } => {
-                let n = tx
-                    .prepare_cached("INSERT OR IGNORE INTO evidence (device, seq, received, jpeg) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![device, seq, now, jpeg])?;
+                let n = match &opt.evidence_dir {
+                    None => tx.execute(
+                        "INSERT INTO evidence (device, seq, received, jpeg) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                        params![device, seq, now, jpeg],
+                    )?,
+                    Some(dir) => {
+                        let rel = evidence_path(device, *seq);
+                        let n = tx.execute(
+                            "INSERT INTO evidence (device, seq, received, path) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                            params![device, seq, now, rel],
+                        )?;
+                        // Written inside the transaction: a failure rolls the row back (and the
+                        // batch is retried); a file left by a rolled-back batch is written again.
+                        if n == 1 {
+                            write_evidence(&dir.join(&rel), jpeg)?;
+                        }
+                        n
+                    }
+                };
                 if n == 1 {
                     out.events.push(Event::Evidence {
                         device: device.clone(),
@@ -205,17 +257,26 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                 n == 1
             }
             Incoming::Alert(a) => {
-                let n = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO alerts (device, ts, received, kind, severity, message, seq, raw)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )?
-                    .execute(params![a.device, a.ts, now, a.kind, severity_class(&a.severity), a.message, a.seq, a.raw])?;
-                if n == 1 {
-                    let id = tx.last_insert_rowid();
-                    let has_picture = tx
-                        .prepare_cached(&format!("SELECT {PICTURE} FROM alerts a WHERE a.id = ?1"))?
-                        .query_row(params![id], |r| r.get(0))?;
+                let id: Option<i64> = tx.query_row(
+                    "INSERT INTO alerts (device, ts, received, kind, severity, message, seq, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING RETURNING id",
+                    params![
+                        a.device,
+                        a.ts,
+                        now,
+                        a.kind,
+                        severity_class(&a.severity),
+                        a.message,
+                        a.seq,
+                        a.raw
+                    ],
+                    |r| r.get(0),
+                )?;
+                if let Some(id) = id {
+                    let has_picture = tx.one(
+                        &format!("SELECT {PICTURE} FROM alerts a WHERE a.id = ?1"),
+                        params![id],
+                    )?;
                     out.events.push(Event::Alert(Box::new(AlertRow {
                         id,
                         has_picture,
@@ -229,16 +290,15 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
                         acked_at: None,
                     })));
                 }
-                n == 1
+                id.is_some()
             }
             Incoming::CmdResult(c) => {
                 let id = c.id.clone().unwrap_or_default();
-                let n = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO cmd_results (device, ts, received, command, cmd_id, ok, detail)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![c.device, c.ts, now, c.command, id, c.ok, c.detail])?;
+                let n = tx.execute(
+                    "INSERT INTO cmd_results (device, ts, received, command, cmd_id, ok, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                    params![c.device, c.ts, now, c.command, id, c.ok, c.detail],
+                )?;
                 if n == 1 {
                     out.events.push(Event::CmdResult(Box::new(CmdRow {
                         device: c.device.clone(),
@@ -261,18 +321,60 @@ pub fn apply(tx: &Transaction, items: &[Item], now: i64) -> Result<Applied> {
     Ok(out)
 }
 
+/// Where a picture goes under `--evidence-dir`: a folder per device, named so that any device id
+/// (`..`, `/`-free but hostile) stays one plain folder name, and `SEQ.jpg` in it.
+pub fn evidence_path(device: &str, seq: i64) -> String {
+    let mut name = String::new();
+    for b in device.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if name.len() > 120 {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(device.as_bytes());
+        let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        name = format!("{}~{hex}", &name[..100]);
+    }
+    format!("{name}/{seq}.jpg")
+}
+
+fn write_evidence(path: &std::path::Path, jpeg: &[u8]) -> Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--evidence-dir: creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("jpg.part");
+    std::fs::write(&tmp, jpeg)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("--evidence-dir: writing {}", path.display()))
+}
+
+/// What identifies one status message: its content (with its `ts` and `instance`); a retained
+/// replay of a status already applied is no news either.
+fn status_digest(raw: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(raw.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Raises the supervisor's own `device_offline` alert (critical) for `device`, once until the
 /// box is heard from again.
-fn raise_offline(tx: &Connection, device: &str, message: &str, now: i64) -> Result<Option<Event>> {
-    tx.prepare_cached("UPDATE devices SET offline_alert_at = ?2 WHERE device = ?1")?
-        .execute(params![device, now])?;
+fn raise_offline(tx: &Db, device: &str, message: &str, now: i64) -> Result<Option<Event>> {
+    tx.execute(
+        "UPDATE devices SET offline_alert_at = ?2 WHERE device = ?1",
+        params![device, now],
+    )?;
     raise(tx, device, DEVICE_OFFLINE, "critical", message, None, now)
 }
 
 /// Stores an alert of the supervisor's own (`"source": "supervisor"` in its payload) and
 /// returns the event for the UI, or nothing if that very alert is already stored.
 fn raise(
-    tx: &Connection,
+    tx: &Db,
     device: &str,
     kind: &str,
     severity: &str,
@@ -284,19 +386,19 @@ fn raise(
     let raw = serde_json::json!({"schema": "inspect.alert/1", "device": device, "ts": ts,
         "kind": kind, "severity": severity, "message": message, "seq": seq, "source": "supervisor"})
     .to_string();
-    let n = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO alerts (device, ts, received, kind, severity, message, seq, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![device, ts, now, kind, severity, message, seq, raw])?;
-    if n == 0 {
+    let id: Option<i64> = tx.query_row(
+        "INSERT INTO alerts (device, ts, received, kind, severity, message, seq, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING RETURNING id",
+        params![device, ts, now, kind, severity, message, seq, raw],
+        |r| r.get(0),
+    )?;
+    let Some(id) = id else {
         return Ok(None);
-    }
-    let id = tx.last_insert_rowid();
-    let has_picture = tx
-        .prepare_cached(&format!("SELECT {PICTURE} FROM alerts a WHERE a.id = ?1"))?
-        .query_row(params![id], |r| r.get(0))?;
+    };
+    let has_picture = tx.one(
+        &format!("SELECT {PICTURE} FROM alerts a WHERE a.id = ?1"),
+        params![id],
+    )?;
     Ok(Some(Event::Alert(Box::new(AlertRow {
         id,
         has_picture,
@@ -319,36 +421,29 @@ pub const DUPLICATE_DEVICE_ID: &str = "duplicate_device_id";
 /// A verdict whose (device, seq) is already stored. `None`: the same content (a redelivery, or
 /// a conflict already kept). Otherwise it is kept in `conflicts` and a `seq_conflict` alert
 /// (warning) is raised; returns that alert's event, if it is new.
-fn conflicting(
-    tx: &Connection,
-    v: &crate::ingest::Verdict,
-    now: i64,
-) -> Result<Option<Option<Event>>> {
+fn conflicting(tx: &Db, v: &crate::ingest::Verdict, now: i64) -> Result<Option<Option<Event>>> {
     let map = (!v.map_png.is_empty()).then_some(&v.map_png);
-    let stored: Option<(String, String, String)> = tx
-        .prepare_cached(
-            "SELECT verdict, label, ts FROM verdicts WHERE device = ?1 AND seq = ?2
-             AND NOT (raw = ?3 AND map_png IS ?4)",
-        )?
-        .query_row(params![v.device, v.seq, v.raw, map], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+    let stored: Option<(String, String, String)> = tx.query_row(
+        "SELECT verdict, label, ts FROM verdicts WHERE device = ?1 AND seq = ?2
+         AND NOT (raw = ?3 AND map_png IS NOT DISTINCT FROM ?4)",
+        params![v.device, v.seq, v.raw, map],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let Some((verdict, label, ts)) = stored else {
         return Ok(None);
     };
-    let known = tx
-        .prepare_cached(
-            "SELECT 1 FROM conflicts WHERE device = ?1 AND seq = ?2 AND raw = ?3 AND map_png IS ?4",
-        )?
-        .exists(params![v.device, v.seq, v.raw, map])?;
+    let known = tx.exists(
+        "SELECT 1 FROM conflicts WHERE device = ?1 AND seq = ?2 AND raw = ?3
+         AND map_png IS NOT DISTINCT FROM ?4",
+        params![v.device, v.seq, v.raw, map],
+    )?;
     if known {
         return Ok(None);
     }
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO conflicts (device, seq, received, raw, map_png) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![v.device, v.seq, now, v.raw, map])?;
+        params![v.device, v.seq, now, v.raw, map],
+    )?;
     let message = format!(
         "seq {} came again with other content: stored {verdict} {label:?} of {ts}, now {} {:?} of {} (kept as a conflict; two boxes under one id, or a box whose seq went back)",
         v.seq, v.verdict, v.label, v.ts
@@ -368,43 +463,43 @@ fn conflicting(
 /// seen starts the count; a seq past the highest opens a gap below it; a late one (a spool
 /// resend, out of order) closes the part of a gap it fills. Kept as ranges, so retention
 /// deleting verdicts never opens one; a seq below the first seen is no gap.
-fn track_seq(tx: &Connection, device: &str, seq: i64, now: i64) -> Result<()> {
+fn track_seq(tx: &Db, device: &str, seq: i64, now: i64) -> Result<()> {
     let hi: Option<i64> = tx
-        .prepare_cached("SELECT seq_hi FROM devices WHERE device = ?1")?
-        .query_row(params![device], |r| r.get(0))
-        .optional()?
+        .query_row(
+            "SELECT seq_hi FROM devices WHERE device = ?1",
+            params![device],
+            |r| r.get(0),
+        )?
         .flatten();
+    const ADD: &str = "INSERT INTO seq_gaps (device, lo, hi, noticed) VALUES (?1, ?2, ?3, ?4)";
     match hi {
         Some(hi) if seq <= hi => {
-            let gap: Option<(i64, i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT lo, hi, noticed FROM seq_gaps WHERE device = ?1 AND lo <= ?2 AND hi >= ?2",
-                )?
-                .query_row(params![device, seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
+            let gap: Option<(i64, i64, i64)> = tx.query_row(
+                "SELECT lo, hi, noticed FROM seq_gaps WHERE device = ?1 AND lo <= ?2 AND hi >= ?2",
+                params![device, seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             if let Some((lo, hi, noticed)) = gap {
-                tx.prepare_cached("DELETE FROM seq_gaps WHERE device = ?1 AND lo = ?2")?
-                    .execute(params![device, lo])?;
-                let mut add = tx.prepare_cached(
-                    "INSERT INTO seq_gaps (device, lo, hi, noticed) VALUES (?1, ?2, ?3, ?4)",
+                tx.execute(
+                    "DELETE FROM seq_gaps WHERE device = ?1 AND lo = ?2",
+                    params![device, lo],
                 )?;
                 if lo < seq {
-                    add.execute(params![device, lo, seq - 1, noticed])?;
+                    tx.execute(ADD, params![device, lo, seq - 1, noticed])?;
                 }
                 if seq < hi {
-                    add.execute(params![device, seq + 1, hi, noticed])?;
+                    tx.execute(ADD, params![device, seq + 1, hi, noticed])?;
                 }
             }
         }
         _ => {
             if let Some(hi) = hi.filter(|&h| seq > h + 1) {
-                tx.prepare_cached(
-                    "INSERT INTO seq_gaps (device, lo, hi, noticed) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![device, hi + 1, seq - 1, now])?;
+                tx.execute(ADD, params![device, hi + 1, seq - 1, now])?;
             }
-            tx.prepare_cached("UPDATE devices SET seq_hi = ?2 WHERE device = ?1")?
-                .execute(params![device, seq])?;
+            tx.execute(
+                "UPDATE devices SET seq_hi = ?2 WHERE device = ?1",
+                params![device, seq],
+            )?;
         }
     }
     Ok(())
@@ -415,27 +510,32 @@ fn track_seq(tx: &Connection, device: &str, seq: i64, now: i64) -> Result<()> {
 /// before it coming back means two live processes take turns on the broker under one id (each
 /// connection kicks the other off): a `duplicate_device_id` alert (critical), once while one is
 /// open for the device.
-fn track_instance(tx: &Connection, device: &str, inst: &str, now: i64) -> Result<Option<Event>> {
+fn track_instance(tx: &Db, device: &str, inst: &str, now: i64) -> Result<Option<Event>> {
     let (cur, prev): (Option<String>, Option<String>) = tx
-        .prepare_cached("SELECT instance, prev_instance FROM devices WHERE device = ?1")?
-        .query_row(params![device], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
+        .query_row(
+            "SELECT instance, prev_instance FROM devices WHERE device = ?1",
+            params![device],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
         .unwrap_or_default();
     let Some(cur) = cur.filter(|c| c != inst) else {
-        tx.prepare_cached("UPDATE devices SET instance = ?2 WHERE device = ?1")?
-            .execute(params![device, inst])?;
+        tx.execute(
+            "UPDATE devices SET instance = ?2 WHERE device = ?1",
+            params![device, inst],
+        )?;
         return Ok(None);
     };
-    tx.prepare_cached("UPDATE devices SET instance = ?2, prev_instance = ?3 WHERE device = ?1")?
-        .execute(params![device, inst, cur])?;
+    tx.execute(
+        "UPDATE devices SET instance = ?2, prev_instance = ?3 WHERE device = ?1",
+        params![device, inst, cur],
+    )?;
     if prev.as_deref() != Some(inst) {
         return Ok(None);
     }
-    let open = tx
-        .prepare_cached(
-            "SELECT 1 FROM alerts WHERE device = ?1 AND kind = ?2 AND acked_at IS NULL",
-        )?
-        .exists(params![device, DUPLICATE_DEVICE_ID])?;
+    let open = tx.exists(
+        "SELECT 1 FROM alerts WHERE device = ?1 AND kind = ?2 AND acked_at IS NULL",
+        params![device, DUPLICATE_DEVICE_ID],
+    )?;
     if open {
         return Ok(None);
     }
@@ -459,14 +559,13 @@ pub const DEVICE_OFFLINE: &str = "device_offline";
 /// Boxes silent past `stale_after` ms that neither stopped nor were already alerted since they
 /// were last heard: each gets a `device_offline` alert. Call only while the supervisor itself
 /// has been connected to the broker for `stale_after` (its own silence is not theirs).
-pub fn sweep_silent(tx: &Transaction, now: i64, stale_after: i64) -> Result<Vec<Event>> {
-    let silent: Vec<(String, i64)> = tx
-        .prepare_cached(
-            "SELECT device, last_seen FROM devices WHERE state NOT IN ('offline', 'stopped')
-             AND last_seen < ?1 AND (offline_alert_at IS NULL OR offline_alert_at < last_seen)",
-        )?
-        .query_map(params![now - stale_after], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+pub fn sweep_silent(tx: &Db, now: i64, stale_after: i64) -> Result<Vec<Event>> {
+    let silent: Vec<(String, i64)> = tx.query(
+        "SELECT device, last_seen FROM devices WHERE state NOT IN ('offline', 'stopped')
+         AND last_seen < ?1 AND (offline_alert_at IS NULL OR offline_alert_at < last_seen)",
+        params![now - stale_after],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let mut out = Vec::new();
     for (device, last_seen) in silent {
         let msg = format!(
@@ -492,20 +591,62 @@ pub struct Retention {
 /// Deletes what is past the retention limits: verdicts older than `days` or beyond the newest
 /// `max_verdicts`, their evidence, acknowledged alerts, command results and stats samples older
 /// than `days` (stats samples: one day). Open alerts are kept. Returns the verdicts deleted.
-pub fn enforce(conn: &Connection, r: Retention, now: i64) -> Result<usize> {
+pub fn enforce(conn: &Db, r: Retention, now: i64) -> Result<usize> {
+    enforce_with(conn, r, now, None)
+}
+
+/// [`enforce`]; the files of the evidence deleted go too (`--evidence-dir`), once the
+/// transaction that deleted their rows has committed.
+pub fn enforce_with(
+    conn: &Db,
+    r: Retention,
+    now: i64,
+    evidence_dir: Option<&std::path::Path>,
+) -> Result<usize> {
     let cutoff = now - r.days as i64 * 86_400_000;
-    let tx = conn.unchecked_transaction()?;
+    let (n, files) = conn.write(|tx| enforce_in(tx, r, now, cutoff))?;
+    if let Some(dir) = evidence_dir {
+        for f in files {
+            let p = dir.join(&f);
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("retention: deleting {}: {e}", p.display());
+                }
+            }
+            // The device's folder once empty (fails harmlessly while it is not).
+            if let Some(d) = p.parent() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn enforce_in(tx: &Db, r: Retention, now: i64, cutoff: i64) -> Result<(usize, Vec<String>)> {
     let mut n = tx.execute("DELETE FROM verdicts WHERE received < ?1", params![cutoff])?;
     n += tx.execute(
         "DELETE FROM verdicts WHERE id <= (SELECT id FROM verdicts ORDER BY id DESC LIMIT 1 OFFSET ?1)",
         params![r.max_verdicts as i64],
     )?;
     // Evidence without its verdict: gone with it, or never came (after a grace period).
-    tx.execute(
-        "DELETE FROM evidence WHERE received < ?1 AND NOT EXISTS
-         (SELECT 1 FROM verdicts v WHERE v.device = evidence.device AND v.seq = evidence.seq)",
-        params![now - 600_000],
-    )?;
+    let orphans = "received < ?1 AND NOT EXISTS
+         (SELECT 1 FROM verdicts v WHERE v.device = evidence.device AND v.seq = evidence.seq)";
+    let files: Vec<String> = if tx.is_postgres() {
+        tx.query(
+            &format!("DELETE FROM evidence WHERE {orphans} RETURNING path"),
+            params![now - 600_000],
+            |r| r.get::<Option<String>>(0),
+        )?
+        .into_iter()
+        .flatten()
+        .collect()
+    } else {
+        tx.execute(
+            &format!("DELETE FROM evidence WHERE {orphans}"),
+            params![now - 600_000],
+        )?;
+        Vec::new()
+    };
     tx.execute(
         "DELETE FROM alerts WHERE acked_at IS NOT NULL AND received < ?1",
         params![cutoff],
@@ -522,6 +663,11 @@ pub fn enforce(conn: &Connection, r: Retention, now: i64) -> Result<usize> {
         "DELETE FROM stats_samples WHERE at < ?1",
         params![now - 86_400_000],
     )?;
-    tx.commit()?;
-    Ok(n)
+    if tx.is_postgres() {
+        tx.execute(
+            "DELETE FROM statuses_seen WHERE at < ?1",
+            params![now - 86_400_000],
+        )?;
+    }
+    Ok((n, files))
 }

@@ -1,7 +1,8 @@
 //! The live views' cursor: a page or an event stream resumes after the last row it saw.
 
 use anyhow::Result;
-use rusqlite::Connection;
+
+use super::db::Db;
 
 use super::queries::{alerts_after, verdicts_after, AlertRow, VerdictRow};
 
@@ -39,31 +40,33 @@ impl Cursor {
 }
 
 /// Where the database stands: its last verdict row and last alert row.
-pub fn cursor(conn: &Connection) -> Result<Cursor> {
-    Ok(conn.query_row(
+pub fn cursor(conn: &Db) -> Result<Cursor> {
+    conn.query_row(
         "SELECT (SELECT coalesce(max(id), 0) FROM verdicts), (SELECT coalesce(max(id), 0) FROM alerts)",
-        [],
+        &[],
         |r| {
             Ok(Cursor {
                 verdict: r.get(0)?,
                 alert: r.get(1)?,
             })
         },
-    )?)
+    )?
+    .ok_or_else(|| anyhow::anyhow!("no cursor row"))
 }
 
 /// What a view at `from` is missing: the newest `limit` verdicts and open alerts stored since,
 /// oldest first, and the cursor they count from.
 pub fn since(
-    conn: &Connection,
+    conn: &Db,
     from: Cursor,
     limit: usize,
 ) -> Result<(Cursor, Vec<VerdictRow>, Vec<AlertRow>)> {
-    let tx = conn.unchecked_transaction()?;
-    let from = from.within(cursor(&tx)?);
-    Ok((
-        from,
-        verdicts_after(&tx, from.verdict, limit)?,
-        alerts_after(&tx, from.alert, limit)?,
-    ))
+    conn.snapshot(|tx| {
+        let from = from.within(cursor(tx)?);
+        Ok((
+            from,
+            verdicts_after(tx, from.verdict, limit)?,
+            alerts_after(tx, from.alert, limit)?,
+        ))
+    })
 }

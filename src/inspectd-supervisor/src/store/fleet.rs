@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 use inspectd_contract::v1;
-use rusqlite::{params, Connection};
+
+use super::db::Db;
+use crate::params;
 
 /// One fleet row.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -35,12 +37,9 @@ pub struct FleetRow {
 }
 
 /// The fleet: one row per device. `stale_after` ms without a message turns `online` to `stale`.
-pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetRow>> {
+pub fn fleet(conn: &Db, now: i64, stale_after: i64) -> Result<Vec<FleetRow>> {
     let hour = now - 3_600_000;
     let mut rows = Vec::new();
-    let mut q = conn.prepare(
-        "SELECT device, state, status, last_seen, stats, stats_at, status_at FROM devices ORDER BY device",
-    )?;
     type Dev = (
         String,
         String,
@@ -50,8 +49,10 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
         Option<i64>,
         Option<i64>,
     );
-    let devs: Vec<Dev> = q
-        .query_map([], |r| {
+    let devs: Vec<Dev> = conn.query(
+        "SELECT device, state, status, last_seen, stats, stats_at, status_at FROM devices ORDER BY device",
+        &[],
+        |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -61,10 +62,7 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
                 r.get(5)?,
                 r.get(6)?,
             ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut counts_q = conn.prepare_cached(
-        "SELECT verdict, count(*) FROM verdicts WHERE device = ?1 AND received >= ?2 GROUP BY verdict",
+        },
     )?;
     for (device, state, status, last_seen, stats, stats_at, status_at) in devs {
         // Stored payloads passed ingest: they decode (a failure reads as no status / stats).
@@ -92,10 +90,11 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
         // process, count `ok` verdicts it does not publish, and two boxes under one id (or a
         // restart) turned their steps into hundreds of "parts" for a handful of verdicts.
         let mut counts = [0i64; 3];
-        for r in counts_q.query_map(params![device, hour], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })? {
-            let (k, n) = r?;
+        for (k, n) in conn.query(
+            "SELECT verdict, count(*) FROM verdicts WHERE device = ?1 AND received >= ?2 GROUP BY verdict",
+            params![device, hour],
+            |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
+        )? {
             match k.as_str() {
                 "ok" => counts[0] = n,
                 "defect" => counts[1] = n,
@@ -144,12 +143,15 @@ pub fn fleet(conn: &Connection, now: i64, stale_after: i64) -> Result<Vec<FleetR
             device,
         });
     }
-    let mut open_q = conn.prepare(
-        "SELECT device, count(*), max(severity = 'critical') FROM alerts WHERE acked_at IS NULL GROUP BY device",
-    )?;
-    let open: std::collections::HashMap<String, (i64, bool)> = open_q
-        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
-        .collect::<rusqlite::Result<_>>()?;
+    let open: std::collections::HashMap<String, (i64, bool)> = conn
+        .query(
+            "SELECT device, count(*), max(CASE WHEN severity = 'critical' THEN 1 ELSE 0 END)
+             FROM alerts WHERE acked_at IS NULL GROUP BY device",
+            &[],
+            |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))),
+        )?
+        .into_iter()
+        .collect();
     for r in &mut rows {
         if let Some(&(n, crit)) = open.get(&r.device) {
             (r.open_alerts, r.critical) = (n, crit);

@@ -1,20 +1,27 @@
-//! The supervisor's history in SQLite (WAL): verdicts de-duplicated by (device, seq), evidence,
-//! alerts with who acknowledged them, command results, device status and stats samples.
-//! One writer thread applies messages in batches, one transaction per batch; web requests read
+//! The supervisor's history, in SQLite (WAL; one box or the demo) or PostgreSQL (several
+//! supervisors on one database): verdicts de-duplicated by (device, seq), evidence, alerts with
+//! who acknowledged them, command results, device status and stats samples. One writer thread
+//! per supervisor applies messages in batches, one transaction per batch; web requests read
 //! through their own connections and write only acknowledgements and sent commands.
 //!
-//! Split by concern: `schema` (tables, open), `apply` (the writer and retention), `fleet`,
-//! `queries` (the pages' reads and their few writes), `cursor` (live views).
+//! Split by concern: `db` (one connection to either backend, the SQL both read), `schema`
+//! (SQLite's tables, open), `pg` (PostgreSQL's URL, TLS and migrations), `apply` (the writer
+//! and retention), `fleet`, `queries` (the pages' reads and their few writes), `cursor` (live
+//! views).
 
 mod apply;
 mod cursor;
+mod db;
 mod fleet;
+mod pg;
 mod queries;
 mod schema;
 
 pub use apply::*;
 pub use cursor::*;
+pub use db::*;
 pub use fleet::*;
+pub use pg::{is_url, pgpass_lookup, PgTarget, TlsMode};
 pub use queries::*;
 pub use schema::*;
 
@@ -25,16 +32,59 @@ mod tests {
     use rusqlite::Connection;
     use serde_json::{json, Value};
 
-    fn db(name: &str) -> Connection {
-        let p = std::env::temp_dir().join(format!(
-            "inspectd-store-{}-{name}.sqlite",
-            std::process::id()
-        ));
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
-        }
-        open(&p).unwrap()
+    /// Each test runs on both backends: a fresh SQLite file, and a fresh database on this test
+    /// process's PostgreSQL cluster (`crate::pgtest`).
+    #[derive(Clone, Copy)]
+    enum Backend {
+        Sqlite,
+        Postgres,
     }
+
+    fn db(b: Backend, name: &str) -> Db {
+        match b {
+            Backend::Sqlite => {
+                let p = std::env::temp_dir().join(format!(
+                    "inspectd-store-{}-{name}.sqlite",
+                    std::process::id()
+                ));
+                for ext in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+                }
+                open(&Target::Sqlite(p)).unwrap()
+            }
+            Backend::Postgres => {
+                let url = crate::pgtest::cluster().create_db(&format!("store_{name}"));
+                open(&Target::parse(std::path::Path::new(&url), None, false).unwrap()).unwrap()
+            }
+        }
+    }
+
+    /// `#[test]`s of both backends for each test function given.
+    macro_rules! on_both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $( #[test] fn $name() { super::$name(super::Backend::Sqlite) } )*
+            }
+            mod postgres {
+                $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
+            }
+        };
+    }
+
+    on_both!(
+        a_redelivered_verdict_is_stored_once,
+        a_live_view_catches_up_from_its_cursor,
+        history_filters_combine,
+        retention_keeps_the_newest_and_open_alerts,
+        repeated_alerts_group_page_and_acknowledge_by_group_or_device,
+        a_lost_box_raises_one_critical_alert_and_a_clean_stop_none,
+        a_seq_stored_again_with_other_content_is_kept_as_a_conflict_and_alerted,
+        seq_gaps_count_what_is_missing_and_close_when_it_arrives_late,
+        statuses_alternating_between_two_instances_raise_one_duplicate_device_alert,
+        parts_in_the_last_hour_are_the_verdicts_stored_in_it,
+        a_fleet_row_has_the_latest_status_and_stats_and_older_statuses_do_not_win,
+        hostile_strings_are_stored_and_read_back,
+    );
 
     fn item(topic: &str, v: Value) -> Item {
         Item {
@@ -59,16 +109,12 @@ mod tests {
         )
     }
 
-    fn store(conn: &mut Connection, items: &[Item], now: i64) -> Applied {
-        let tx = conn.transaction().unwrap();
-        let a = apply(&tx, items, now).unwrap();
-        tx.commit().unwrap();
-        a
+    fn store(conn: &mut Db, items: &[Item], now: i64) -> Applied {
+        conn.write(|tx| apply(tx, items, now)).unwrap()
     }
 
-    #[test]
-    fn a_redelivered_verdict_is_stored_once() {
-        let mut c = db("dup");
+    fn a_redelivered_verdict_is_stored_once(b: Backend) {
+        let mut c = db(b, "dup");
         let a = store(
             &mut c,
             &[
@@ -94,7 +140,7 @@ mod tests {
         );
     }
 
-    fn verdict_of(c: &Connection, d: &str, s: i64) -> VerdictRow {
+    fn verdict_of(c: &Db, d: &str, s: i64) -> VerdictRow {
         super::verdict(c, d, s).unwrap().unwrap().0
     }
 
@@ -111,7 +157,7 @@ mod tests {
         )
         .unwrap();
         drop(old);
-        let c = open(&p).unwrap();
+        let c = Db::Sqlite(open_sqlite(&p).unwrap());
         record_command(&c, "c2", "a", "resume", "{}", Some("anna"), 2000).unwrap();
         let sent = commands(&c, "a", 10).unwrap();
         let by: Vec<(&str, Option<&str>)> = sent
@@ -120,12 +166,11 @@ mod tests {
             .collect();
         assert_eq!(by, [("c2", Some("anna")), ("c1", None)]);
         drop(c);
-        open(&p).unwrap(); // and opens again
+        open_sqlite(&p).unwrap(); // and opens again
     }
 
-    #[test]
-    fn a_live_view_catches_up_from_its_cursor() {
-        let mut c = db("cursor");
+    fn a_live_view_catches_up_from_its_cursor(b: Backend) {
+        let mut c = db(b, "cursor");
         let t = "2026-11-26T10:00:00Z";
         assert_eq!(cursor(&c).unwrap(), Cursor::default());
         store(
@@ -199,6 +244,152 @@ mod tests {
         assert_eq!((from.verdict, from.alert, v.len(), a.len()), (0, a1, 4, 0));
     }
 
+    /// What a box (or whoever publishes under its name) may send: markup, SQL, placeholders of
+    /// both dialects, right-to-left overrides, a 4096-character alert of multi-byte characters
+    /// (over a B-tree entry's size), and a NUL (which PostgreSQL's text cannot hold).
+    fn hostile_strings_are_stored_and_read_back(b: Backend) {
+        let mut c = db(b, "hostile");
+        let dev = "<script>x<b onclick=y>'; DROP TABLE verdicts; --?1$1\u{202e}";
+        let label = "lab'el\"?2 $2 %s \\ 𝄞";
+        let long = "é".repeat(4096);
+        let v = item(
+            &format!("inspect/{dev}/verdict"),
+            json!({"schema": "inspect.verdict/1", "device": dev, "seq": 1, "ts": "2026-11-26T10:00:00Z",
+                   "verdict": "defect", "label": label, "confidence": 0.9, "reasons": [],
+                   "part_id": "P\u{0}1"}),
+        );
+        let a = item(
+            &format!("inspect/{dev}/alert"),
+            json!({"schema": "inspect.alert/1", "ts": "t1", "kind": "k'?", "message": long, "seq": 1}),
+        );
+        let applied = store(&mut c, &[v, a], 1000);
+        assert_eq!(applied.stored, 2);
+        let got = verdict_of(&c, dev, 1);
+        assert_eq!((got.device.as_str(), got.label.as_str()), (dev, label));
+        let part = got.part_id.unwrap();
+        match b {
+            Backend::Sqlite => assert_eq!(part, "P\u{0}1"),
+            Backend::Postgres => assert_eq!(part, "P\u{fffd}1", "U+0000 kept as U+FFFD"),
+        }
+        let rows = verdicts(
+            &c,
+            &Filter {
+                device: Some(dev.into()),
+                label: Some(label.into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        let al = open_alerts_of(&c, dev, "k'?");
+        assert_eq!((al.len(), al[0].message.chars().count()), (1, 4096));
+        // The same long alert again is a duplicate, not an error.
+        let again = item(
+            &format!("inspect/{dev}/alert"),
+            json!({"schema": "inspect.alert/1", "ts": "t1", "kind": "k'?", "message": "é".repeat(4096), "seq": 1}),
+        );
+        assert_eq!(store(&mut c, &[again], 2000).duplicates, vec!["alert"]);
+    }
+
+    #[test]
+    fn on_postgresql_evidence_goes_to_files_with_its_path_in_the_row_and_retention_deletes_both() {
+        let mut c = db(Backend::Postgres, "evidence_dir");
+        let dir = std::env::temp_dir().join(format!("inspectd-evidence-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let opt = ApplyOptions {
+            evidence_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        // A device id that would climb out of the folder if used as a path as it is.
+        let dev = ".. a%b";
+        let jpeg = |tag: u8| vec![0xFF, 0xD8, 0xFF, 0xE0, tag, 1, 2, 3];
+        let ev = |tag: u8| Item {
+            msg: classify("inspect", &format!("inspect/{dev}/evidence/1"), &jpeg(tag))
+                .unwrap()
+                .unwrap(),
+            retained: false,
+        };
+        let store_with = |c: &mut Db, items: &[Item], now: i64| {
+            c.write(|tx| apply_with(tx, items, now, &opt)).unwrap()
+        };
+        let a = store_with(
+            &mut c,
+            &[verdict(dev, 1, "defect", "2026-11-26T10:00:00Z"), ev(7)],
+            1000,
+        );
+        assert_eq!(a.stored, 2);
+        let (in_row, path): (bool, String) = c
+            .query_row(
+                "SELECT jpeg IS NOT NULL, path FROM evidence WHERE device = ?1 AND seq = 1",
+                params![dev],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!((in_row, path.as_str()), (false, "%2E%2E%20a%25b/1.jpg"));
+        let file = dir.join(&path);
+        assert_eq!(std::fs::read(&file).unwrap(), jpeg(7));
+        assert_eq!(evidence(&c, dev, 1, Some(&dir)).unwrap(), Some(jpeg(7)));
+        assert!(verdict_of(&c, dev, 1).has_evidence);
+        assert_eq!(counts(&c).unwrap()[1], 1);
+        // Again (a redelivery): a duplicate, the file as it was.
+        assert_eq!(
+            store_with(&mut c, &[ev(8)], 2000).duplicates,
+            vec!["evidence"]
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), jpeg(7));
+        // Retention: the verdict goes, its evidence row and file with it.
+        let n = enforce_with(
+            &c,
+            Retention {
+                days: 1,
+                max_verdicts: 100,
+            },
+            1000 + 2 * 86_400_000,
+            Some(&dir),
+        )
+        .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(counts(&c).unwrap()[1], 0);
+        assert!(!file.exists() && !file.parent().unwrap().exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A share group: every instance receives every status (a plain subscription) and may store
+    /// it late, after newer ones another instance stored.
+    #[test]
+    fn on_postgresql_with_a_share_group_each_status_is_applied_once_whoever_stores_it() {
+        let c = db(Backend::Postgres, "statuses_once");
+        let opt = ApplyOptions {
+            statuses_once: true,
+            ..Default::default()
+        };
+        let by = |items: &[Item], now: i64| c.write(|tx| apply_with(tx, items, now, &opt)).unwrap();
+        let online = || {
+            status(
+                "a",
+                "online",
+                json!({"instance": "i1", "ts": "2026-11-26T10:00:09Z"}),
+            )
+        };
+        let will = || {
+            status(
+                "a",
+                "offline",
+                json!({"instance": "i1", "ts": "2026-11-26T10:00:09Z"}),
+            )
+        };
+        // Instance A stores online then the last will; B stores its copies late.
+        assert_eq!(by(&[online()], 1000).stored, 1);
+        assert_eq!(by(&[will()], 2000).stored, 1);
+        let b = by(&[online(), will()], 3000);
+        assert_eq!((b.stored, b.duplicates.len()), (0, 2));
+        assert_eq!(fleet(&c, 3000, 30_000).unwrap()[0].state, "offline");
+        assert_eq!(offline_alerts(&c, "a"), 1);
+    }
+
     #[test]
     fn cursors_parse_from_their_ids_only() {
         let c = Cursor {
@@ -211,9 +402,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn history_filters_combine() {
-        let mut c = db("filter");
+    fn history_filters_combine(b: Backend) {
+        let mut c = db(b, "filter");
         let items: Vec<Item> = (0..10)
             .map(|i| {
                 verdict(
@@ -266,9 +456,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn retention_keeps_the_newest_and_open_alerts() {
-        let mut c = db("retention");
+    fn retention_keeps_the_newest_and_open_alerts(b: Backend) {
+        let mut c = db(b, "retention");
         let items: Vec<Item> = (0..20)
             .map(|i| verdict("a", i, "ok", "2026-11-26T10:00:00Z"))
             .collect();
@@ -324,7 +513,7 @@ mod tests {
         item(&format!("inspect/{dev}/status"), v)
     }
 
-    fn offline_alerts(c: &Connection, dev: &str) -> i64 {
+    fn offline_alerts(c: &Db, dev: &str) -> i64 {
         alert_groups(
             c,
             &AlertFilter {
@@ -340,9 +529,8 @@ mod tests {
         .map_or(0, |g| g.count)
     }
 
-    #[test]
-    fn repeated_alerts_group_page_and_acknowledge_by_group_or_device() {
-        let mut c = db("groups");
+    fn repeated_alerts_group_page_and_acknowledge_by_group_or_device(b: Backend) {
+        let mut c = db(b, "groups");
         let alert = |dev: &str, i: usize, kind: &str, sev: &str| {
             item(
                 &format!("inspect/{dev}/alert"),
@@ -400,9 +588,8 @@ mod tests {
         assert_eq!(counts(&c).unwrap()[2], 67 - 7);
     }
 
-    #[test]
-    fn a_lost_box_raises_one_critical_alert_and_a_clean_stop_none() {
-        let mut c = db("offline");
+    fn a_lost_box_raises_one_critical_alert_and_a_clean_stop_none(b: Backend) {
+        let mut c = db(b, "offline");
         store(
             &mut c,
             &[
@@ -431,11 +618,13 @@ mod tests {
         assert_eq!(states, [("a", "offline"), ("b", "stopped")], "lost first");
         // A box gone silent: one alert once past the stale time, not again until heard from.
         store(&mut c, &[status("s", "online", json!({}))], 10_000);
-        let tx = c.transaction().unwrap();
-        assert!(sweep_silent(&tx, 20_000, 30_000).unwrap().is_empty());
-        assert_eq!(sweep_silent(&tx, 41_000, 30_000).unwrap().len(), 2);
-        assert!(sweep_silent(&tx, 50_000, 30_000).unwrap().is_empty());
-        tx.commit().unwrap();
+        c.write(|tx| {
+            assert!(sweep_silent(tx, 20_000, 30_000).unwrap().is_empty());
+            assert_eq!(sweep_silent(tx, 41_000, 30_000).unwrap().len(), 2);
+            assert!(sweep_silent(tx, 50_000, 30_000).unwrap().is_empty());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(offline_alerts(&c, "s"), 1);
         // Its will after that: no second alert.
         store(&mut c, &[status("s", "offline", json!({}))], 60_000);
@@ -451,7 +640,7 @@ mod tests {
         )
     }
 
-    fn open_alerts_of(c: &Connection, dev: &str, kind: &str) -> Vec<AlertRow> {
+    fn open_alerts_of(c: &Db, dev: &str, kind: &str) -> Vec<AlertRow> {
         alerts(c, 0)
             .unwrap()
             .0
@@ -460,9 +649,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_seq_stored_again_with_other_content_is_kept_as_a_conflict_and_alerted() {
-        let mut c = db("conflict");
+    fn a_seq_stored_again_with_other_content_is_kept_as_a_conflict_and_alerted(b: Backend) {
+        let mut c = db(b, "conflict");
         store(&mut c, &[verdict_at("a", 1, "ok", "ok")], 1000);
         // The same verdict again: a silent duplicate. Another content under seq 1: a conflict,
         // once however often it comes.
@@ -517,14 +705,13 @@ mod tests {
         assert_eq!(conflict_count(&c).unwrap(), 0);
     }
 
-    fn gaps_of(c: &Connection, dev: &str) -> (i64, Option<(i64, i64)>) {
+    fn gaps_of(c: &Db, dev: &str) -> (i64, Option<(i64, i64)>) {
         let g = seq_gaps(c, dev).unwrap();
         (g.missing, g.latest.map(|g| (g.from, g.to)))
     }
 
-    #[test]
-    fn seq_gaps_count_what_is_missing_and_close_when_it_arrives_late() {
-        let mut c = db("gaps");
+    fn seq_gaps_count_what_is_missing_and_close_when_it_arrives_late(b: Backend) {
+        let mut c = db(b, "gaps");
         let v = |s| verdict_at("a", s, "ok", "ok");
         // The first verdict seen starts the count: nothing before it is missing.
         store(&mut c, &[v(10), v(11), v(14)], 1000);
@@ -566,9 +753,8 @@ mod tests {
         assert_eq!(gaps_of(&c, "a"), (0, None));
     }
 
-    #[test]
-    fn statuses_alternating_between_two_instances_raise_one_duplicate_device_alert() {
-        let mut c = db("twins");
+    fn statuses_alternating_between_two_instances_raise_one_duplicate_device_alert(b: Backend) {
+        let mut c = db(b, "twins");
         let online = |inst: &str| status("a", "online", json!({"instance": inst}));
         let will = |inst: &str| status("a", "offline", json!({"instance": inst}));
         // A crash and a restart: a new instance, the old one's will late. Not a duplicate.
@@ -604,9 +790,8 @@ mod tests {
         assert!(open_alerts_of(&c, "b", DUPLICATE_DEVICE_ID).is_empty());
     }
 
-    #[test]
-    fn parts_in_the_last_hour_are_the_verdicts_stored_in_it() {
-        let mut c = db("parts");
+    fn parts_in_the_last_hour_are_the_verdicts_stored_in_it(b: Backend) {
+        let mut c = db(b, "parts");
         let hour = 3_600_000;
         let t0 = 10 * hour;
         // Counters of a box that inspects more than it publishes, and restarts (or has a twin).
@@ -636,9 +821,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_fleet_row_has_the_latest_status_and_stats_and_older_statuses_do_not_win() {
-        let mut c = db("fleet");
+    fn a_fleet_row_has_the_latest_status_and_stats_and_older_statuses_do_not_win(b: Backend) {
+        let mut c = db(b, "fleet");
         let st = |ok: i64, d: i64| {
             item(
                 "inspect/a/stats",

@@ -2,7 +2,9 @@
 //! sent commands (the only writes a web request makes).
 
 use anyhow::Result;
-use rusqlite::{params, Connection, OptionalExtension};
+
+use super::db::{Db, Param, Row};
+use crate::params;
 
 /// A verdict as listed (no map, no raw payload).
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +64,7 @@ pub struct Filter {
 const VERDICT_COLS: &str = "v.device, v.seq, v.ts, v.part_id, v.verdict, v.label, v.confidence, v.reasons, v.model,
      v.latency_ms, v.map_png IS NOT NULL, EXISTS (SELECT 1 FROM evidence e WHERE e.device = v.device AND e.seq = v.seq), v.id";
 
-fn verdict_row(r: &rusqlite::Row) -> rusqlite::Result<VerdictRow> {
+fn verdict_row(r: &Row) -> Result<VerdictRow> {
     let reasons: String = r.get(7)?;
     Ok(VerdictRow {
         device: r.get(0)?,
@@ -82,48 +84,37 @@ fn verdict_row(r: &rusqlite::Row) -> rusqlite::Result<VerdictRow> {
 }
 
 /// Verdicts matching `f`, newest first (by device time, then arrival).
-pub fn verdicts(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<VerdictRow>> {
+pub fn verdicts(conn: &Db, f: &Filter, limit: usize) -> Result<Vec<VerdictRow>> {
     let mut sql = format!("SELECT {VERDICT_COLS} FROM verdicts v WHERE 1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    let mut add = |cond: &str, v: rusqlite::types::Value| {
-        args.push(v);
-        sql.push_str(&format!(" AND {cond} ?{}", args.len()));
-    };
-    if let Some(d) = &f.device {
-        add("v.device =", d.clone().into());
-    }
-    if let Some(v) = &f.verdict {
-        add("v.verdict =", v.clone().into());
-    }
-    if let Some(l) = &f.label {
-        add("v.label =", l.clone().into());
-    }
-    if let Some(p) = &f.part_id {
-        add("v.part_id =", p.clone().into());
-    }
-    if let Some(t) = f.from_ms {
-        add("v.ts_ms >=", t.into());
-    }
-    if let Some(t) = f.to_ms {
-        add("v.ts_ms <", t.into());
+    let conds = [
+        ("v.device =", f.device.as_deref().map(Param::Text)),
+        ("v.verdict =", f.verdict.as_deref().map(Param::Text)),
+        ("v.label =", f.label.as_deref().map(Param::Text)),
+        ("v.part_id =", f.part_id.as_deref().map(Param::Text)),
+        ("v.ts_ms >=", f.from_ms.map(Param::Int)),
+        ("v.ts_ms <", f.to_ms.map(Param::Int)),
+    ];
+    let mut args: Vec<Param> = Vec::new();
+    for (cond, v) in conds {
+        if let Some(v) = v {
+            args.push(v);
+            sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+        }
     }
     sql.push_str(&format!(" ORDER BY v.ts_ms DESC, v.id DESC LIMIT {limit}"));
-    let mut q = conn.prepare(&sql)?;
-    let rows = q
-        .query_map(rusqlite::params_from_iter(args), verdict_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+    conn.query(&sql, &args, verdict_row)
 }
 
 /// The newest `limit` verdicts stored after row `after`, oldest first: what a live view that
 /// showed everything up to `after` is missing.
-pub fn verdicts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<VerdictRow>> {
-    let mut rows = conn
-        .prepare_cached(&format!(
+pub fn verdicts_after(conn: &Db, after: i64, limit: usize) -> Result<Vec<VerdictRow>> {
+    let mut rows = conn.query(
+        &format!(
             "SELECT {VERDICT_COLS} FROM verdicts v WHERE v.id > ?1 ORDER BY v.id DESC LIMIT ?2"
-        ))?
-        .query_map(params![after, limit as i64], verdict_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        ),
+        params![after, limit as i64],
+        verdict_row,
+    )?;
     rows.reverse();
     Ok(rows)
 }
@@ -132,31 +123,48 @@ pub fn verdicts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec
 pub type StoredVerdict = (VerdictRow, Option<Vec<u8>>, String);
 
 /// One verdict with its map and raw payload.
-pub fn verdict(conn: &Connection, device: &str, seq: i64) -> Result<Option<StoredVerdict>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {VERDICT_COLS}, v.map_png, v.raw FROM verdicts v WHERE v.device = ?1 AND v.seq = ?2"),
-            params![device, seq],
-            |r| Ok((verdict_row(r)?, r.get(13)?, r.get(14)?)),
-        )
-        .optional()?)
+pub fn verdict(conn: &Db, device: &str, seq: i64) -> Result<Option<StoredVerdict>> {
+    conn.query_row(
+        &format!("SELECT {VERDICT_COLS}, v.map_png, v.raw FROM verdicts v WHERE v.device = ?1 AND v.seq = ?2"),
+        params![device, seq],
+        |r| Ok((verdict_row(r)?, r.get(13)?, r.get(14)?)),
+    )
 }
 
-pub fn evidence(conn: &Connection, device: &str, seq: i64) -> Result<Option<Vec<u8>>> {
-    Ok(conn
-        .query_row(
-            "SELECT jpeg FROM evidence WHERE device = ?1 AND seq = ?2",
-            params![device, seq],
-            |r| r.get(0),
-        )
-        .optional()?)
+/// A verdict's evidence picture: from its row, or from its file under `dir` (`--evidence-dir`).
+pub fn evidence(
+    conn: &Db,
+    device: &str,
+    seq: i64,
+    dir: Option<&std::path::Path>,
+) -> Result<Option<Vec<u8>>> {
+    let sql = if conn.is_postgres() {
+        "SELECT jpeg, path FROM evidence WHERE device = ?1 AND seq = ?2"
+    } else {
+        "SELECT jpeg, NULL FROM evidence WHERE device = ?1 AND seq = ?2"
+    };
+    let row: Option<(Option<Vec<u8>>, Option<String>)> =
+        conn.query_row(sql, params![device, seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    match row {
+        Some((Some(jpeg), _)) => Ok(Some(jpeg)),
+        Some((None, Some(path))) => match dir {
+            Some(d) => match std::fs::read(d.join(&path)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow::anyhow!("evidence {}: {e}", d.join(&path).display())),
+            },
+            // Stored as a file by a supervisor with --evidence-dir; this one has none.
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    }
 }
 
 /// Whether alert `a`'s verdict has a picture.
 pub(super) const PICTURE: &str = "a.seq IS NOT NULL AND (EXISTS (SELECT 1 FROM evidence e WHERE e.device = a.device AND e.seq = a.seq)
      OR EXISTS (SELECT 1 FROM verdicts v WHERE v.device = a.device AND v.seq = a.seq AND v.map_png IS NOT NULL))";
 
-fn alert_row(r: &rusqlite::Row) -> rusqlite::Result<AlertRow> {
+fn alert_row(r: &Row) -> Result<AlertRow> {
     Ok(AlertRow {
         id: r.get(0)?,
         device: r.get(1)?,
@@ -176,31 +184,32 @@ fn alert_cols() -> String {
 }
 
 /// Open alerts stored after row `after`, oldest first (the newest `limit` of them).
-pub fn alerts_after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<AlertRow>> {
-    let mut rows = conn
-        .prepare_cached(&format!(
+pub fn alerts_after(conn: &Db, after: i64, limit: usize) -> Result<Vec<AlertRow>> {
+    let mut rows = conn.query(
+        &format!(
             "SELECT {} FROM alerts a WHERE a.id > ?1 AND a.acked_at IS NULL ORDER BY a.id DESC LIMIT ?2",
             alert_cols()
-        ))?
-        .query_map(params![after, limit as i64], alert_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        ),
+        params![after, limit as i64],
+        alert_row,
+    )?;
     rows.reverse();
     Ok(rows)
 }
 
 /// Open alerts (newest first), then up to `acked` acknowledged ones.
-pub fn alerts(conn: &Connection, acked: usize) -> Result<(Vec<AlertRow>, Vec<AlertRow>)> {
+pub fn alerts(conn: &Db, acked: usize) -> Result<(Vec<AlertRow>, Vec<AlertRow>)> {
     let cols = alert_cols();
-    let open = conn
-        .prepare(&format!(
-            "SELECT {cols} FROM alerts a WHERE acked_at IS NULL ORDER BY id DESC LIMIT 1000"
-        ))?
-        .query_map([], alert_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    let done = conn
-        .prepare(&format!("SELECT {cols} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC, id DESC LIMIT {acked}"))?
-        .query_map([], alert_row)?
-        .collect::<rusqlite::Result<_>>()?;
+    let open = conn.query(
+        &format!("SELECT {cols} FROM alerts a WHERE acked_at IS NULL ORDER BY id DESC LIMIT 1000"),
+        &[],
+        alert_row,
+    )?;
+    let done = conn.query(
+        &format!("SELECT {cols} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC, id DESC LIMIT {acked}"),
+        &[],
+        alert_row,
+    )?;
     Ok((open, done))
 }
 
@@ -238,44 +247,40 @@ pub const GROUPS_PER_PAGE: usize = 50;
 
 /// Open alerts grouped by device, kind and severity: critical first, then the most recent.
 /// Returns the page of groups asked for and the number of groups in all.
-pub fn alert_groups(conn: &Connection, f: &AlertFilter) -> Result<(Vec<AlertGroup>, usize)> {
+pub fn alert_groups(conn: &Db, f: &AlertFilter) -> Result<(Vec<AlertGroup>, usize)> {
     let mut cond = String::from("acked_at IS NULL");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut args: Vec<Param> = Vec::new();
     for (col, v) in [
         ("device", &f.device),
         ("kind", &f.kind),
         ("severity", &f.severity),
     ] {
         if let Some(v) = v {
-            args.push(v.clone().into());
+            args.push(Param::Text(v));
             cond.push_str(&format!(" AND {col} = ?{}", args.len()));
         }
     }
-    let total: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM (SELECT 1 FROM alerts WHERE {cond} GROUP BY device, kind, severity)"),
-        rusqlite::params_from_iter(args.iter()),
-        |r| r.get(0),
+    let total: i64 = conn.one(
+        &format!("SELECT count(*) FROM (SELECT 1 FROM alerts WHERE {cond} GROUP BY device, kind, severity) AS g"),
+        &args,
     )?;
-    let groups: Vec<(i64, i64, i64)> = conn
-        .prepare(&format!(
+    let groups: Vec<(i64, i64, i64)> = conn.query(
+        &format!(
             "SELECT max(id), count(*), min(id) FROM alerts WHERE {cond} GROUP BY device, kind, severity
              ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, max(id) DESC
              LIMIT {GROUPS_PER_PAGE} OFFSET {}",
             f.page * GROUPS_PER_PAGE
-        ))?
-        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut one = conn.prepare_cached(&format!(
-        "SELECT {} FROM alerts a WHERE a.id = ?1",
-        alert_cols()
-    ))?;
-    let mut ts = conn.prepare_cached("SELECT ts FROM alerts WHERE id = ?1")?;
+        ),
+        &args,
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let one = format!("SELECT {} FROM alerts a WHERE a.id = ?1", alert_cols());
     let mut out = Vec::with_capacity(groups.len());
     for (newest, count, oldest) in groups {
-        let newest = one.query_row(params![newest], alert_row)?;
-        let first_ts: String = ts.query_row(params![oldest], |r| r.get(0))?;
+        let newest = conn
+            .query_row(&one, params![newest], alert_row)?
+            .ok_or_else(|| anyhow::anyhow!("alert {newest} gone"))?;
+        let first_ts: String = conn.one("SELECT ts FROM alerts WHERE id = ?1", params![oldest])?;
         out.push(AlertGroup {
             last_ts: newest.ts.clone(),
             first_ts,
@@ -287,15 +292,16 @@ pub fn alert_groups(conn: &Connection, f: &AlertFilter) -> Result<(Vec<AlertGrou
 }
 
 /// What the open devices, kinds and severities are (for the filters).
-pub fn alert_facets(conn: &Connection) -> Result<[Vec<String>; 3]> {
+pub fn alert_facets(conn: &Db) -> Result<[Vec<String>; 3]> {
     let mut out: [Vec<String>; 3] = Default::default();
     for (i, col) in ["device", "kind", "severity"].iter().enumerate() {
-        out[i] = conn
-            .prepare(&format!(
+        out[i] = conn.query(
+            &format!(
                 "SELECT DISTINCT {col} FROM alerts WHERE acked_at IS NULL ORDER BY {col} LIMIT 500"
-            ))?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            ),
+            &[],
+            |r| r.get(0),
+        )?;
     }
     Ok(out)
 }
@@ -313,7 +319,7 @@ pub enum AckScope {
 }
 
 /// Acknowledges open alert `id` (and, by `scope`, its group or its device's); returns how many.
-pub fn ack_scope(conn: &Connection, id: i64, scope: AckScope, by: &str, now: i64) -> Result<usize> {
+pub fn ack_scope(conn: &Db, id: i64, scope: AckScope, by: &str, now: i64) -> Result<usize> {
     let cond = match scope {
         AckScope::One => "id = ?1",
         AckScope::Group => {
@@ -321,25 +327,25 @@ pub fn ack_scope(conn: &Connection, id: i64, scope: AckScope, by: &str, now: i64
         }
         AckScope::Device => "id <= ?1 AND device = (SELECT device FROM alerts WHERE id = ?1)",
     };
-    Ok(conn.execute(
+    conn.execute(
         &format!(
             "UPDATE alerts SET acked_by = ?2, acked_at = ?3 WHERE acked_at IS NULL AND {cond}"
         ),
         params![id, by, now],
-    )?)
+    )
 }
 
 /// The newest `acked` acknowledged alerts (no open ones: those are grouped).
-pub fn alerts_acked(conn: &Connection, acked: usize) -> Result<Vec<AlertRow>> {
-    let done = conn
-        .prepare(&format!("SELECT {} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC, id DESC LIMIT {acked}", alert_cols()))?
-        .query_map([], alert_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(done)
+pub fn alerts_acked(conn: &Db, acked: usize) -> Result<Vec<AlertRow>> {
+    conn.query(
+        &format!("SELECT {} FROM alerts a WHERE acked_at IS NOT NULL ORDER BY acked_at DESC, id DESC LIMIT {acked}", alert_cols()),
+        &[],
+        alert_row,
+    )
 }
 
 /// Acknowledges an open alert; false if there is none with that id.
-pub fn ack(conn: &Connection, id: i64, by: &str, now: i64) -> Result<bool> {
+pub fn ack(conn: &Db, id: i64, by: &str, now: i64) -> Result<bool> {
     Ok(conn.execute(
         "UPDATE alerts SET acked_by = ?2, acked_at = ?3 WHERE id = ?1 AND acked_at IS NULL",
         params![id, by, now],
@@ -347,7 +353,7 @@ pub fn ack(conn: &Connection, id: i64, by: &str, now: i64) -> Result<bool> {
 }
 
 pub fn record_command(
-    conn: &Connection,
+    conn: &Db,
     id: &str,
     device: &str,
     command: &str,
@@ -374,14 +380,13 @@ pub struct SentCommand {
     pub result: Option<(bool, String)>,
 }
 
-pub fn commands(conn: &Connection, device: &str, limit: usize) -> Result<Vec<SentCommand>> {
-    let rows = conn
-        .prepare(
-            "SELECT c.id, c.command, c.payload, c.sent_at, r.ok, r.detail, c.sent_by FROM commands c
-             LEFT JOIN cmd_results r ON r.device = c.device AND r.cmd_id = c.id
-             WHERE c.device = ?1 ORDER BY c.sent_at DESC LIMIT ?2",
-        )?
-        .query_map(params![device, limit as i64], |r| {
+pub fn commands(conn: &Db, device: &str, limit: usize) -> Result<Vec<SentCommand>> {
+    conn.query(
+        "SELECT c.id, c.command, c.payload, c.sent_at, r.ok, r.detail, c.sent_by FROM commands c
+         LEFT JOIN cmd_results r ON r.device = c.device AND r.cmd_id = c.id
+         WHERE c.device = ?1 ORDER BY c.sent_at DESC LIMIT ?2",
+        params![device, limit as i64],
+        |r| {
             let ok: Option<bool> = r.get(4)?;
             let detail: Option<String> = r.get(5)?;
             Ok(SentCommand {
@@ -392,30 +397,28 @@ pub fn commands(conn: &Connection, device: &str, limit: usize) -> Result<Vec<Sen
                 sent_by: r.get(6)?,
                 result: ok.map(|ok| (ok, detail.unwrap_or_default())),
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+        },
+    )
 }
 
 /// The device's status and stats messages as stored.
-pub fn device(conn: &Connection, device: &str) -> Result<Option<(Option<String>, Option<String>)>> {
-    Ok(conn
-        .query_row(
-            "SELECT status, stats FROM devices WHERE device = ?1",
-            params![device],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?)
+pub fn device(conn: &Db, device: &str) -> Result<Option<(Option<String>, Option<String>)>> {
+    conn.query_row(
+        "SELECT status, stats FROM devices WHERE device = ?1",
+        params![device],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// Row counts for /metrics: verdicts, evidence, open alerts.
-pub fn counts(conn: &Connection) -> Result<[i64; 3]> {
-    Ok(conn.query_row(
+pub fn counts(conn: &Db) -> Result<[i64; 3]> {
+    conn.query_row(
         "SELECT (SELECT count(*) FROM verdicts), (SELECT count(*) FROM evidence),
                 (SELECT count(*) FROM alerts WHERE acked_at IS NULL)",
-        [],
+        &[],
         |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
-    )?)
+    )?
+    .ok_or_else(|| anyhow::anyhow!("no counts"))
 }
 
 /// A verdict kept aside because its (device, seq) was already stored with other content.
@@ -431,14 +434,13 @@ pub struct ConflictRow {
 }
 
 /// A device's newest conflicts first.
-pub fn conflicts(conn: &Connection, device: &str, limit: usize) -> Result<Vec<ConflictRow>> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT c.seq, c.received, c.raw, v.verdict, v.label FROM conflicts c
-             LEFT JOIN verdicts v ON v.device = c.device AND v.seq = c.seq
-             WHERE c.device = ?1 ORDER BY c.id DESC LIMIT ?2",
-        )?
-        .query_map(params![device, limit as i64], |r| {
+pub fn conflicts(conn: &Db, device: &str, limit: usize) -> Result<Vec<ConflictRow>> {
+    conn.query(
+        "SELECT c.seq, c.received, c.raw, v.verdict, v.label FROM conflicts c
+         LEFT JOIN verdicts v ON v.device = c.device AND v.seq = c.seq
+         WHERE c.device = ?1 ORDER BY c.id DESC LIMIT ?2",
+        params![device, limit as i64],
+        |r| {
             Ok(ConflictRow {
                 seq: r.get(0)?,
                 received: r.get(1)?,
@@ -446,23 +448,21 @@ pub fn conflicts(conn: &Connection, device: &str, limit: usize) -> Result<Vec<Co
                 stored_verdict: r.get(3)?,
                 stored_label: r.get(4)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+        },
+    )
 }
 
 /// Conflicts kept, all devices.
-pub fn conflict_count(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT count(*) FROM conflicts", [], |r| r.get(0))?)
+pub fn conflict_count(conn: &Db) -> Result<i64> {
+    conn.one("SELECT count(*) FROM conflicts", &[])
 }
 
 /// Conflicts kept for one device.
-pub fn device_conflicts(conn: &Connection, device: &str) -> Result<i64> {
-    Ok(conn.query_row(
+pub fn device_conflicts(conn: &Db, device: &str) -> Result<i64> {
+    conn.one(
         "SELECT count(*) FROM conflicts WHERE device = ?1",
         params![device],
-        |r| r.get(0),
-    )?)
+    )
 }
 
 /// A run of seqs never received: `from..=to`, noticed when the seq past it came.
@@ -482,32 +482,28 @@ pub struct SeqGaps {
     pub highest: Option<i64>,
 }
 
-pub fn seq_gaps(conn: &Connection, device: &str) -> Result<SeqGaps> {
-    let missing: i64 = conn.query_row(
-        "SELECT coalesce(sum(hi - lo + 1), 0) FROM seq_gaps WHERE device = ?1",
+pub fn seq_gaps(conn: &Db, device: &str) -> Result<SeqGaps> {
+    let missing: i64 = conn.one(
+        "SELECT CAST(coalesce(sum(hi - lo + 1), 0) AS BIGINT) FROM seq_gaps WHERE device = ?1",
         params![device],
-        |r| r.get(0),
     )?;
-    let latest = conn
-        .query_row(
-            "SELECT lo, hi, noticed FROM seq_gaps WHERE device = ?1 ORDER BY lo DESC LIMIT 1",
-            params![device],
-            |r| {
-                Ok(Gap {
-                    from: r.get(0)?,
-                    to: r.get(1)?,
-                    noticed: r.get(2)?,
-                })
-            },
-        )
-        .optional()?;
+    let latest = conn.query_row(
+        "SELECT lo, hi, noticed FROM seq_gaps WHERE device = ?1 ORDER BY lo DESC LIMIT 1",
+        params![device],
+        |r| {
+            Ok(Gap {
+                from: r.get(0)?,
+                to: r.get(1)?,
+                noticed: r.get(2)?,
+            })
+        },
+    )?;
     let highest = conn
         .query_row(
             "SELECT seq_hi FROM devices WHERE device = ?1",
             params![device],
             |r| r.get(0),
-        )
-        .optional()?
+        )?
         .flatten();
     Ok(SeqGaps {
         missing,
@@ -517,22 +513,19 @@ pub fn seq_gaps(conn: &Connection, device: &str) -> Result<SeqGaps> {
 }
 
 /// Missing seqs per device that has sent verdicts (0 for those without gaps), by device.
-pub fn seq_missing(conn: &Connection) -> Result<Vec<(String, i64)>> {
-    let rows = conn
-        .prepare(
-            "SELECT d.device, coalesce((SELECT sum(g.hi - g.lo + 1) FROM seq_gaps g WHERE g.device = d.device), 0)
-             FROM devices d WHERE d.seq_hi IS NOT NULL ORDER BY d.device",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+pub fn seq_missing(conn: &Db) -> Result<Vec<(String, i64)>> {
+    conn.query(
+        "SELECT d.device, CAST(coalesce((SELECT sum(g.hi - g.lo + 1) FROM seq_gaps g WHERE g.device = d.device), 0) AS BIGINT)
+         FROM devices d WHERE d.seq_hi IS NOT NULL ORDER BY d.device",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// Verdicts of `device` stored (received) since `since` (ms since the epoch).
-pub fn verdicts_received(conn: &Connection, device: &str, since: i64) -> Result<i64> {
-    Ok(conn.query_row(
+pub fn verdicts_received(conn: &Db, device: &str, since: i64) -> Result<i64> {
+    conn.one(
         "SELECT count(*) FROM verdicts WHERE device = ?1 AND received >= ?2",
         params![device, since],
-        |r| r.get(0),
-    )?)
+    )
 }

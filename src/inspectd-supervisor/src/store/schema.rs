@@ -1,10 +1,13 @@
 //! The tables, and opening the database (creating and migrating the schema).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rusqlite::Connection;
+
+use super::db::Db;
+use super::pg::{self, PgTarget};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS devices (
@@ -107,11 +110,117 @@ CREATE TABLE IF NOT EXISTS cmd_results (
 );
 "#;
 
-/// Opens (creating if needed) the database for writing.
-pub fn open(path: &Path) -> Result<Connection> {
+/// Where the history is: `--db`, a SQLite file or a PostgreSQL URL.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Sqlite(PathBuf),
+    Postgres(Box<PgTarget>),
+}
+
+impl Target {
+    /// `--db` (with `--db-password-file`, and whether a remote server may go unchecked).
+    pub fn parse(db: &Path, password_file: Option<&Path>, allow_insecure: bool) -> Result<Target> {
+        match db.to_str().filter(|s| pg::is_url(s)) {
+            Some(url) => Ok(Target::Postgres(Box::new(PgTarget::parse(
+                url,
+                password_file,
+                allow_insecure,
+            )?))),
+            None => Ok(Target::Sqlite(db.to_path_buf())),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Target::Postgres(_))
+    }
+
+    /// What to call it in messages (a URL without its password).
+    pub fn shown(&self) -> String {
+        match self {
+            Target::Sqlite(p) => p.display().to_string(),
+            Target::Postgres(t) => t.shown.clone(),
+        }
+    }
+}
+
+/// Opens (creating or migrating the schema) the database for writing.
+pub fn open(t: &Target) -> Result<Db> {
+    match t {
+        Target::Sqlite(p) => Ok(Db::Sqlite(open_sqlite(p)?)),
+        Target::Postgres(t) => pg::open(t),
+    }
+}
+
+/// A connection for a web request.
+pub fn open_read(t: &Target) -> Result<Db> {
+    match t {
+        Target::Sqlite(p) => Ok(Db::Sqlite(open_read_sqlite(p)?)),
+        Target::Postgres(t) => t.connect(),
+    }
+}
+
+/// The database's size on disk: the SQLite file and its WAL, or PostgreSQL's database.
+pub fn db_bytes(db: &Db, t: &Target) -> Result<u64> {
+    match t {
+        Target::Sqlite(path) => Ok(["", "-wal"]
+            .iter()
+            .filter_map(|ext| std::fs::metadata(format!("{}{ext}", path.display())).ok())
+            .map(|m| m.len())
+            .sum()),
+        Target::Postgres(_) => Ok(db
+            .one::<i64>("SELECT pg_database_size(current_database())", &[])?
+            .max(0) as u64),
+    }
+}
+
+/// Connections for web requests: SQLite opens one per request (cheap); PostgreSQL keeps a few
+/// idle ones (a new one costs a server process and a login).
+pub struct Readers {
+    pub target: Target,
+    idle: std::sync::Mutex<Vec<Db>>,
+}
+
+/// PostgreSQL connections kept idle for web requests.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    pub fn new(target: Target) -> Readers {
+        Readers {
+            target,
+            idle: Default::default(),
+        }
+    }
+
+    /// `f` on a connection (blocking: call from a blocking thread).
+    pub fn with<T>(&self, f: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
+        let pooled = match &self.target {
+            Target::Sqlite(_) => None,
+            Target::Postgres(_) => self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop(),
+        };
+        let db = match pooled {
+            Some(db) => db,
+            None => open_read(&self.target)?,
+        };
+        let r = f(&db);
+        if let Db::Postgres(pg) = &db {
+            if !pg.is_closed() {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < IDLE_READERS {
+                    idle.push(db);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Opens (creating if needed) the SQLite database for writing.
+pub fn open_sqlite(path: &Path) -> Result<Connection> {
     let conn =
         Connection::open(path).with_context(|| format!("--db {}: cannot open", path.display()))?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    // The writer's statements, the retention's and a page's: all kept prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")
         .with_context(|| format!("--db {}: not a usable SQLite database", path.display()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -147,8 +256,7 @@ pub fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// A connection for a web request.
-pub fn open_read(path: &Path) -> Result<Connection> {
+fn open_read_sqlite(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     Ok(conn)
