@@ -613,7 +613,11 @@ pub fn migrate(db: &Db, shown: &str) -> Result<()> {
         Ok(())
     })?;
     let r = (|| {
-        db.batch("CREATE TABLE IF NOT EXISTS inspectd_schema (version BIGINT NOT NULL)")?;
+        // (Without the server's NOTICE that the table exists, on every start.)
+        db.batch(
+            "SET client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS inspectd_schema (version BIGINT NOT NULL)",
+        )?;
         let have: i64 = db.one("SELECT coalesce(max(version), 0) FROM inspectd_schema", &[])?;
         if have > MIGRATIONS.len() as i64 {
             bail!(
