@@ -471,8 +471,8 @@ pub struct PlcConfig {
     /// with both, the one endpoint is Basic256Sha256 Sign&Encrypt; without, SecurityPolicy None.
     pub opcua_cert: Option<PathBuf>,
     pub opcua_key: Option<PathBuf>,
-    /// Clients trusted for Sign&Encrypt: their certificates (DER) in `<dir>/trusted/certs/`;
-    /// unknown ones are refused and dropped in `<dir>/rejected/certs/` for an operator to move.
+    /// Clients trusted for Sign&Encrypt: their certificates in `<dir>/trusted/`; an unknown one
+    /// is refused and left in `<dir>/rejected/` for an operator to move to `trusted/`.
     /// Default: `opcua-pki` beside the spool.
     pub opcua_pki_dir: Option<PathBuf>,
     /// Sessions without a user name (default true).

@@ -120,6 +120,7 @@ fn a_plc_browses_the_inspection_object_triggers_p1_and_reads_the_same_verdict_as
         // Every documented node, by its documented id, with its documented type.
         let b = line(&lines, "browse");
         let ns = b["ns"].as_u64().unwrap();
+        assert_eq!(ns, 1, "the README's node ids are ns=1");
         assert_eq!(b["object"], format!("ns={ns};s=Inspection"));
         for (name, ty) in [
             ("Ready", "Boolean"),
