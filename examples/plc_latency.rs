@@ -6,11 +6,14 @@
 //!
 //! ```sh
 //! cargo run -p inspectd --example plc_latency -- [TRIGGERS] [FPS]
+//! cargo run -p inspectd --features opcua --example plc_latency -- [TRIGGERS] [FPS] opcua
 //! ```
 //!
 //! TRIGGERS (default 300, the first 10 are warm-up and not counted); FPS of the replayed
 //! camera (default 0: a frame as soon as the last is taken, so the wait for the trigger's
-//! frame is one decode; a real camera adds up to one frame period).
+//! frame is one decode; a real camera adds up to one frame period). With `opcua` the PLC is
+//! an OPC UA client instead (Python asyncua, `tests/opcua_client.py`, one session): each
+//! `Trigger(partId)` call is timed from request to answer.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -31,12 +34,18 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map_or(Ok(300), |a| a.parse())?;
     let fps: f32 = args.get(1).map_or(Ok(0.0), |a| a.parse())?;
+    let opcua = match args.get(2).map(String::as_str) {
+        None => false,
+        Some("opcua") => true,
+        Some(other) => anyhow::bail!("third argument {other:?}: only `opcua`"),
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join(format!("inspectd-plc-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mqtt_port = free_port();
     inspectd::broker::spawn(([127, 0, 0, 1], mqtt_port).into())?;
     let modbus_port = free_port();
+    let opcua_port = free_port();
     let text = format!(
         r#"device_id = "bench"
 [source]
@@ -55,7 +64,13 @@ path = "{spool}"
 listen = ""
 [plc]
 modbus_listen = "127.0.0.1:{modbus_port}"
+{opcua_listen}
 "#,
+        opcua_listen = if opcua {
+            format!("opcua_listen = \"opc.tcp://127.0.0.1:{opcua_port}/\"")
+        } else {
+            String::new()
+        },
         samples = root.join("models/samples").display(),
         model = root.join("models/surface-defect-f32.onnx").display(),
         spool = dir.join("spool.redb").display(),
@@ -81,6 +96,12 @@ modbus_listen = "127.0.0.1:{modbus_port}"
             },
             hooks,
         ));
+        if opcua {
+            let r = opcua_triggers(root, opcua_port, n).await;
+            let _ = stop.send(());
+            daemon.await??;
+            return r.map(|e2e| (e2e, vec![]));
+        }
         let addr = ([127, 0, 0, 1], modbus_port).into();
         let mut c = loop {
             match tokio_modbus::client::tcp::connect_slave(addr, Slave(1)).await {
@@ -124,19 +145,31 @@ modbus_listen = "127.0.0.1:{modbus_port}"
     let spool: Vec<f64> = st.iter().map(|s| s.2).collect();
     let over: Vec<f64> = e2e.iter().zip(&fc).map(|(e, f)| e - f).collect();
     println!(
-        "{} triggers (after {WARM_UP} warm-up), f32 model, replay fps {fps}",
-        e2e.len()
+        "{} triggers (after {WARM_UP} warm-up), f32 model, replay fps {fps}, {}",
+        e2e.len(),
+        if opcua { "OPC UA" } else { "Modbus TCP" }
     );
     println!("{:<44} {:>9} {:>9}", "ms", "p50", "p99");
+    let (e2e_name, boxed_name) = if opcua {
+        ("Trigger() call -> answer (asyncua client)", "")
+    } else {
+        (
+            "trigger -> result registers (PLC client)",
+            "latency_ms register (box's own clock)",
+        )
+    };
     for (name, v) in [
-        ("trigger -> result registers (PLC client)", &e2e),
-        ("latency_ms register (box's own clock)", &boxed),
+        (e2e_name, &e2e),
+        (boxed_name, &boxed),
         ("forward", &fwd),
         ("cam", &cam),
         ("forward + cam", &fc),
         ("spool write (fsync)", &spool),
         ("overhead: e2e - (forward + cam), per trigger", &over),
     ] {
+        if v.is_empty() {
+            continue;
+        }
         println!("{name:<44} {:>9.2} {:>9.2}", pct(v, 50.0), pct(v, 99.0));
     }
     let target = pct(&fc, 99.0) + 10.0;
@@ -150,6 +183,49 @@ modbus_listen = "127.0.0.1:{modbus_port}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `n` `Trigger` calls in one OPC UA session (the Python client of the tests): each call's
+/// time from request to answer, in ms, after the warm-up.
+async fn opcua_triggers(root: &Path, port: u16, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut args = vec![
+        root.join("tests/opcua_client.py").display().to_string(),
+        format!("opc.tcp://127.0.0.1:{port}/"),
+        "--ns-uri".into(),
+        "urn:inspectd:bench".into(),
+        "wait-ready:true".into(),
+    ];
+    args.extend((0..n).map(|i| format!("trigger:B-{i}")));
+    let t0 = Instant::now();
+    let out = loop {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(&args);
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+        // The daemon loads its model before it listens: retry a refused connection.
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.code() == Some(3) && t0.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        anyhow::ensure!(
+            out.status.success(),
+            "OPC UA client: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        break text.into_owned();
+    };
+    let mut e2e = vec![];
+    for l in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        if v["action"] != "trigger" {
+            continue;
+        }
+        let code = &v["outputs"][4];
+        anyhow::ensure!(code == 0, "{}: errorCode {code}", v["part_id"]);
+        e2e.push(v["call_ms"].as_f64().unwrap_or(f64::NAN));
+    }
+    anyhow::ensure!(e2e.len() == n, "{} answers for {n} triggers", e2e.len());
+    Ok(e2e.split_off(WARM_UP.min(n)))
 }
 
 fn free_port() -> u16 {

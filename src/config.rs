@@ -608,8 +608,9 @@ fn address_or_off<'de, D: Deserializer<'de>>(
     })
 }
 
-/// The line's controller (PLC): a Modbus TCP server, and how long a trigger waits for its
-/// frame (every trigger path: MQTT and Modbus). Off unless `modbus_listen` is set.
+/// The line's controller (PLC): a Modbus TCP server, an OPC UA server (cargo feature `opcua`),
+/// and how long a trigger waits for its frame (every trigger path: MQTT, Modbus, OPC UA). Each
+/// server is off unless its `*_listen` is set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlcConfig {
@@ -627,6 +628,22 @@ pub struct PlcConfig {
     /// The camera the PLC's triggers inspect with (a `[[source]]` entry's `camera`; it must be
     /// triggered). Default: the first triggered camera.
     pub camera: Option<String>,
+    /// Address of the OPC UA server (`opc.tcp://0.0.0.0:4840`); empty or absent = off. Loopback
+    /// only unless `allow_remote`.
+    #[serde(deserialize_with = "opcua_address")]
+    pub opcua_listen: Option<std::net::SocketAddr>,
+    /// The server's application instance certificate (DER or PEM) and its private key (PEM):
+    /// with both, the one endpoint is Basic256Sha256 Sign&Encrypt; without, SecurityPolicy None.
+    pub opcua_cert: Option<PathBuf>,
+    pub opcua_key: Option<PathBuf>,
+    /// Clients trusted for Sign&Encrypt: their certificates in `<dir>/trusted/`; an unknown one
+    /// is refused and left in `<dir>/rejected/` for an operator to move to `trusted/`.
+    /// Default: `opcua-pki` beside the spool.
+    pub opcua_pki_dir: Option<PathBuf>,
+    /// Sessions without a user name (default true).
+    pub opcua_anonymous: bool,
+    /// File of `user:password` lines (`#` comments) for OPC UA logins; never the passwords here.
+    pub opcua_users_file: Option<PathBuf>,
 }
 
 impl Default for PlcConfig {
@@ -637,8 +654,34 @@ impl Default for PlcConfig {
             allow_remote: false,
             trigger_timeout_ms: 5000,
             camera: None,
+            opcua_listen: None,
+            opcua_cert: None,
+            opcua_key: None,
+            opcua_pki_dir: None,
+            opcua_anonymous: true,
+            opcua_users_file: None,
         }
     }
+}
+
+/// An OPC UA endpoint URL with an IP address, `opc.tcp://0.0.0.0:4840` (a trailing `/` is
+/// allowed), or the empty string for "off".
+fn opcua_address<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.strip_prefix("opc.tcp://")
+        .map(|rest| rest.strip_suffix('/').unwrap_or(rest))
+        .and_then(|a| a.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not an endpoint like opc.tcp://0.0.0.0:4840"
+            ))
+        })
 }
 
 /// An address like `0.0.0.0:502`, or the empty string for "off".
@@ -801,6 +844,32 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        if let Some(addr) = self.plc.opcua_listen {
+            if !cfg!(feature = "opcua") {
+                return err(
+                    "plc.opcua_listen",
+                    "this inspectd is built without its OPC UA server (cargo feature opcua)".into(),
+                );
+            }
+            if !addr.ip().is_loopback() && !self.plc.allow_remote {
+                return err(
+                    "plc.opcua_listen",
+                    format!("{addr} is not loopback: set plc.allow_remote = true to serve the machine network"),
+                );
+            }
+        }
+        if self.plc.opcua_cert.is_some() != self.plc.opcua_key.is_some() {
+            return err(
+                "plc.opcua_cert",
+                "opcua_cert and opcua_key go together".into(),
+            );
+        }
+        if !self.plc.opcua_anonymous && self.plc.opcua_users_file.is_none() {
+            return err(
+                "plc.opcua_anonymous",
+                "false needs plc.opcua_users_file (nobody could log in)".into(),
+            );
         }
         if self.plc.unit_id == 0 {
             return err(
@@ -1013,6 +1082,10 @@ impl Config {
             &mut self.mqtt.ca_file,
             &mut self.mqtt.cert_file,
             &mut self.mqtt.key_file,
+            &mut self.plc.opcua_cert,
+            &mut self.plc.opcua_key,
+            &mut self.plc.opcua_pki_dir,
+            &mut self.plc.opcua_users_file,
         ]
         .into_iter()
         .flatten()
@@ -1305,11 +1378,35 @@ path = "spool.redb"
             ("unit_id = 0", "plc.unit_id"),
             ("unit_id = 300", "plc.unit_id"),
             ("trigger_timeout_ms = 0", "plc.trigger_timeout_ms"),
-            ("opcua_listen = \"x\"", "opcua_listen"),
+            ("opcua_listen = \"x\"", "plc.opcua_listen"),
+            ("opcua_listen = \"opc.tcp://plc:4840\"", "plc.opcua_listen"),
+            (
+                "opcua_listen = \"opc.tcp://0.0.0.0:4840\"",
+                "plc.opcua_listen",
+            ),
+            ("opcua_cert = \"server.der\"", "plc.opcua_cert"),
+            ("opcua_key = \"server.pem\"", "plc.opcua_cert"),
+            ("opcua_anonymous = false", "plc.opcua_anonymous"),
+            ("opcua_anonymous = \"no\"", "plc.opcua_anonymous"),
+            ("opcua_users = \"u\"", "opcua_users"),
         ] {
             let e = parse(&plc(body)).unwrap_err();
             assert!(e.contains(key), "{key}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let c = parse(&plc(
+            "opcua_listen = \"opc.tcp://127.0.0.1:4840/\"\nopcua_anonymous = false\nopcua_users_file = \"users\"",
+        ));
+        if cfg!(feature = "opcua") {
+            let c = c.unwrap();
+            assert_eq!(c.plc.opcua_listen, Some(([127, 0, 0, 1], 4840).into()));
+            assert!(!c.plc.opcua_anonymous && c.plc.opcua_users_file.is_some());
+        } else {
+            let e = c.unwrap_err();
+            assert!(
+                e.contains("plc.opcua_listen") && e.contains("feature opcua"),
+                "{e}"
+            );
         }
         // A Modbus server on a box that inspects continuously has nothing to trigger.
         let e = parse(&format!(

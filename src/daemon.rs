@@ -278,6 +278,27 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         inbox: Inbox::new(any_triggered, cfg.verdict.clone()),
     });
 
+    // The OPC UA variables follow every verdict: the board hears them through the hook.
+    #[cfg(feature = "opcua")]
+    let opcua_board = cfg
+        .plc
+        .opcua_listen
+        .map(|_| Arc::new(crate::plc::opcua::Board::default()));
+    #[cfg(feature = "opcua")]
+    let on_verdict: Option<pipeline::VerdictHook> = match (&opcua_board, hooks.on_verdict) {
+        (Some(board), next) => {
+            let board = board.clone();
+            Some(Box::new(move |v, spool_ms| {
+                board.verdict(v);
+                if let Some(next) = &next {
+                    next(v, spool_ms);
+                }
+            }))
+        }
+        (None, next) => next,
+    };
+    #[cfg(not(feature = "opcua"))]
+    let on_verdict = hooks.on_verdict;
     let publish_ok = cfg.mqtt.publish_ok;
     let method = cfg.cam.method;
     let reload_cfg = cfg.clone();
@@ -286,7 +307,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         publish_ok,
         // A reload chooses the variant again (the cache key has the files' hashes).
         reload: Box::new(move |sha| load_explainer_in(&reload_cfg, sha, state_dir.as_deref())),
-        on_verdict: hooks.on_verdict,
+        on_verdict,
         watchdog: crate::sdnotify::Watchdog::from_env(),
         trigger_timeout: Duration::from_millis(cfg.plc.trigger_timeout_ms),
         fire_trigger: sources.iter().map(|(s, _)| s.trigger_hook()).collect(),
@@ -352,6 +373,39 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
         None
     };
 
+    #[cfg(feature = "opcua")]
+    let opcua = match (cfg.plc.opcua_listen, opcua_board) {
+        (Some(listen), Some(board)) => {
+            let users = match &cfg.plc.opcua_users_file {
+                Some(p) => crate::plc::opcua::read_users(p)
+                    .map_err(|e| bad_input(format!("plc.opcua_users_file {}: {e}", p.display())))?,
+                None => vec![],
+            };
+            let pki_dir = cfg.plc.opcua_pki_dir.clone().unwrap_or_else(|| {
+                cfg.spool
+                    .path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("opcua-pki")
+            });
+            let settings = crate::plc::opcua::Settings {
+                listen,
+                device_id: cfg.device_id.clone(),
+                cert: cfg.plc.opcua_cert.clone().zip(cfg.plc.opcua_key.clone()),
+                pki_dir,
+                anonymous: cfg.plc.opcua_anonymous,
+                users,
+                trigger_timeout: Duration::from_millis(cfg.plc.trigger_timeout_ms),
+            };
+            let serve =
+                crate::plc::opcua::start(settings, shared.clone(), board, stop_rx.clone()).await?;
+            Some(sup.task("opcua", serve))
+        }
+        _ => None,
+    };
+    #[cfg(not(feature = "opcua"))]
+    let opcua: Option<tokio::task::JoinHandle<()>> = None;
+
     // The model is loaded, the spool is open and the threads run: verdicts are produced and kept
     // whether or not the broker is reachable yet.
     let model = shared.status.model();
@@ -388,7 +442,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, hooks: Hooks) 
     let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(8), publisher).await;
-    for h in [http, plc].into_iter().flatten() {
+    for h in [http, plc, opcua].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     }
     let flushed = shared.spool.flush(Duration::from_secs(5));

@@ -3,10 +3,15 @@
 //! TCP"). A write that changes `trigger_seq` is a trigger like MQTT `cmd/trigger`
 //! ([`Shared::trigger`]); its answer lands in the result registers, in trigger order.
 //!
+//! The OPC UA server ([`opcua`], cargo feature `opcua`) serves the same triggers and answers
+//! as an `Inspection` object.
+//!
 //! Each connection is its own task: a malformed frame (wrong protocol id, bad length, unknown
 //! encoding) closes that connection only. At most [`MAX_CONNECTIONS`] at once; one silent for
 //! [`IDLE`] is closed (a PLC polls far more often; a cable pulled leaves no FIN).
 
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod registers;
 
 use std::future::Future;
@@ -42,8 +47,8 @@ pub fn ready(shared: &Shared) -> bool {
         && shared.inbox.pending_triggers() < MAX_TRIGGERS
 }
 
-/// Healthy as `/healthz` says it: what the `heartbeat` counts.
-fn healthy(shared: &Shared) -> bool {
+/// Healthy as `/healthz` says it: what the `heartbeat` counts (Modbus and OPC UA).
+pub(crate) fn healthy(shared: &Shared) -> bool {
     shared.health.pipeline_alive()
         && shared.status.camera_ok()
         && !shared.spool.counters().failing.load(Ordering::Relaxed)
