@@ -374,6 +374,8 @@ pub struct FrameBoard {
     frames: Mutex<Vec<Option<Frame>>>,
     ready: Condvar,
     dropped: Vec<AtomicU64>,
+    /// Bumped by [`FrameBoard::wake`] (under the lock): a waiting reader returns when it moves.
+    wakes: AtomicU64,
 }
 
 impl FrameBoard {
@@ -382,6 +384,7 @@ impl FrameBoard {
             frames: Mutex::new((0..cameras).map(|_| None).collect()),
             ready: Condvar::new(),
             dropped: (0..cameras).map(|_| AtomicU64::new(0)).collect(),
+            wakes: AtomicU64::new(0),
         }
     }
 
@@ -408,6 +411,7 @@ impl FrameBoard {
     ) -> Option<(usize, Frame)> {
         let until = Instant::now() + timeout;
         let mut g = self.lock();
+        let woken = self.wakes.load(Ordering::Relaxed);
         let n = g.len();
         loop {
             for k in 0..n {
@@ -419,7 +423,8 @@ impl FrameBoard {
                 }
             }
             let now = Instant::now();
-            if now >= until {
+            // Past the timeout, or woken: what the reader wants may have changed (a trigger).
+            if now >= until || self.wakes.load(Ordering::Relaxed) != woken {
                 return None;
             }
             g = self
@@ -430,9 +435,11 @@ impl FrameBoard {
         }
     }
 
-    /// Wakes a waiting [`FrameBoard::take_next`] (a trigger came: what it wants changed).
+    /// Ends a waiting [`FrameBoard::take_next`] (it returns `None`): a trigger came, so what
+    /// the reader wants changed.
     pub fn wake(&self) {
         let _g = self.lock();
+        self.wakes.fetch_add(1, Ordering::Relaxed);
         self.ready.notify_all();
     }
 
@@ -830,6 +837,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         board.put(1, frame("x"));
         assert_eq!(t.join().unwrap(), Some((1, "x".into())));
+    }
+
+    #[test]
+    fn a_wake_ends_the_wait_so_the_reader_can_take_up_a_new_trigger() {
+        // The inference thread waits for a continuous camera's frame while the triggered one
+        // is not wanted; a trigger must end that wait at once (it changes what is wanted), not
+        // after the wait's timeout: before this was fixed, every trigger waited out 200 ms.
+        let board = Arc::new(FrameBoard::new(1));
+        let b2 = board.clone();
+        let t = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let got = b2.take_next(0, |_| false, Duration::from_secs(600));
+            (got.is_none(), t0.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // A frame nobody wants does not end the wait, a wake does.
+        board.put(0, frame("unwanted"));
+        board.wake();
+        let (none, waited) = t.join().unwrap();
+        assert!(none);
+        assert!(waited < Duration::from_secs(300), "waited {waited:?}");
     }
 
     #[test]
