@@ -134,6 +134,7 @@ fn make_source(
                 trigger_mode: *trigger_mode,
                 timeout: Duration::from_millis(*timeout_ms),
                 limits,
+                key_prefix: key(""),
             };
             // A triggered camera sends a frame when fired: no pacing but its own.
             let fps = if *trigger_mode == crate::gige::TriggerMode::FreeRun { *fps } else { 0.0 };

@@ -321,8 +321,9 @@ fn open(s: &GigeSettings) -> Result<(Camera, Stream, PixelFormat), Fault> {
     let lost = |what: &str, e: aravis::glib::Error| {
         Fault::Lost(format!("camera {shown}: {what}: {}", e.message()))
     };
-    let unsupported =
-        |key: &str, m: String| Fault::Unsupported(format!("source.{key}: camera {shown} {m}"));
+    let unsupported = |key: &str, m: String| {
+        Fault::Unsupported(format!("{}{key}: camera {shown} {m}", s.key_prefix))
+    };
     let cam = match Camera::new(s.camera_id.as_deref()) {
         Ok(c) => c,
         // aravis opens by device id, `Vendor-Serial`, IP or MAC address; a bare serial number

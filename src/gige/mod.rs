@@ -139,6 +139,9 @@ pub struct GigeSettings {
     /// for a trigger) before it counts as lost.
     pub timeout: Duration,
     pub limits: SourceLimits,
+    /// How the config spells this camera's keys before the key's name: `source.`, or
+    /// `source[1].` for a `[[source]]` entry (errors name the key as the file has it).
+    pub key_prefix: String,
 }
 
 impl GigeSettings {
